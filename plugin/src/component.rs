@@ -1,0 +1,89 @@
+//! The component's face: the `api` export over the `store` and `identity` imports.
+
+use crate::access::Access;
+use crate::bindings::exports::mainflux::webhooks::api::Guest;
+use crate::bindings::mainflux::webhooks::{identity, store};
+use crate::repo::Kv;
+use crate::service::Service;
+use crate::{Error, Role};
+
+/// The exported component.
+struct Plugin;
+
+/// The `store` capability granted by the host.
+struct HostStore;
+
+impl Kv for HostStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, store::StoreError> {
+        store::get(key)
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, store::StoreError> {
+        store::get_many(keys)
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<store::Entry>, store::StoreError> {
+        store::scan(prefix, after, limit, reverse)
+    }
+
+    fn commit(&self, guards: &[store::Condition], ops: &[store::Op]) -> Result<(), store::StoreError> {
+        store::commit(guards, ops)
+    }
+}
+
+/// The `identity` capability granted by the host.
+struct HostIdentity;
+
+impl Access for HostIdentity {
+    fn authenticate(&self, token: &str) -> Result<String, Error> {
+        identity::authenticate(token)
+    }
+
+    fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> Result<String, Error> {
+        identity::authorize_thing(token, thing_id, role)
+    }
+
+    fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> Result<(), Error> {
+        identity::authorize_group(token, group_id, role)
+    }
+}
+
+fn service() -> Service<'static> {
+    Service::new(&HostStore, &HostIdentity)
+}
+
+impl Guest for Plugin {
+    fn create_webhooks(token: String, thing_id: String, body: Vec<u8>) -> Result<String, Error> {
+        service().create_webhooks(&token, &thing_id, &body)
+    }
+
+    fn list_thing_webhooks(token: String, thing_id: String, query: Vec<(String, String)>) -> Result<String, Error> {
+        service().list_thing_webhooks(&token, &thing_id, &query)
+    }
+
+    fn list_group_webhooks(token: String, group_id: String, query: Vec<(String, String)>) -> Result<String, Error> {
+        service().list_group_webhooks(&token, &group_id, &query)
+    }
+
+    fn search_thing_webhooks(token: String, thing_id: String, body: Vec<u8>) -> Result<String, Error> {
+        service().search_thing_webhooks(&token, &thing_id, &body)
+    }
+
+    fn search_group_webhooks(token: String, group_id: String, body: Vec<u8>) -> Result<String, Error> {
+        service().search_group_webhooks(&token, &group_id, &body)
+    }
+
+    fn view_webhook(token: String, id: String) -> Result<String, Error> {
+        service().view_webhook(&token, &id)
+    }
+
+    fn update_webhook(token: String, id: String, body: Vec<u8>) -> Result<(), Error> {
+        service().update_webhook(&token, &id, &body)
+    }
+
+    fn remove_webhooks(token: String, body: Vec<u8>) -> Result<(), Error> {
+        service().remove_webhooks(&token, &body)
+    }
+}
+
+crate::bindings::export!(Plugin with_types_in crate::bindings);

@@ -1,0 +1,78 @@
+//! The key layout of the plugin's records and indexes in the ordered key-value store.
+//!
+//! Every key starts with a short tag naming what it holds, then its parts separated by a NUL
+//! byte, which ids never contain, so one prefix selects exactly one thing's or group's entries.
+//!
+//! | key | value |
+//! |---|---|
+//! | `wh\0{id}` | the webhook record |
+//! | `wt\0{thing}\0{id}` | copy of the record, listing by thing in id order |
+//! | `wg\0{group}\0{id}` | copy of the record, listing by group in id order |
+//! | `wn\0{thing}\0{name}` | the id of the thing's webhook with that name (uniqueness) |
+
+const SEP: u8 = 0;
+
+fn key(tag: &str, parts: &[&str]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tag.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    key.extend_from_slice(tag.as_bytes());
+    for part in parts {
+        key.push(SEP);
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn prefix(tag: &str, owner: &str) -> Vec<u8> {
+    let mut key = self::key(tag, &[owner]);
+    key.push(SEP);
+    key
+}
+
+/// The primary record of a webhook.
+pub fn webhook(id: &str) -> Vec<u8> {
+    key("wh", &[id])
+}
+
+/// The entry of a webhook in its thing's index.
+pub fn by_thing(thing_id: &str, id: &str) -> Vec<u8> {
+    key("wt", &[thing_id, id])
+}
+
+/// The prefix of every entry in a thing's index.
+pub fn by_thing_prefix(thing_id: &str) -> Vec<u8> {
+    prefix("wt", thing_id)
+}
+
+/// The entry of a webhook in its group's index.
+pub fn by_group(group_id: &str, id: &str) -> Vec<u8> {
+    key("wg", &[group_id, id])
+}
+
+/// The prefix of every entry in a group's index.
+pub fn by_group_prefix(group_id: &str) -> Vec<u8> {
+    prefix("wg", group_id)
+}
+
+/// The entry reserving a webhook name within a thing.
+pub fn name(thing_id: &str, name: &str) -> Vec<u8> {
+    key("wn", &[thing_id, name])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thing_prefix_selects_only_that_thing() {
+        let prefix = by_thing_prefix("t1");
+        assert!(by_thing("t1", "a").starts_with(&prefix));
+        assert!(!by_thing("t10", "a").starts_with(&prefix));
+        assert!(!by_group("t1", "a").starts_with(&prefix));
+    }
+
+    #[test]
+    fn index_entries_sort_by_id() {
+        assert!(by_group("g", "0a") < by_group("g", "0b"));
+        assert!(by_group("g", "ff") < by_group("g0", "00"));
+    }
+}

@@ -1,0 +1,32 @@
+//! The webhook logic of the webhooks service, built as a WebAssembly component.
+//!
+//! Everything a user can observe of webhooks is decided here: validation, who may do what,
+//! the storage model and the JSON shape of every answer. The host only carries requests in
+//! and grants the `store` and `identity` capabilities (DESIGN.md, principle 1).
+//!
+//! The logic is written against two small traits, [`repo::Kv`] and [`access::Access`], so
+//! that it runs unchanged over the component's imports and, in unit tests, over in-memory
+//! stand-ins.
+
+pub mod access;
+pub mod error;
+pub mod keys;
+pub mod page;
+pub mod repo;
+pub mod service;
+pub mod webhook;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+
+/// Bindings generated from the `webhooks` world in `wit/`.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "webhooks",
+        pub_export_macro: true,
+    });
+}
+
+pub use bindings::mainflux::webhooks::types::{Error, Role};

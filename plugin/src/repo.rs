@@ -1,0 +1,153 @@
+//! The plugin's records in the ordered key-value store: reads, index scans and guarded
+//! commits, over the `store` capability or any other [`Kv`].
+
+use crate::Error;
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op, StoreError};
+use crate::error::{Result, internal};
+use crate::keys;
+use crate::webhook::Webhook;
+
+/// How many entries one scan call asks for.
+const SCAN_CHUNK: u32 = 512;
+
+/// An ordered key-value store with guarded atomic commits (the `store` capability).
+pub trait Kv {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads several keys; one slot per key, in order.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// Lists entries under a prefix in key order, after a cursor.
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError>;
+    /// Applies the ops atomically if every guard holds.
+    fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError>;
+}
+
+/// What a failed commit means to the operation that tried it.
+#[derive(Debug)]
+pub enum CommitFailure {
+    /// The guard at this index did not hold.
+    Conflict(usize),
+    /// The store failed.
+    Store(Error),
+}
+
+/// Turns a store failure that no operation can recover from into the answer's error.
+pub fn store_error(error: StoreError) -> Error {
+    match error {
+        StoreError::Unavailable(reason) => Error::Unavailable(format!("storage is unavailable: {reason}")),
+        StoreError::Conflict(_) => internal("storage reported a conflict outside a commit"),
+    }
+}
+
+/// Reads the webhook with this id.
+pub fn load_webhook(kv: &dyn Kv, id: &str) -> Result<Option<(Webhook, Vec<u8>)>> {
+    match kv.get(&keys::webhook(id)).map_err(store_error)? {
+        Some(bytes) => Ok(Some((Webhook::decode(&bytes)?, bytes))),
+        None => Ok(None),
+    }
+}
+
+/// Reads every record stored under an index prefix, in id order.
+pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
+    let mut webhooks = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = kv.scan(prefix, after.as_deref(), SCAN_CHUNK, false).map_err(store_error)?;
+        let full = chunk.len() as u32 == SCAN_CHUNK;
+        for entry in &chunk {
+            webhooks.push(Webhook::decode(&entry.value)?);
+        }
+        if !full {
+            return Ok(webhooks);
+        }
+        after = chunk.into_iter().last().map(|entry| entry.key);
+    }
+}
+
+/// Applies a commit, telling a failed guard from a failed store.
+pub fn commit(kv: &dyn Kv, guards: &[Condition], ops: &[Op]) -> Result<(), CommitFailure> {
+    kv.commit(guards, ops).map_err(|e| match e {
+        StoreError::Conflict(index) => CommitFailure::Conflict(index as usize),
+        other => CommitFailure::Store(store_error(other)),
+    })
+}
+
+/// The writes that store a webhook's record and its index entries.
+pub fn put_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
+    let value = webhook.encode();
+    ops.push(Op::Put(Entry { key: keys::by_thing(&webhook.thing_id, &webhook.id), value: value.clone() }));
+    ops.push(Op::Put(Entry { key: keys::by_group(&webhook.group_id, &webhook.id), value: value.clone() }));
+    ops.push(Op::Put(Entry { key: keys::webhook(&webhook.id), value }));
+}
+
+/// The writes that remove a webhook's record, index entries and name reservation.
+pub fn delete_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
+    ops.push(Op::Delete(keys::webhook(&webhook.id)));
+    ops.push(Op::Delete(keys::by_thing(&webhook.thing_id, &webhook.id)));
+    ops.push(Op::Delete(keys::by_group(&webhook.group_id, &webhook.id)));
+    ops.push(Op::Delete(keys::name(&webhook.thing_id, &webhook.name)));
+}
+
+/// An in-memory [`Kv`] with the same semantics as the host's backends, for unit tests.
+#[cfg(test)]
+pub mod memory {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// A `BTreeMap` behind the [`Kv`] trait.
+    #[derive(Default)]
+    pub struct MemoryKv {
+        /// The stored pairs.
+        pub map: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+    }
+
+    impl Kv for MemoryKv {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.map.borrow().get(key).cloned())
+        }
+
+        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            Ok(keys.iter().map(|k| self.map.borrow().get(k).cloned()).collect())
+        }
+
+        fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError> {
+            let map = self.map.borrow();
+            let matching = map.iter().filter(|(k, _)| k.starts_with(prefix));
+            let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if reverse {
+                Box::new(matching.rev().filter(|(k, _)| after.is_none_or(|a| k.as_slice() < a)))
+            } else {
+                Box::new(matching.filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a)))
+            };
+            Ok(entries
+                .take(limit as usize)
+                .map(|(k, v)| Entry { key: k.clone(), value: v.clone() })
+                .collect())
+        }
+
+        fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
+            let mut map = self.map.borrow_mut();
+            for (index, guard) in guards.iter().enumerate() {
+                let holds = match guard {
+                    Condition::Absent(key) => !map.contains_key(key),
+                    Condition::Present(key) => map.contains_key(key),
+                    Condition::Equals(entry) => map.get(&entry.key) == Some(&entry.value),
+                };
+                if !holds {
+                    return Err(StoreError::Conflict(index as u32));
+                }
+            }
+            for op in ops {
+                match op {
+                    Op::Put(entry) => {
+                        map.insert(entry.key.clone(), entry.value.clone());
+                    }
+                    Op::Delete(key) => {
+                        map.remove(key);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The webhook operations behind the REST API: access checks, validation, and the guarded
+//! commits that keep records and indexes consistent.
+
+use serde_json::Value;
+
+use crate::Role;
+use crate::access::{Access, require_token};
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::error::{Result, conflict, invalid, not_found};
+use crate::keys;
+use crate::page::PageQuery;
+use crate::repo::{self, CommitFailure, Kv};
+use crate::webhook::{Webhook, WebhookInput};
+
+/// How often an update or removal re-reads and retries when a concurrent write changed the
+/// records it read.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// The webhook operations over a store and an identity service.
+pub struct Service<'a> {
+    kv: &'a dyn Kv,
+    access: &'a dyn Access,
+}
+
+impl<'a> Service<'a> {
+    /// Binds the operations to their capabilities.
+    pub fn new(kv: &'a dyn Kv, access: &'a dyn Access) -> Self {
+        Service { kv, access }
+    }
+
+    /// Creates every webhook of the body for the thing, or none; answers the JSON array of
+    /// the created webhooks in input order.
+    pub fn create_webhooks(&self, token: &str, thing_id: &str, body: &[u8]) -> Result<String> {
+        require_token(token)?;
+        let group_id = self.access.authorize_thing(token, thing_id, Role::Editor)?;
+        let inputs = parse_create_body(body)?;
+        for (i, input) in inputs.iter().enumerate() {
+            if inputs[..i].iter().any(|earlier| earlier.name == input.name) {
+                return Err(conflict(format!("the request names two webhooks {:?}", input.name)));
+            }
+        }
+        let mut guards = Vec::with_capacity(inputs.len());
+        let mut ops = Vec::with_capacity(inputs.len() * 4);
+        let mut created = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let id = uuid::Uuid::new_v4().to_string();
+            let name_key = keys::name(thing_id, &input.name);
+            guards.push(Condition::Absent(name_key.clone()));
+            ops.push(Op::Put(Entry { key: name_key, value: id.clone().into_bytes() }));
+            let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input);
+            repo::put_webhook(&mut ops, &webhook);
+            created.push(webhook);
+        }
+        match repo::commit(self.kv, &guards, &ops) {
+            Ok(()) => Ok(Value::Array(created.iter().map(Webhook::view).collect()).to_string()),
+            Err(CommitFailure::Conflict(index)) => Err(name_taken(&created[index].name)),
+            Err(CommitFailure::Store(e)) => Err(e),
+        }
+    }
+
+    /// A page of the thing's webhooks, selected by URL query parameters.
+    pub fn list_thing_webhooks(&self, token: &str, thing_id: &str, query: &[(String, String)]) -> Result<String> {
+        require_token(token)?;
+        self.access.authorize_thing(token, thing_id, Role::Viewer)?;
+        let query = PageQuery::from_query(query)?;
+        self.page(&keys::by_thing_prefix(thing_id), &query)
+    }
+
+    /// A page of the group's webhooks, selected by URL query parameters.
+    pub fn list_group_webhooks(&self, token: &str, group_id: &str, query: &[(String, String)]) -> Result<String> {
+        require_token(token)?;
+        self.access.authorize_group(token, group_id, Role::Viewer)?;
+        let query = PageQuery::from_query(query)?;
+        self.page(&keys::by_group_prefix(group_id), &query)
+    }
+
+    /// A page of the thing's webhooks, selected by a JSON search body.
+    pub fn search_thing_webhooks(&self, token: &str, thing_id: &str, body: &[u8]) -> Result<String> {
+        require_token(token)?;
+        self.access.authorize_thing(token, thing_id, Role::Viewer)?;
+        let query = PageQuery::from_body(body)?;
+        self.page(&keys::by_thing_prefix(thing_id), &query)
+    }
+
+    /// A page of the group's webhooks, selected by a JSON search body.
+    pub fn search_group_webhooks(&self, token: &str, group_id: &str, body: &[u8]) -> Result<String> {
+        require_token(token)?;
+        self.access.authorize_group(token, group_id, Role::Viewer)?;
+        let query = PageQuery::from_body(body)?;
+        self.page(&keys::by_group_prefix(group_id), &query)
+    }
+
+    /// One webhook, for a viewer of its group.
+    pub fn view_webhook(&self, token: &str, id: &str) -> Result<String> {
+        require_token(token)?;
+        self.access.authenticate(token)?;
+        let (webhook, _) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+        self.access.authorize_group(token, &webhook.group_id, Role::Viewer)?;
+        Ok(webhook.view().to_string())
+    }
+
+    /// Replaces a webhook's name, url, headers and metadata, for an editor of its group.
+    pub fn update_webhook(&self, token: &str, id: &str, body: &[u8]) -> Result<()> {
+        require_token(token)?;
+        self.access.authenticate(token)?;
+        let mut input: Option<WebhookInput> = None;
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (current, stored) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+            self.access.authorize_group(token, &current.group_id, Role::Editor)?;
+            let input = match &input {
+                Some(input) => input,
+                None => input.insert(WebhookInput::parse(&parse_json(body)?)?),
+            };
+            let mut updated = current.clone();
+            updated.apply(input.clone());
+            let mut guards = vec![Condition::Equals(Entry { key: keys::webhook(id), value: stored })];
+            let mut ops = Vec::with_capacity(5);
+            if updated.name != current.name {
+                let new_name = keys::name(&updated.thing_id, &updated.name);
+                guards.push(Condition::Absent(new_name.clone()));
+                ops.push(Op::Delete(keys::name(&current.thing_id, &current.name)));
+                ops.push(Op::Put(Entry { key: new_name, value: id.as_bytes().to_vec() }));
+            }
+            repo::put_webhook(&mut ops, &updated);
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(()),
+                Err(CommitFailure::Conflict(0)) => continue,
+                Err(CommitFailure::Conflict(_)) => return Err(name_taken(&updated.name)),
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(busy())
+    }
+
+    /// Removes every listed webhook, or none: all must exist and the caller must be an editor
+    /// of each one's group.
+    pub fn remove_webhooks(&self, token: &str, body: &[u8]) -> Result<()> {
+        require_token(token)?;
+        self.access.authenticate(token)?;
+        let ids = parse_remove_body(body)?;
+        let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+            let mut webhooks = Vec::with_capacity(ids.len());
+            for (id, bytes) in ids.iter().zip(&stored) {
+                let Some(bytes) = bytes else {
+                    return Err(not_found(format!("webhook {id} not found")));
+                };
+                webhooks.push(Webhook::decode(bytes)?);
+            }
+            let mut checked: Vec<&str> = Vec::new();
+            for webhook in &webhooks {
+                if !checked.contains(&webhook.group_id.as_str()) {
+                    self.access.authorize_group(token, &webhook.group_id, Role::Editor)?;
+                    checked.push(&webhook.group_id);
+                }
+            }
+            let guards: Vec<Condition> = record_keys
+                .iter()
+                .zip(stored)
+                .map(|(key, value)| Condition::Equals(Entry { key: key.clone(), value: value.unwrap_or_default() }))
+                .collect();
+            let mut ops = Vec::with_capacity(webhooks.len() * 4);
+            for webhook in &webhooks {
+                repo::delete_webhook(&mut ops, webhook);
+            }
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(()),
+                Err(CommitFailure::Conflict(_)) => continue,
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(busy())
+    }
+
+    fn page(&self, prefix: &[u8], query: &PageQuery) -> Result<String> {
+        let mut matches = repo::scan_webhooks(self.kv, prefix)?;
+        matches.retain(|webhook| query.matches(webhook));
+        Ok(query.page(matches).to_string())
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value> {
+    serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))
+}
+
+/// Reads a create body: an array of webhooks, or `{"webhooks": [...]}`.
+fn parse_create_body(body: &[u8]) -> Result<Vec<WebhookInput>> {
+    let items = match parse_json(body)? {
+        Value::Array(items) => items,
+        Value::Object(mut fields) => match fields.remove("webhooks") {
+            Some(Value::Array(items)) => items,
+            _ => return Err(invalid("request body must be a JSON array of webhooks")),
+        },
+        _ => return Err(invalid("request body must be a JSON array of webhooks")),
+    };
+    if items.is_empty() {
+        return Err(invalid("at least one webhook is required"));
+    }
+    let several = items.len() > 1;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            WebhookInput::parse(item).map_err(|e| match e {
+                crate::Error::Invalid(message) if several => invalid(format!("webhook {i}: {message}")),
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// Reads a remove body, `{"webhook_ids": [...]}`, without repeated ids.
+fn parse_remove_body(body: &[u8]) -> Result<Vec<String>> {
+    let shape = || invalid("request body must be {\"webhook_ids\": [\"<id>\", ...]}");
+    let Value::Object(mut fields) = parse_json(body)? else {
+        return Err(shape());
+    };
+    let Some(Value::Array(items)) = fields.remove("webhook_ids") else {
+        return Err(shape());
+    };
+    if items.is_empty() {
+        return Err(invalid("webhook_ids must not be empty"));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::String(id) = item else {
+            return Err(invalid("webhook_ids must be strings"));
+        };
+        if id.is_empty() {
+            return Err(invalid("webhook_ids must not contain an empty id"));
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn webhook_not_found() -> crate::Error {
+    not_found("webhook not found")
+}
+
+fn name_taken(name: &str) -> crate::Error {
+    conflict(format!("a webhook named {name:?} already exists for this thing"))
+}
+
+fn busy() -> crate::Error {
+    conflict("the webhook was changed by another request at the same time; try again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use crate::repo::memory::MemoryKv;
+    use serde_json::json;
+
+    /// One group `g1` holding things `t1` and `t2`; `editor` edits it, `viewer` views it,
+    /// `outsider` is in no group.
+    struct FixedAccess;
+
+    impl FixedAccess {
+        fn role(token: &str) -> Result<Option<Role>> {
+            match token {
+                "editor" => Ok(Some(Role::Editor)),
+                "viewer" => Ok(Some(Role::Viewer)),
+                "outsider" => Ok(None),
+                _ => Err(Error::Unauthenticated("unknown token".into())),
+            }
+        }
+
+        fn check(token: &str, group: &str, role: Role) -> Result<()> {
+            let held = Self::role(token)?;
+            if group != "g1" {
+                return Err(Error::NotFound("group not found".into()));
+            }
+            match held {
+                Some(held) if held as u8 >= role as u8 => Ok(()),
+                _ => Err(Error::Forbidden("no access".into())),
+            }
+        }
+    }
+
+    impl Access for FixedAccess {
+        fn authenticate(&self, token: &str) -> Result<String> {
+            Self::role(token).map(|_| token.to_owned())
+        }
+        fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> Result<String> {
+            Self::role(token)?;
+            if !["t1", "t2"].contains(&thing_id) {
+                return Err(Error::NotFound("thing not found".into()));
+            }
+            Self::check(token, "g1", role).map(|_| "g1".to_owned())
+        }
+        fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> Result<()> {
+            Self::check(token, group_id, role)
+        }
+    }
+
+    fn with_service<T>(f: impl FnOnce(&Service) -> T) -> T {
+        let kv = MemoryKv::default();
+        f(&Service::new(&kv, &FixedAccess))
+    }
+
+    fn create(service: &Service, thing: &str, body: Value) -> Result<Vec<Value>> {
+        let answer = service.create_webhooks("editor", thing, body.to_string().as_bytes())?;
+        Ok(serde_json::from_str::<Vec<Value>>(&answer).unwrap())
+    }
+
+    fn list(service: &Service, thing: &str) -> Value {
+        serde_json::from_str(&service.list_thing_webhooks("viewer", thing, &[]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn create_assigns_ids_and_groups_and_keeps_input_order() {
+        with_service(|service| {
+            let created = create(service, "t1", json!([{"name": "b", "url": "http://h/1"}, {"name": "a", "url": "http://h/2", "id": "mine"}])).unwrap();
+            assert_eq!(created.len(), 2);
+            assert_eq!(created[0]["name"], "b");
+            assert_ne!(created[1]["id"], "mine");
+            assert!(uuid::Uuid::parse_str(created[1]["id"].as_str().unwrap()).unwrap().get_version_num() == 4);
+            assert_eq!(created[0]["group_id"], "g1");
+            assert_eq!(created[0]["thing_id"], "t1");
+            let wrapped = create(service, "t1", json!({"webhooks": [{"name": "c", "url": "http://h"}]})).unwrap();
+            assert_eq!(wrapped.len(), 1);
+        });
+    }
+
+    #[test]
+    fn create_is_all_or_nothing() {
+        with_service(|service| {
+            create(service, "t1", json!([{"name": "taken", "url": "http://h"}])).unwrap();
+            let again = create(service, "t1", json!([{"name": "fresh", "url": "http://h"}, {"name": "taken", "url": "http://h"}]));
+            assert!(matches!(again, Err(Error::Conflict(_))));
+            let invalid = create(service, "t1", json!([{"name": "fresh", "url": "http://h"}, {"name": "x", "url": "ftp://h"}]));
+            assert!(matches!(invalid, Err(Error::Invalid(m)) if m.starts_with("webhook 1:")));
+            let twice = create(service, "t1", json!([{"name": "d", "url": "http://h"}, {"name": "d", "url": "http://h"}]));
+            assert!(matches!(twice, Err(Error::Conflict(_))));
+            assert_eq!(list(service, "t1")["total"], 1);
+            // The same name on another thing is fine.
+            create(service, "t2", json!([{"name": "taken", "url": "http://h"}])).unwrap();
+        });
+    }
+
+    #[test]
+    fn roles_are_enforced() {
+        with_service(|service| {
+            let body = json!([{"name": "n", "url": "http://h"}]).to_string();
+            assert!(matches!(service.create_webhooks("", "t1", body.as_bytes()), Err(Error::Unauthenticated(_))));
+            assert!(matches!(service.create_webhooks("nobody", "t1", body.as_bytes()), Err(Error::Unauthenticated(_))));
+            assert!(matches!(service.create_webhooks("viewer", "t1", body.as_bytes()), Err(Error::Forbidden(_))));
+            assert!(matches!(service.create_webhooks("editor", "t9", body.as_bytes()), Err(Error::NotFound(_))));
+            assert!(matches!(service.list_thing_webhooks("outsider", "t1", &[]), Err(Error::Forbidden(_))));
+            let id = create(service, "t1", json!([{"name": "n", "url": "http://h"}])).unwrap()[0]["id"].as_str().unwrap().to_owned();
+            assert!(service.view_webhook("viewer", &id).is_ok());
+            assert!(matches!(service.view_webhook("outsider", &id), Err(Error::Forbidden(_))));
+            assert!(matches!(service.view_webhook("nobody", "missing"), Err(Error::Unauthenticated(_))));
+            let update = json!({"name": "n", "url": "http://h"}).to_string();
+            assert!(matches!(service.update_webhook("viewer", &id, update.as_bytes()), Err(Error::Forbidden(_))));
+            let remove = json!({"webhook_ids": [id]}).to_string();
+            assert!(matches!(service.remove_webhooks("viewer", remove.as_bytes()), Err(Error::Forbidden(_))));
+        });
+    }
+
+    #[test]
+    fn update_replaces_fields_and_moves_the_name() {
+        with_service(|service| {
+            let created = create(service, "t1", json!([{"name": "a", "url": "http://h", "headers": {"X": "1"}, "metadata": {"k": 1}}, {"name": "b", "url": "http://h"}])).unwrap();
+            let id = created[0]["id"].as_str().unwrap();
+            service.update_webhook("editor", id, br#"{"name":"c","url":"https://new"}"#).unwrap();
+            let view: Value = serde_json::from_str(&service.view_webhook("viewer", id).unwrap()).unwrap();
+            assert_eq!(view, json!({"id": id, "thing_id": "t1", "group_id": "g1", "name": "c", "url": "https://new"}));
+            // The old name is free again, the new one taken.
+            create(service, "t1", json!([{"name": "a", "url": "http://h"}])).unwrap();
+            assert!(matches!(service.update_webhook("editor", id, br#"{"name":"b","url":"http://h"}"#), Err(Error::Conflict(_))));
+            assert!(matches!(service.update_webhook("editor", "missing", br#"{"name":"b","url":"http://h"}"#), Err(Error::NotFound(_))));
+            assert!(matches!(service.update_webhook("editor", id, br#"{"name":""}"#), Err(Error::Invalid(_))));
+            let listed = list(service, "t1");
+            assert_eq!(listed["total"], 3);
+        });
+    }
+
+    #[test]
+    fn remove_is_all_or_nothing() {
+        with_service(|service| {
+            let created = create(service, "t1", json!([{"name": "a", "url": "http://h"}, {"name": "b", "url": "http://h"}])).unwrap();
+            let a = created[0]["id"].as_str().unwrap();
+            let b = created[1]["id"].as_str().unwrap();
+            let body = json!({"webhook_ids": [a, "missing"]}).to_string();
+            assert!(matches!(service.remove_webhooks("editor", body.as_bytes()), Err(Error::NotFound(_))));
+            assert_eq!(list(service, "t1")["total"], 2);
+            assert!(matches!(service.remove_webhooks("editor", br#"{"webhook_ids":[]}"#), Err(Error::Invalid(_))));
+            assert!(matches!(service.remove_webhooks("editor", br#"{"ids":["x"]}"#), Err(Error::Invalid(_))));
+            let body = json!({"webhook_ids": [a, b, a]}).to_string();
+            service.remove_webhooks("editor", body.as_bytes()).unwrap();
+            assert_eq!(list(service, "t1")["total"], 0);
+            // Names are free again.
+            create(service, "t1", json!([{"name": "a", "url": "http://h"}])).unwrap();
+        });
+    }
+
+    #[test]
+    fn group_lists_span_things_and_filter() {
+        with_service(|service| {
+            create(service, "t1", json!([{"name": "Alpha", "url": "http://one", "metadata": {"site": "x"}}])).unwrap();
+            create(service, "t2", json!([{"name": "beta", "url": "http://two"}])).unwrap();
+            let page: Value = serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &[]).unwrap()).unwrap();
+            assert_eq!(page["total"], 2);
+            let filtered: Value = serde_json::from_str(&service.search_group_webhooks("viewer", "g1", br#"{"metadata":{"site":"x"}}"#).unwrap()).unwrap();
+            assert_eq!(filtered["total"], 1);
+            assert_eq!(filtered["webhooks"][0]["name"], "Alpha");
+            assert_eq!(list(service, "t2")["total"], 1);
+            assert!(matches!(service.list_group_webhooks("viewer", "g9", &[]), Err(Error::NotFound(_))));
+        });
+    }
+}
