@@ -1,0 +1,73 @@
+//! The one error type of the REST layer: every failure becomes a status code and the JSON body
+//! `{"error": "<one sentence>"}`, decided here and nowhere else.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::runtime::CallError;
+use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
+
+/// An HTTP error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    location: &'static std::panic::Location<'static>,
+}
+
+impl ApiError {
+    /// An answer with this status and message.
+    #[track_caller]
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), location: std::panic::Location::caller() }
+    }
+
+    /// 400: the request is malformed.
+    #[track_caller]
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// The status of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<PluginError> for ApiError {
+    #[track_caller]
+    fn from(error: PluginError) -> Self {
+        let (status, message) = match error {
+            PluginError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
+            PluginError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            PluginError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            PluginError::Conflict(m) => (StatusCode::CONFLICT, m),
+            PluginError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+            PluginError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            PluginError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl From<CallError> for ApiError {
+    #[track_caller]
+    fn from(error: CallError) -> Self {
+        let status = match error {
+            CallError::Deadline | CallError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CallError::Trap(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        tracing::error!(%error, "plugin call failed");
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), error = %self.message, at = %self.location, "request failed");
+        }
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}

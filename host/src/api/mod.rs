@@ -1,0 +1,71 @@
+//! The REST layer: one module per API area, each exposing its `router()`; this module only
+//! mounts them, at the root and under `/svcwebhooks`, with the JSON 404 and 405 answers.
+
+pub mod error;
+pub mod health;
+pub mod request;
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+
+use crate::runtime::Runtime;
+use error::ApiError;
+pub use health::BuildInfo;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The plugin runtime.
+    pub runtime: Arc<Runtime>,
+    /// The build's identity, for `/health`.
+    pub build: Arc<BuildInfo>,
+}
+
+/// The prefix under which the platform's gateway serves this API.
+pub const GATEWAY_PREFIX: &str = "/svcwebhooks";
+
+/// The whole REST API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(webhooks::router())
+        .merge(health::router())
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .merge(api.clone())
+        .nest(GATEWAY_PREFIX, api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+}
+
+/// One log line per request: method, path (never the query, which may carry filters), status
+/// and duration. Headers are never logged: they carry tokens and keys.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,131 @@
+//! Extractors that turn the parts of an HTTP request into what plugin calls take, with the
+//! HTTP-level checks of SPEC.md section 2: body size, content type, query decoding.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The caller's bearer token, empty when the request carries none; the plugin refuses empty
+/// tokens, so every refusal has one source.
+pub struct Bearer(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Ok(Bearer(token))
+    }
+}
+
+/// Path parameters; a malformed one is a 400 with the JSON error body.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(ApiError::bad_request(format!("invalid path: {}", rejection.body_text()))),
+        }
+    }
+}
+
+/// The query string as decoded pairs, in order, repeats kept.
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        Ok(QueryPairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+    }
+}
+
+/// A JSON request body: `Content-Type` must name JSON (else 415) and the body fit the limit
+/// (else 413). The plugin parses it.
+pub struct JsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request body must be sent with Content-Type: application/json",
+            ));
+        }
+        Ok(JsonBody(read_body(request).await?))
+    }
+}
+
+/// An optional JSON body: an empty body passes whatever its `Content-Type`; a non-empty one
+/// must be JSON.
+pub struct OptionalJsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        let json = is_json(request.headers());
+        let body = read_body(request).await?;
+        if !json && !body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request body must be sent with Content-Type: application/json",
+            ));
+        }
+        Ok(OptionalJsonBody(body))
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.to_ascii_lowercase().contains("application/json"))
+}
+
+/// Reads a whole body within [`MAX_BODY_BYTES`].
+pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 1 MiB");
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        let mut limited = false;
+        while let Some(error) = cause {
+            limited |= error.is::<http_body_util::LengthLimitError>();
+            cause = error.source();
+        }
+        if limited {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("request body could not be read: {e}"))
+        }
+    })
+}

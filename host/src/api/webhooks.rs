@@ -1,0 +1,143 @@
+//! The webhook endpoints: each handler extracts the request's parts and makes one typed call
+//! into the plugin.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{Bearer, JsonBody, OptionalJsonBody, PathParams, QueryPairs};
+
+/// The routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/things/{thing_id}/webhooks", post(create).get(list_by_thing))
+        .route("/things/{thing_id}/webhooks/search", post(search_by_thing))
+        .route("/groups/{group_id}/webhooks", get(list_by_group))
+        .route("/groups/{group_id}/webhooks/search", post(search_by_group))
+        .route("/webhooks", delete(remove).patch(remove))
+        .route("/webhooks/{id}", get(view).put(update))
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn create(
+    State(app): State<AppState>,
+    PathParams(thing_id): PathParams<String>,
+    Bearer(token): Bearer,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let created = app
+        .runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_create_webhooks(store, &token, &thing_id, &body).await })
+        })
+        .await??;
+    Ok(json(StatusCode::CREATED, created))
+}
+
+async fn list_by_thing(
+    State(app): State<AppState>,
+    PathParams(thing_id): PathParams<String>,
+    Bearer(token): Bearer,
+    QueryPairs(query): QueryPairs,
+) -> Result<Response, ApiError> {
+    let page = app
+        .runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_list_thing_webhooks(store, &token, &thing_id, &query).await })
+        })
+        .await??;
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn list_by_group(
+    State(app): State<AppState>,
+    PathParams(group_id): PathParams<String>,
+    Bearer(token): Bearer,
+    QueryPairs(query): QueryPairs,
+) -> Result<Response, ApiError> {
+    let page = app
+        .runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_list_group_webhooks(store, &token, &group_id, &query).await })
+        })
+        .await??;
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn search_by_thing(
+    State(app): State<AppState>,
+    PathParams(thing_id): PathParams<String>,
+    Bearer(token): Bearer,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, ApiError> {
+    let page = app
+        .runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_search_thing_webhooks(store, &token, &thing_id, &body).await })
+        })
+        .await??;
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn search_by_group(
+    State(app): State<AppState>,
+    PathParams(group_id): PathParams<String>,
+    Bearer(token): Bearer,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, ApiError> {
+    let page = app
+        .runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_search_group_webhooks(store, &token, &group_id, &body).await })
+        })
+        .await??;
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn view(
+    State(app): State<AppState>,
+    PathParams(id): PathParams<String>,
+    Bearer(token): Bearer,
+) -> Result<Response, ApiError> {
+    let webhook = app
+        .runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_view_webhook(store, &token, &id).await })
+        })
+        .await??;
+    Ok(json(StatusCode::OK, webhook))
+}
+
+async fn update(
+    State(app): State<AppState>,
+    PathParams(id): PathParams<String>,
+    Bearer(token): Bearer,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    app.runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_update_webhook(store, &token, &id, &body).await })
+        })
+        .await??;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    Bearer(token): Bearer,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    app.runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_api().call_remove_webhooks(store, &token, &body).await })
+        })
+        .await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

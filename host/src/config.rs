@@ -1,0 +1,163 @@
+//! The command line and configuration: every `serve` option is a flag and an environment
+//! variable of SPEC.md section 1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The wasmtime host of the webhooks service.
+#[derive(Debug, Parser)]
+#[command(name = "webhooks-host", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The host's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: REST API, plugin runtime, storage and identity.
+    Serve(ServeConfig),
+}
+
+/// The level of detail of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including each plugin call.
+    Debug,
+    /// One line per request and event.
+    Info,
+    /// Only what needs attention.
+    Warn,
+    /// Only failures.
+    Error,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The configuration of `webhooks-host serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Port of the REST API.
+    #[arg(long, env = "MF_WEBHOOKS_HTTP_PORT", value_name = "MF_WEBHOOKS_HTTP_PORT", default_value_t = 9021)]
+    pub http_port: u16,
+
+    /// Address the REST API binds to.
+    #[arg(long, env = "MF_WEBHOOKS_HTTP_HOST", value_name = "MF_WEBHOOKS_HTTP_HOST", default_value = "0.0.0.0")]
+    pub http_host: String,
+
+    /// Storage: sqlite://PATH (created if missing) or postgres://USER:PASS@HOST:PORT/DB.
+    #[arg(long, env = "MF_WEBHOOKS_DB_URL", value_name = "MF_WEBHOOKS_DB_URL", default_value = "sqlite://./data/webhooks.db")]
+    pub db_url: String,
+
+    /// Path of the identity registry file (users, groups, things), re-read when it changes.
+    #[arg(long, env = "MF_WEBHOOKS_REGISTRY", value_name = "MF_WEBHOOKS_REGISTRY", default_value = "./examples/registry.json")]
+    pub registry: PathBuf,
+
+    /// Path of the webhook logic component [default: the one `make build` writes,
+    /// target/wasm32-wasip2/release/webhooks_plugin.wasm]
+    #[arg(long, env = "MF_WEBHOOKS_PLUGIN", value_name = "MF_WEBHOOKS_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+
+    /// Let webhooks target loopback, private, link-local and unspecified addresses.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS",
+        value_name = "MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS",
+        default_value = "false",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_private_destinations: bool,
+
+    /// Log level.
+    #[arg(long, env = "MF_WEBHOOKS_LOG_LEVEL", value_name = "MF_WEBHOOKS_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// Log format.
+    #[arg(long, env = "MF_WEBHOOKS_LOG_FORMAT", value_name = "MF_WEBHOOKS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Largest linear memory of one plugin call (e.g. 64MiB).
+    #[arg(long, env = "MF_WEBHOOKS_PLUGIN_MEMORY", value_name = "MF_WEBHOOKS_PLUGIN_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
+    pub plugin_memory: usize,
+
+    /// Longest wall time of one plugin call (e.g. 10s).
+    #[arg(long, env = "MF_WEBHOOKS_PLUGIN_DEADLINE", value_name = "MF_WEBHOOKS_PLUGIN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub plugin_deadline: Duration,
+}
+
+impl ServeConfig {
+    /// The plugin to load: the configured path, else the one `make build` writes, looked for
+    /// beside this executable's build folder and then under the working directory.
+    pub fn plugin_path(&self) -> PathBuf {
+        if let Some(path) = &self.plugin {
+            return path.clone();
+        }
+        let relative = PathBuf::from("wasm32-wasip2/release/webhooks_plugin.wasm");
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(target) = exe.parent().and_then(|release| release.parent())
+        {
+            let beside = target.join(&relative);
+            if beside.exists() {
+                return beside;
+            }
+        }
+        PathBuf::from("target").join(relative)
+    }
+}
+
+/// Parses a size such as `64MiB`, `512KiB`, `1GiB`, `65536`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().map_err(|_| format!("{text:?} is not a size such as 64MiB"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}; use B, KiB, MiB or GiB")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a duration such as `10s`, `500ms`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration such as 10s: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5PiB").is_err());
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn every_option_has_its_variable() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "help")) {
+            assert!(arg.get_env().is_some(), "--{} has no environment variable", arg.get_long().unwrap());
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The `identity` interface of the world, granted to each plugin instance over a backend.
+
+use std::sync::Arc;
+
+use super::{IdentityBackend, IdentityError, Role};
+use crate::runtime::bindings::mainflux::webhooks::identity as wit;
+use crate::runtime::bindings::mainflux::webhooks::types::{Error, Role as WitRole};
+
+/// The per-call state of the `identity` capability: a handle to the shared backend.
+pub struct IdentityCtx {
+    backend: Arc<dyn IdentityBackend>,
+}
+
+impl IdentityCtx {
+    /// Grants access to `backend`.
+    pub fn new(backend: Arc<dyn IdentityBackend>) -> Self {
+        IdentityCtx { backend }
+    }
+}
+
+fn role(role: WitRole) -> Role {
+    match role {
+        WitRole::Viewer => Role::Viewer,
+        WitRole::Editor => Role::Editor,
+        WitRole::Admin => Role::Admin,
+    }
+}
+
+fn to_wit(error: IdentityError) -> Error {
+    match error {
+        IdentityError::Unauthenticated(m) => Error::Unauthenticated(m),
+        IdentityError::Forbidden(m) => Error::Forbidden(m),
+        IdentityError::NotFound(m) => Error::NotFound(m),
+        IdentityError::Unavailable(m) => Error::Unavailable(m),
+    }
+}
+
+impl wit::Host for IdentityCtx {
+    async fn authenticate(&mut self, token: String) -> Result<String, Error> {
+        self.backend.authenticate(&token).await.map_err(to_wit)
+    }
+
+    async fn authorize_thing(&mut self, token: String, thing_id: String, wanted: WitRole) -> Result<String, Error> {
+        self.backend.authorize_thing(&token, &thing_id, role(wanted)).await.map_err(to_wit)
+    }
+
+    async fn authorize_group(&mut self, token: String, group_id: String, wanted: WitRole) -> Result<(), Error> {
+        self.backend.authorize_group(&token, &group_id, role(wanted)).await.map_err(to_wit)
+    }
+}
+
+impl crate::runtime::bindings::mainflux::webhooks::types::Host for IdentityCtx {}

@@ -1,0 +1,13 @@
+//! Host-side bindings of the `webhooks` world, generated from `wit/`.
+
+#![allow(missing_docs, reason = "generated from the WIT, whose doc comments it carries where it can")]
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "webhooks",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+/// The future a call into an instance returns.
+pub type BoxCall<'a, R> = std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;

@@ -1,0 +1,52 @@
+//! What one plugin call's store holds: the WASI context (empty), the granted capabilities and
+//! the call's limits.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::identity::{IdentityBackend, IdentityCtx};
+use crate::store::{KvBackend, StoreCtx};
+
+/// The capabilities every call is granted, shared by all calls.
+#[derive(Clone)]
+pub struct Capabilities {
+    /// The storage backend behind `store`.
+    pub store: Arc<dyn KvBackend>,
+    /// The identity backend behind `identity`.
+    pub identity: Arc<dyn IdentityBackend>,
+}
+
+/// The data of one call's `wasmtime::Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) deadline: Instant,
+    pub(crate) store: StoreCtx,
+    pub(crate) identity: IdentityCtx,
+}
+
+impl HostState {
+    /// Fresh state for one call.
+    pub fn new(capabilities: &Capabilities, limits: StoreLimits, deadline: Instant) -> Self {
+        HostState {
+            // No preopened directories, no environment, no inherited stdio, no sockets.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            deadline,
+            store: StoreCtx::new(capabilities.store.clone()),
+            identity: IdentityCtx::new(capabilities.identity.clone()),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}

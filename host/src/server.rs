@@ -1,0 +1,76 @@
+//! Start-up and shutdown: turns a [`ServeConfig`] into a running service, naming the variable
+//! at fault when something in the configuration is wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, AppState, BuildInfo};
+use crate::config::ServeConfig;
+use crate::identity::registry::RegistryBackend;
+use crate::runtime::{Capabilities, Limits, Runtime};
+use crate::store;
+
+/// How long in-flight requests may take to finish after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A start-up failure, attributed to the configuration variable that caused it.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct StartupError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+fn fault(variable: &'static str, message: impl ToString) -> StartupError {
+    StartupError { variable, message: message.to_string().replace('\n', " ") }
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
+    let kv = store::open(&config.db_url).map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
+    let registry = Arc::new(RegistryBackend::open(&config.registry).map_err(|e| fault("MF_WEBHOOKS_REGISTRY", e))?);
+    let _watcher = registry.watch();
+    let capabilities = Capabilities { store: kv, identity: registry.clone() };
+    let limits = Limits { memory_bytes: config.plugin_memory, deadline: config.plugin_deadline, ..Limits::default() };
+    let plugin_path = config.plugin_path();
+    let runtime = Runtime::new(&plugin_path, limits, capabilities)
+        .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
+    tracing::info!(plugin = %plugin_path.display(), sha256 = %runtime.current().sha256, "plugin loaded");
+
+    let state = AppState { runtime, build: Arc::new(BuildInfo::current()) };
+    let address = format!("{}:{}", config.http_host, config.http_port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
+    tracing::info!(%address, "webhooks service listening");
+
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        stop_signal().await;
+        tracing::info!("stop signal received; finishing in-flight requests");
+        let _ = stopping_tx.send(true);
+    });
+    let mut stopping = stopping_rx;
+    let forced = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", e))?,
+        () = forced => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,118 @@
+//! The `store` capability: an ordered key-value store with prefix scans and atomic commits
+//! guarded by compare-and-set conditions, behind one trait with one module per backend.
+
+mod capability;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use capability::StoreCtx;
+
+/// A boxed future, so backends can sit behind `dyn` trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The guard at this index did not hold; nothing was written.
+    #[error("guard {0} of the commit did not hold")]
+    Conflict(u32),
+    /// The backend failed; nothing was written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A compare-and-set condition of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key holds no value.
+    Absent(Vec<u8>),
+    /// The key holds some value.
+    Present(Vec<u8>),
+    /// The key holds exactly this value.
+    Equals(Vec<u8>, Vec<u8>),
+}
+
+/// One write of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove; absent keys are no error.
+    Delete(Vec<u8>),
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A storage backend of the `store` capability.
+pub trait KvBackend: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, key: Vec<u8>) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>>;
+    /// Reads several keys, one slot per key in order.
+    fn get_many(&self, keys: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Vec<Option<Vec<u8>>>, StoreError>>;
+    /// Lists up to `limit` entries under `prefix` in key order (descending when `reverse`),
+    /// strictly after `after` in that order.
+    fn scan(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        reverse: bool,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>>;
+    /// Applies every op atomically if every guard holds.
+    fn commit(&self, guards: Vec<Condition>, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Why a storage URL could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL names no backend this host has.
+    #[error("unknown storage scheme in {0:?}; expected sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB")]
+    UnknownScheme(String),
+    /// The backend is known but is not built into this host yet.
+    #[error("the {0} backend is not available in this build")]
+    Unsupported(&'static str),
+    /// The backend refused to open.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Opens the backend a storage URL names (`sqlite://PATH`).
+pub fn open(url: &str) -> Result<Arc<dyn KvBackend>, OpenError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let store = sqlite::SqliteStore::open(path).map_err(|e| OpenError::Backend(e.to_string()))?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Err(OpenError::Unsupported("postgres"))
+    } else {
+        Err(OpenError::UnknownScheme(url.to_owned()))
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, if there is one.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
