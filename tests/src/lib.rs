@@ -1,1 +1,332 @@
-//! placeholder
+//! Helpers for end-to-end tests that read like prose: start the real `webhooks-host` binary
+//! with the real plugin on a loopback port, talk to it over HTTP, stop and restart it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+
+/// The group of the standard fixture's things `THING_1` and `THING_2`.
+pub const GROUP_1: &str = "11111111-1111-4111-8111-111111111111";
+/// The group of the standard fixture's thing `THING_3`.
+pub const GROUP_2: &str = "22222222-2222-4222-8222-222222222222";
+/// A thing of `GROUP_1`.
+pub const THING_1: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+/// Another thing of `GROUP_1`.
+pub const THING_2: &str = "aaaaaaaa-0000-4000-8000-000000000002";
+/// A thing of `GROUP_2`.
+pub const THING_3: &str = "aaaaaaaa-0000-4000-8000-000000000003";
+/// Admin of `GROUP_1`.
+pub const ADMIN: &str = "admin-token";
+/// Editor of `GROUP_1`.
+pub const EDITOR: &str = "editor-token";
+/// Viewer of `GROUP_1`.
+pub const VIEWER: &str = "viewer-token";
+/// Admin of `GROUP_2` only.
+pub const OTHER_ADMIN: &str = "other-admin-token";
+/// A known user in no group.
+pub const LONER: &str = "loner-token";
+
+/// The standard registry of the tests: two groups, three things, five users.
+pub fn standard_registry() -> Value {
+    serde_json::json!({
+        "users": [
+            {"id": "u-admin", "token": ADMIN},
+            {"id": "u-editor", "token": EDITOR},
+            {"id": "u-viewer", "token": VIEWER},
+            {"id": "u-other", "token": OTHER_ADMIN},
+            {"id": "u-loner", "token": LONER}
+        ],
+        "groups": [
+            {"id": GROUP_1, "name": "one", "members": {"u-admin": "admin", "u-editor": "editor", "u-viewer": "viewer"}},
+            {"id": GROUP_2, "name": "two", "members": {"u-other": "admin"}}
+        ],
+        "things": [
+            {"id": THING_1, "group_id": GROUP_1, "key": "key-1"},
+            {"id": THING_2, "group_id": GROUP_1, "key": "key-2"},
+            {"id": THING_3, "group_id": GROUP_2, "key": "key-3"}
+        ]
+    })
+}
+
+/// The build folder the test binary runs from (`target/release` or `target/debug`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash>
+    exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps").to_owned()
+}
+
+/// The host binary under test: `WEBHOOKS_HOST_BIN`, else the release build beside the tests.
+pub fn host_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("WEBHOOKS_HOST_BIN") {
+        return path.into();
+    }
+    let profile = profile_dir();
+    let beside = profile.join("webhooks-host");
+    if beside.exists() { beside } else { profile.parent().unwrap().join("release/webhooks-host") }
+}
+
+/// The plugin under test: `WEBHOOKS_PLUGIN_WASM`, else the one `make build` writes.
+pub fn plugin_component() -> PathBuf {
+    if let Ok(path) = std::env::var("WEBHOOKS_PLUGIN_WASM") {
+        return path.into();
+    }
+    profile_dir().parent().unwrap().join("wasm32-wasip2/release/webhooks_plugin.wasm")
+}
+
+/// A fresh folder under the system's temporary folder, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates the folder.
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "webhooks-e2e-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temporary folder");
+        TempDir(path)
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `webhooks-host serve` with its own database, registry file and port.
+pub struct TestHost {
+    child: Option<Child>,
+    /// Its folder: database, registry, log.
+    pub dir: TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Extra environment variables it was started with.
+    pub env: Vec<(String, String)>,
+    client: reqwest::Client,
+}
+
+impl TestHost {
+    /// Starts a host with the standard registry.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(standard_registry(), &[]).await
+    }
+
+    /// Starts a host with this registry and these extra variables.
+    pub async fn start_with(registry: Value, env: &[(&str, &str)]) -> Result<Self> {
+        let dir = TempDir::new("host");
+        std::fs::write(dir.path().join("registry.json"), serde_json::to_vec_pretty(&registry)?)?;
+        let mut host = TestHost {
+            child: None,
+            dir,
+            port: free_port(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        };
+        host.spawn().await?;
+        Ok(host)
+    }
+
+    /// The command line that starts this host, without running it.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(host_binary());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MF_WEBHOOKS_HTTP_HOST", "127.0.0.1")
+            .env("MF_WEBHOOKS_HTTP_PORT", self.port.to_string())
+            .env("MF_WEBHOOKS_DB_URL", format!("sqlite://{}", self.dir.path().join("webhooks.db").display()))
+            .env("MF_WEBHOOKS_REGISTRY", self.registry_path())
+            .env("MF_WEBHOOKS_PLUGIN", plugin_component())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", host_binary().display()))?;
+        self.child = Some(child);
+        self.wait_healthy().await
+    }
+
+    async fn wait_healthy(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("host exited with {status} during start-up; log:\n{}", self.log());
+            }
+            if let Ok(response) = self.client.get(self.url("/health")).send().await
+                && response.status() == StatusCode::OK
+            {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("host not healthy after 30 s; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where the registry file lives.
+    pub fn registry_path(&self) -> PathBuf {
+        self.dir.path().join("registry.json")
+    }
+
+    /// Where the host's output goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("host.log")
+    }
+
+    /// Everything the host has logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The URL of a path on this host.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A request to a path, with a bearer token unless it is empty.
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        let request = self.client.request(method, self.url(path));
+        if token.is_empty() { request } else { request.bearer_auth(token) }
+    }
+
+    /// Sends a request with a JSON body and answers the status and the parsed body (`Null`
+    /// when the body is empty).
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
+        let mut request = self.request(method, path, token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        Ok(read(response).await?)
+    }
+
+    /// Stops the host with SIGTERM and waits for it to exit; answers its exit code.
+    pub fn stop(&mut self) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else { return Ok(None) };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                child.kill()?;
+                bail!("host ignored SIGTERM for 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the host with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the host again on the same port, database and registry.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn().await
+    }
+
+    /// Replaces the registry file by writing a temporary file and renaming it over.
+    pub fn replace_registry(&self, registry: &Value) -> Result<()> {
+        let temporary = self.dir.path().join("registry.json.new");
+        std::fs::write(&temporary, serde_json::to_vec_pretty(registry)?)?;
+        std::fs::rename(temporary, self.registry_path())?;
+        Ok(())
+    }
+
+    /// Rewrites the registry file in place.
+    pub fn rewrite_registry(&self, content: &[u8]) -> Result<()> {
+        std::fs::write(self.registry_path(), content)?;
+        Ok(())
+    }
+
+    /// Creates webhooks for a thing as `token`, expecting 201; answers them.
+    pub async fn create(&self, thing: &str, token: &str, webhooks: Value) -> Result<Vec<Value>> {
+        let (status, body) = self.call(Method::POST, &format!("/things/{thing}/webhooks"), token, Some(webhooks)).await?;
+        if status != StatusCode::CREATED {
+            bail!("create answered {status}: {body}");
+        }
+        Ok(serde_json::from_value(body)?)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads an answer: its status and parsed JSON body (`Null` when empty), checking that every
+/// error answer has the JSON error shape.
+pub async fn read(response: reqwest::Response) -> Result<(StatusCode, Value)> {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = response.bytes().await?;
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).with_context(|| format!("{status}: body is not JSON: {}", String::from_utf8_lossy(&bytes)))? };
+    if status.is_client_error() || status.is_server_error() {
+        if content_type != "application/json" {
+            bail!("{status} answered with Content-Type {content_type:?}");
+        }
+        if !body.get("error").is_some_and(Value::is_string) {
+            bail!("{status} answered without an error sentence: {body}");
+        }
+    }
+    Ok((status, body))
+}
+
+/// Retries an assertion until it holds or `within` has passed.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() > within => return Err(e.context(format!("still failing after {within:?}"))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `webhooks-host` binary, the real plugin, real HTTP.
+//!
+//! One test binary with a module per area keeps build times down.
+
+mod health;
