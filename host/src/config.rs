@@ -48,19 +48,39 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Port of the REST API.
-    #[arg(long, env = "MF_WEBHOOKS_HTTP_PORT", value_name = "MF_WEBHOOKS_HTTP_PORT", default_value_t = 9021)]
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_HTTP_PORT",
+        value_name = "MF_WEBHOOKS_HTTP_PORT",
+        default_value_t = 9021
+    )]
     pub http_port: u16,
 
     /// Address the REST API binds to.
-    #[arg(long, env = "MF_WEBHOOKS_HTTP_HOST", value_name = "MF_WEBHOOKS_HTTP_HOST", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_HTTP_HOST",
+        value_name = "MF_WEBHOOKS_HTTP_HOST",
+        default_value = "0.0.0.0"
+    )]
     pub http_host: String,
 
     /// Storage: sqlite://PATH (created if missing) or postgres://USER:PASS@HOST:PORT/DB.
-    #[arg(long, env = "MF_WEBHOOKS_DB_URL", value_name = "MF_WEBHOOKS_DB_URL", default_value = "sqlite://./data/webhooks.db")]
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_DB_URL",
+        value_name = "MF_WEBHOOKS_DB_URL",
+        default_value = "sqlite://./data/webhooks.db"
+    )]
     pub db_url: String,
 
     /// Path of the identity registry file (users, groups, things), re-read when it changes.
-    #[arg(long, env = "MF_WEBHOOKS_REGISTRY", value_name = "MF_WEBHOOKS_REGISTRY", default_value = "./examples/registry.json")]
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_REGISTRY",
+        value_name = "MF_WEBHOOKS_REGISTRY",
+        default_value = "./examples/registry.json"
+    )]
     pub registry: PathBuf,
 
     /// Path of the webhook logic component [default: the one `make build` writes,
@@ -80,11 +100,23 @@ pub struct ServeConfig {
     pub allow_private_destinations: bool,
 
     /// Log level.
-    #[arg(long, env = "MF_WEBHOOKS_LOG_LEVEL", value_name = "MF_WEBHOOKS_LOG_LEVEL", value_enum, default_value = "info")]
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_LOG_LEVEL",
+        value_name = "MF_WEBHOOKS_LOG_LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
     pub log_level: LogLevel,
 
     /// Log format.
-    #[arg(long, env = "MF_WEBHOOKS_LOG_FORMAT", value_name = "MF_WEBHOOKS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_LOG_FORMAT",
+        value_name = "MF_WEBHOOKS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Largest linear memory of one plugin call (e.g. 64MiB).
@@ -121,7 +153,9 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().map_err(|_| format!("{text:?} is not a size such as 64MiB"))?;
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 64MiB"))?;
     let scale: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
@@ -129,7 +163,9 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "GiB" | "G" | "GB" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?}; use B, KiB, MiB or GiB")),
     };
-    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Parses a duration such as `10s`, `500ms`, `2m`.
@@ -156,8 +192,15 @@ mod tests {
         use clap::CommandFactory;
         let cli = Cli::command();
         let serve = cli.find_subcommand("serve").unwrap();
-        for arg in serve.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "help")) {
-            assert!(arg.get_env().is_some(), "--{} has no environment variable", arg.get_long().unwrap());
+        for arg in serve
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help"))
+        {
+            assert!(
+                arg.get_env().is_some(),
+                "--{} has no environment variable",
+                arg.get_long().unwrap()
+            );
         }
     }
 }

@@ -55,7 +55,9 @@ fn init_logging(config: &ServeConfig) {
     };
     // Our crate at the configured level; dependencies only when they warn.
     let filter = EnvFilter::new(format!("warn,webhooks_host={level}"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),

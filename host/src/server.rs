@@ -24,7 +24,10 @@ pub struct StartupError {
 }
 
 fn fault(variable: &'static str, message: impl ToString) -> StartupError {
-    StartupError { variable, message: message.to_string().replace('\n', " ") }
+    StartupError {
+        variable,
+        message: message.to_string().replace('\n', " "),
+    }
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -32,14 +35,24 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let kv = store::open(&config.db_url).map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
     let registry = Arc::new(RegistryBackend::open(&config.registry).map_err(|e| fault("MF_WEBHOOKS_REGISTRY", e))?);
     let _watcher = registry.watch();
-    let capabilities = Capabilities { store: kv, identity: registry.clone() };
-    let limits = Limits { memory_bytes: config.plugin_memory, deadline: config.plugin_deadline, ..Limits::default() };
+    let capabilities = Capabilities {
+        store: kv,
+        identity: registry.clone(),
+    };
+    let limits = Limits {
+        memory_bytes: config.plugin_memory,
+        deadline: config.plugin_deadline,
+        ..Limits::default()
+    };
     let plugin_path = config.plugin_path();
     let runtime = Runtime::new(&plugin_path, limits, capabilities)
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
     tracing::info!(plugin = %plugin_path.display(), sha256 = %runtime.current().sha256, "plugin loaded");
 
-    let state = AppState { runtime, build: Arc::new(BuildInfo::current()) };
+    let state = AppState {
+        runtime,
+        build: Arc::new(BuildInfo::current()),
+    };
     let address = format!("{}:{}", config.http_host, config.http_port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await

@@ -22,7 +22,13 @@ impl Kv for HostStore {
         store::get_many(keys)
     }
 
-    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<store::Entry>, store::StoreError> {
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<store::Entry>, store::StoreError> {
         store::scan(prefix, after, limit, reverse)
     }
 

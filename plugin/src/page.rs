@@ -109,8 +109,8 @@ impl PageQuery {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(PageQuery::default());
         }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
         let Value::Object(fields) = value else {
             return Err(invalid("search body must be a JSON object"));
         };
@@ -219,7 +219,9 @@ fn parse_dir(value: &str) -> Result<Dir> {
 
 fn parse_name(value: &str) -> Result<String> {
     if value.chars().count() > MAX_NAME_CHARS {
-        return Err(invalid(format!("name filter must be at most {MAX_NAME_CHARS} characters")));
+        return Err(invalid(format!(
+            "name filter must be at most {MAX_NAME_CHARS} characters"
+        )));
     }
     Ok(value.to_lowercase())
 }
@@ -248,8 +250,7 @@ mod tests {
     use serde_json::json;
 
     fn q(pairs: &[(&str, &str)]) -> Result<PageQuery> {
-        let params: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         PageQuery::from_query(&params)
     }
 
@@ -279,10 +280,24 @@ mod tests {
     #[test]
     fn query_bounds() {
         assert_eq!(q(&[("offset", "5"), ("limit", "200")]).unwrap().limit, 200);
-        for bad in [("offset", "-1"), ("offset", "x"), ("limit", "0"), ("limit", "-3"), ("limit", "201"), ("limit", "ten"), ("limit", "1.5")] {
+        for bad in [
+            ("offset", "-1"),
+            ("offset", "x"),
+            ("limit", "0"),
+            ("limit", "-3"),
+            ("limit", "201"),
+            ("limit", "ten"),
+            ("limit", "1.5"),
+        ] {
             assert!(is_invalid(q(&[bad])), "{bad:?} accepted");
         }
-        for bad in [("order", "url"), ("dir", "up"), ("metadata", "[1]"), ("metadata", "{"), ("metadata", "3")] {
+        for bad in [
+            ("order", "url"),
+            ("dir", "up"),
+            ("metadata", "[1]"),
+            ("metadata", "{"),
+            ("metadata", "3"),
+        ] {
             assert!(is_invalid(q(&[bad])), "{bad:?} accepted");
         }
         assert!(is_invalid(q(&[("name", &"n".repeat(255))])));
@@ -294,17 +309,42 @@ mod tests {
         assert_eq!(PageQuery::from_body(b"").unwrap(), PageQuery::default());
         assert_eq!(PageQuery::from_body(b"{}").unwrap(), PageQuery::default());
         assert_eq!(PageQuery::from_body(br#"{"limit":0}"#).unwrap().limit, DEFAULT_LIMIT);
-        let query = PageQuery::from_body(br#"{"offset":2,"limit":5,"order":"name","dir":"asc","name":"AB","metadata":{"k":1}}"#).unwrap();
-        assert_eq!((query.offset, query.limit, query.order, query.dir), (2, 5, Order::Name, Dir::Asc));
+        let query = PageQuery::from_body(
+            br#"{"offset":2,"limit":5,"order":"name","dir":"asc","name":"AB","metadata":{"k":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (query.offset, query.limit, query.order, query.dir),
+            (2, 5, Order::Name, Dir::Asc)
+        );
         assert_eq!(query.name.as_deref(), Some("ab"));
-        for bad in [&br#"{"limit":201}"#[..], br#"{"limit":-1}"#, br#"{"offset":-1}"#, br#"{"offset":1.5}"#, br#"{"order":1}"#, br#"{"metadata":"x"}"#, b"[]", b"{", b"null"] {
-            assert!(is_invalid(PageQuery::from_body(bad)), "{} accepted", String::from_utf8_lossy(bad));
+        for bad in [
+            &br#"{"limit":201}"#[..],
+            br#"{"limit":-1}"#,
+            br#"{"offset":-1}"#,
+            br#"{"offset":1.5}"#,
+            br#"{"order":1}"#,
+            br#"{"metadata":"x"}"#,
+            b"[]",
+            b"{",
+            b"null",
+        ] {
+            assert!(
+                is_invalid(PageQuery::from_body(bad)),
+                "{} accepted",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn filters_match_case_insensitively_and_metadata_by_containment() {
-        let w = webhook("1", "Data Pipeline", "https://Ingest.example.com", json!({"site": {"a": 1, "b": 2}, "x": [1]}));
+        let w = webhook(
+            "1",
+            "Data Pipeline",
+            "https://Ingest.example.com",
+            json!({"site": {"a": 1, "b": 2}, "x": [1]}),
+        );
         let yes = |pairs: &[(&str, &str)]| q(pairs).unwrap().matches(&w);
         assert!(yes(&[("name", "pipe")]));
         assert!(yes(&[("url", "INGEST")]));
@@ -324,10 +364,22 @@ mod tests {
         ];
         let page = q(&[("limit", "2")]).unwrap().page(all.clone());
         assert_eq!(page["total"], 3);
-        let ids: Vec<_> = page["webhooks"].as_array().unwrap().iter().map(|w| w["id"].clone()).collect();
+        let ids: Vec<_> = page["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].clone())
+            .collect();
         assert_eq!(ids, [json!("c"), json!("b")]);
-        let page = q(&[("order", "name"), ("dir", "asc"), ("offset", "1")]).unwrap().page(all.clone());
-        let names: Vec<_> = page["webhooks"].as_array().unwrap().iter().map(|w| w["name"].clone()).collect();
+        let page = q(&[("order", "name"), ("dir", "asc"), ("offset", "1")])
+            .unwrap()
+            .page(all.clone());
+        let names: Vec<_> = page["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].clone())
+            .collect();
         assert_eq!(names, [json!("bravo"), json!("charlie")]);
         assert_eq!(page["order"], "name");
         let page = q(&[("offset", "10")]).unwrap().page(all);

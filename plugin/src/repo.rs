@@ -52,7 +52,9 @@ pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
     let mut webhooks = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let chunk = kv.scan(prefix, after.as_deref(), SCAN_CHUNK, false).map_err(store_error)?;
+        let chunk = kv
+            .scan(prefix, after.as_deref(), SCAN_CHUNK, false)
+            .map_err(store_error)?;
         let full = chunk.len() as u32 == SCAN_CHUNK;
         for entry in &chunk {
             webhooks.push(Webhook::decode(&entry.value)?);
@@ -75,9 +77,18 @@ pub fn commit(kv: &dyn Kv, guards: &[Condition], ops: &[Op]) -> Result<(), Commi
 /// The writes that store a webhook's record and its index entries.
 pub fn put_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
     let value = webhook.encode();
-    ops.push(Op::Put(Entry { key: keys::by_thing(&webhook.thing_id, &webhook.id), value: value.clone() }));
-    ops.push(Op::Put(Entry { key: keys::by_group(&webhook.group_id, &webhook.id), value: value.clone() }));
-    ops.push(Op::Put(Entry { key: keys::webhook(&webhook.id), value }));
+    ops.push(Op::Put(Entry {
+        key: keys::by_thing(&webhook.thing_id, &webhook.id),
+        value: value.clone(),
+    }));
+    ops.push(Op::Put(Entry {
+        key: keys::by_group(&webhook.group_id, &webhook.id),
+        value: value.clone(),
+    }));
+    ops.push(Op::Put(Entry {
+        key: keys::webhook(&webhook.id),
+        value,
+    }));
 }
 
 /// The writes that remove a webhook's record, index entries and name reservation.
@@ -111,7 +122,13 @@ pub mod memory {
             Ok(keys.iter().map(|k| self.map.borrow().get(k).cloned()).collect())
         }
 
-        fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError> {
+        fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: u32,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, StoreError> {
             let map = self.map.borrow();
             let matching = map.iter().filter(|(k, _)| k.starts_with(prefix));
             let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if reverse {
@@ -121,7 +138,10 @@ pub mod memory {
             };
             Ok(entries
                 .take(limit as usize)
-                .map(|(k, v)| Entry { key: k.clone(), value: v.clone() })
+                .map(|(k, v)| Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
                 .collect())
         }
 

@@ -46,7 +46,10 @@ impl<'a> Service<'a> {
             let id = uuid::Uuid::new_v4().to_string();
             let name_key = keys::name(thing_id, &input.name);
             guards.push(Condition::Absent(name_key.clone()));
-            ops.push(Op::Put(Entry { key: name_key, value: id.clone().into_bytes() }));
+            ops.push(Op::Put(Entry {
+                key: name_key,
+                value: id.clone().into_bytes(),
+            }));
             let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input);
             repo::put_webhook(&mut ops, &webhook);
             created.push(webhook);
@@ -113,13 +116,19 @@ impl<'a> Service<'a> {
             };
             let mut updated = current.clone();
             updated.apply(input.clone());
-            let mut guards = vec![Condition::Equals(Entry { key: keys::webhook(id), value: stored })];
+            let mut guards = vec![Condition::Equals(Entry {
+                key: keys::webhook(id),
+                value: stored,
+            })];
             let mut ops = Vec::with_capacity(5);
             if updated.name != current.name {
                 let new_name = keys::name(&updated.thing_id, &updated.name);
                 guards.push(Condition::Absent(new_name.clone()));
                 ops.push(Op::Delete(keys::name(&current.thing_id, &current.name)));
-                ops.push(Op::Put(Entry { key: new_name, value: id.as_bytes().to_vec() }));
+                ops.push(Op::Put(Entry {
+                    key: new_name,
+                    value: id.as_bytes().to_vec(),
+                }));
             }
             repo::put_webhook(&mut ops, &updated);
             match repo::commit(self.kv, &guards, &ops) {
@@ -158,7 +167,12 @@ impl<'a> Service<'a> {
             let guards: Vec<Condition> = record_keys
                 .iter()
                 .zip(stored)
-                .map(|(key, value)| Condition::Equals(Entry { key: key.clone(), value: value.unwrap_or_default() }))
+                .map(|(key, value)| {
+                    Condition::Equals(Entry {
+                        key: key.clone(),
+                        value: value.unwrap_or_default(),
+                    })
+                })
                 .collect();
             let mut ops = Vec::with_capacity(webhooks.len() * 4);
             for webhook in &webhooks {
@@ -315,11 +329,21 @@ mod tests {
     #[test]
     fn create_assigns_ids_and_groups_and_keeps_input_order() {
         with_service(|service| {
-            let created = create(service, "t1", json!([{"name": "b", "url": "http://h/1"}, {"name": "a", "url": "http://h/2", "id": "mine"}])).unwrap();
+            let created = create(
+                service,
+                "t1",
+                json!([{"name": "b", "url": "http://h/1"}, {"name": "a", "url": "http://h/2", "id": "mine"}]),
+            )
+            .unwrap();
             assert_eq!(created.len(), 2);
             assert_eq!(created[0]["name"], "b");
             assert_ne!(created[1]["id"], "mine");
-            assert!(uuid::Uuid::parse_str(created[1]["id"].as_str().unwrap()).unwrap().get_version_num() == 4);
+            assert!(
+                uuid::Uuid::parse_str(created[1]["id"].as_str().unwrap())
+                    .unwrap()
+                    .get_version_num()
+                    == 4
+            );
             assert_eq!(created[0]["group_id"], "g1");
             assert_eq!(created[0]["thing_id"], "t1");
             let wrapped = create(service, "t1", json!({"webhooks": [{"name": "c", "url": "http://h"}]})).unwrap();
@@ -331,11 +355,23 @@ mod tests {
     fn create_is_all_or_nothing() {
         with_service(|service| {
             create(service, "t1", json!([{"name": "taken", "url": "http://h"}])).unwrap();
-            let again = create(service, "t1", json!([{"name": "fresh", "url": "http://h"}, {"name": "taken", "url": "http://h"}]));
+            let again = create(
+                service,
+                "t1",
+                json!([{"name": "fresh", "url": "http://h"}, {"name": "taken", "url": "http://h"}]),
+            );
             assert!(matches!(again, Err(Error::Conflict(_))));
-            let invalid = create(service, "t1", json!([{"name": "fresh", "url": "http://h"}, {"name": "x", "url": "ftp://h"}]));
+            let invalid = create(
+                service,
+                "t1",
+                json!([{"name": "fresh", "url": "http://h"}, {"name": "x", "url": "ftp://h"}]),
+            );
             assert!(matches!(invalid, Err(Error::Invalid(m)) if m.starts_with("webhook 1:")));
-            let twice = create(service, "t1", json!([{"name": "d", "url": "http://h"}, {"name": "d", "url": "http://h"}]));
+            let twice = create(
+                service,
+                "t1",
+                json!([{"name": "d", "url": "http://h"}, {"name": "d", "url": "http://h"}]),
+            );
             assert!(matches!(twice, Err(Error::Conflict(_))));
             assert_eq!(list(service, "t1")["total"], 1);
             // The same name on another thing is fine.
@@ -347,19 +383,49 @@ mod tests {
     fn roles_are_enforced() {
         with_service(|service| {
             let body = json!([{"name": "n", "url": "http://h"}]).to_string();
-            assert!(matches!(service.create_webhooks("", "t1", body.as_bytes()), Err(Error::Unauthenticated(_))));
-            assert!(matches!(service.create_webhooks("nobody", "t1", body.as_bytes()), Err(Error::Unauthenticated(_))));
-            assert!(matches!(service.create_webhooks("viewer", "t1", body.as_bytes()), Err(Error::Forbidden(_))));
-            assert!(matches!(service.create_webhooks("editor", "t9", body.as_bytes()), Err(Error::NotFound(_))));
-            assert!(matches!(service.list_thing_webhooks("outsider", "t1", &[]), Err(Error::Forbidden(_))));
-            let id = create(service, "t1", json!([{"name": "n", "url": "http://h"}])).unwrap()[0]["id"].as_str().unwrap().to_owned();
+            assert!(matches!(
+                service.create_webhooks("", "t1", body.as_bytes()),
+                Err(Error::Unauthenticated(_))
+            ));
+            assert!(matches!(
+                service.create_webhooks("nobody", "t1", body.as_bytes()),
+                Err(Error::Unauthenticated(_))
+            ));
+            assert!(matches!(
+                service.create_webhooks("viewer", "t1", body.as_bytes()),
+                Err(Error::Forbidden(_))
+            ));
+            assert!(matches!(
+                service.create_webhooks("editor", "t9", body.as_bytes()),
+                Err(Error::NotFound(_))
+            ));
+            assert!(matches!(
+                service.list_thing_webhooks("outsider", "t1", &[]),
+                Err(Error::Forbidden(_))
+            ));
+            let id = create(service, "t1", json!([{"name": "n", "url": "http://h"}])).unwrap()[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             assert!(service.view_webhook("viewer", &id).is_ok());
-            assert!(matches!(service.view_webhook("outsider", &id), Err(Error::Forbidden(_))));
-            assert!(matches!(service.view_webhook("nobody", "missing"), Err(Error::Unauthenticated(_))));
+            assert!(matches!(
+                service.view_webhook("outsider", &id),
+                Err(Error::Forbidden(_))
+            ));
+            assert!(matches!(
+                service.view_webhook("nobody", "missing"),
+                Err(Error::Unauthenticated(_))
+            ));
             let update = json!({"name": "n", "url": "http://h"}).to_string();
-            assert!(matches!(service.update_webhook("viewer", &id, update.as_bytes()), Err(Error::Forbidden(_))));
+            assert!(matches!(
+                service.update_webhook("viewer", &id, update.as_bytes()),
+                Err(Error::Forbidden(_))
+            ));
             let remove = json!({"webhook_ids": [id]}).to_string();
-            assert!(matches!(service.remove_webhooks("viewer", remove.as_bytes()), Err(Error::Forbidden(_))));
+            assert!(matches!(
+                service.remove_webhooks("viewer", remove.as_bytes()),
+                Err(Error::Forbidden(_))
+            ));
         });
     }
 
@@ -368,14 +434,28 @@ mod tests {
         with_service(|service| {
             let created = create(service, "t1", json!([{"name": "a", "url": "http://h", "headers": {"X": "1"}, "metadata": {"k": 1}}, {"name": "b", "url": "http://h"}])).unwrap();
             let id = created[0]["id"].as_str().unwrap();
-            service.update_webhook("editor", id, br#"{"name":"c","url":"https://new"}"#).unwrap();
+            service
+                .update_webhook("editor", id, br#"{"name":"c","url":"https://new"}"#)
+                .unwrap();
             let view: Value = serde_json::from_str(&service.view_webhook("viewer", id).unwrap()).unwrap();
-            assert_eq!(view, json!({"id": id, "thing_id": "t1", "group_id": "g1", "name": "c", "url": "https://new"}));
+            assert_eq!(
+                view,
+                json!({"id": id, "thing_id": "t1", "group_id": "g1", "name": "c", "url": "https://new"})
+            );
             // The old name is free again, the new one taken.
             create(service, "t1", json!([{"name": "a", "url": "http://h"}])).unwrap();
-            assert!(matches!(service.update_webhook("editor", id, br#"{"name":"b","url":"http://h"}"#), Err(Error::Conflict(_))));
-            assert!(matches!(service.update_webhook("editor", "missing", br#"{"name":"b","url":"http://h"}"#), Err(Error::NotFound(_))));
-            assert!(matches!(service.update_webhook("editor", id, br#"{"name":""}"#), Err(Error::Invalid(_))));
+            assert!(matches!(
+                service.update_webhook("editor", id, br#"{"name":"b","url":"http://h"}"#),
+                Err(Error::Conflict(_))
+            ));
+            assert!(matches!(
+                service.update_webhook("editor", "missing", br#"{"name":"b","url":"http://h"}"#),
+                Err(Error::NotFound(_))
+            ));
+            assert!(matches!(
+                service.update_webhook("editor", id, br#"{"name":""}"#),
+                Err(Error::Invalid(_))
+            ));
             let listed = list(service, "t1");
             assert_eq!(listed["total"], 3);
         });
@@ -384,14 +464,28 @@ mod tests {
     #[test]
     fn remove_is_all_or_nothing() {
         with_service(|service| {
-            let created = create(service, "t1", json!([{"name": "a", "url": "http://h"}, {"name": "b", "url": "http://h"}])).unwrap();
+            let created = create(
+                service,
+                "t1",
+                json!([{"name": "a", "url": "http://h"}, {"name": "b", "url": "http://h"}]),
+            )
+            .unwrap();
             let a = created[0]["id"].as_str().unwrap();
             let b = created[1]["id"].as_str().unwrap();
             let body = json!({"webhook_ids": [a, "missing"]}).to_string();
-            assert!(matches!(service.remove_webhooks("editor", body.as_bytes()), Err(Error::NotFound(_))));
+            assert!(matches!(
+                service.remove_webhooks("editor", body.as_bytes()),
+                Err(Error::NotFound(_))
+            ));
             assert_eq!(list(service, "t1")["total"], 2);
-            assert!(matches!(service.remove_webhooks("editor", br#"{"webhook_ids":[]}"#), Err(Error::Invalid(_))));
-            assert!(matches!(service.remove_webhooks("editor", br#"{"ids":["x"]}"#), Err(Error::Invalid(_))));
+            assert!(matches!(
+                service.remove_webhooks("editor", br#"{"webhook_ids":[]}"#),
+                Err(Error::Invalid(_))
+            ));
+            assert!(matches!(
+                service.remove_webhooks("editor", br#"{"ids":["x"]}"#),
+                Err(Error::Invalid(_))
+            ));
             let body = json!({"webhook_ids": [a, b, a]}).to_string();
             service.remove_webhooks("editor", body.as_bytes()).unwrap();
             assert_eq!(list(service, "t1")["total"], 0);
@@ -403,15 +497,28 @@ mod tests {
     #[test]
     fn group_lists_span_things_and_filter() {
         with_service(|service| {
-            create(service, "t1", json!([{"name": "Alpha", "url": "http://one", "metadata": {"site": "x"}}])).unwrap();
+            create(
+                service,
+                "t1",
+                json!([{"name": "Alpha", "url": "http://one", "metadata": {"site": "x"}}]),
+            )
+            .unwrap();
             create(service, "t2", json!([{"name": "beta", "url": "http://two"}])).unwrap();
             let page: Value = serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &[]).unwrap()).unwrap();
             assert_eq!(page["total"], 2);
-            let filtered: Value = serde_json::from_str(&service.search_group_webhooks("viewer", "g1", br#"{"metadata":{"site":"x"}}"#).unwrap()).unwrap();
+            let filtered: Value = serde_json::from_str(
+                &service
+                    .search_group_webhooks("viewer", "g1", br#"{"metadata":{"site":"x"}}"#)
+                    .unwrap(),
+            )
+            .unwrap();
             assert_eq!(filtered["total"], 1);
             assert_eq!(filtered["webhooks"][0]["name"], "Alpha");
             assert_eq!(list(service, "t2")["total"], 1);
-            assert!(matches!(service.list_group_webhooks("viewer", "g9", &[]), Err(Error::NotFound(_))));
+            assert!(matches!(
+                service.list_group_webhooks("viewer", "g9", &[]),
+                Err(Error::NotFound(_))
+            ));
         });
     }
 }

@@ -52,8 +52,8 @@ impl Webhook {
 
     /// Reads a stored record of this or an earlier format version.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let record: Webhook = serde_json::from_slice(bytes)
-            .map_err(|e| internal(format!("stored webhook record is unreadable: {e}")))?;
+        let record: Webhook =
+            serde_json::from_slice(bytes).map_err(|e| internal(format!("stored webhook record is unreadable: {e}")))?;
         if record.v > FORMAT_VERSION {
             return Err(internal(format!(
                 "stored webhook record has format version {}, newer than this plugin's {FORMAT_VERSION}",
@@ -139,7 +139,12 @@ impl WebhookInput {
             Some(Value::Object(metadata)) => metadata.clone(),
             Some(_) => return Err(invalid("metadata must be a JSON object")),
         };
-        Ok(WebhookInput { name, url, headers, metadata })
+        Ok(WebhookInput {
+            name,
+            url,
+            headers,
+            metadata,
+        })
     }
 }
 
@@ -173,8 +178,8 @@ pub fn validate_url(url: &str) -> Result<()> {
     if authority.is_empty() || authority.starts_with(['/', '?', '#']) {
         return Err(invalid("url must have a host"));
     }
-    let parsed = url::Url::parse(url)
-        .map_err(|e| invalid(format!("url must be an absolute http or https URL ({e})")))?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| invalid(format!("url must be an absolute http or https URL ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid("url must use the http or https scheme"));
     }
@@ -212,9 +217,9 @@ pub fn validate_headers(headers: &Map<String, Value>) -> Result<()> {
 /// RFC 9110 `token`: one or more visible ASCII characters other than delimiters.
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// RFC 9110 `field-value`: no control characters but horizontal tab, no leading or trailing
@@ -273,13 +278,28 @@ mod tests {
 
     #[test]
     fn url_must_be_absolute_http_with_a_host() {
-        for url in ["", " http://h", "http://h/a b", "/relative", "ftp://h/x", "mailto:a@b", "http://", "https:///path", "not a url"] {
+        for url in [
+            "",
+            " http://h",
+            "http://h/a b",
+            "/relative",
+            "ftp://h/x",
+            "mailto:a@b",
+            "http://",
+            "https:///path",
+            "not a url",
+        ] {
             assert!(parse(json!({"name": "n", "url": url})).is_err(), "{url} accepted");
         }
         assert_invalid(json!({"name": "n"}), "url is required");
         let long = format!("http://h/{}", "a".repeat(2048));
         assert_invalid(json!({"name": "n", "url": long}), "at most 2048");
-        for url in ["http://h", "https://h.example:8443/p?q=1#f", "http://127.0.0.1:9/x", "http://[::1]/"] {
+        for url in [
+            "http://h",
+            "https://h.example:8443/p?q=1#f",
+            "http://127.0.0.1:9/x",
+            "http://[::1]/",
+        ] {
             assert!(parse(json!({"name": "n", "url": url})).is_ok(), "{url} refused");
         }
     }

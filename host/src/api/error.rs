@@ -19,7 +19,11 @@ impl ApiError {
     /// An answer with this status and message.
     #[track_caller]
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), location: std::panic::Location::caller() }
+        ApiError {
+            status,
+            message: message.into(),
+            location: std::panic::Location::caller(),
+        }
     }
 
     /// 400: the request is malformed.

@@ -42,7 +42,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(PathParams(value)),
-            Err(rejection) => Err(ApiError::bad_request(format!("invalid path: {}", rejection.body_text()))),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "invalid path: {}",
+                rejection.body_text()
+            ))),
         }
     }
 }
@@ -55,7 +58,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        Ok(QueryPairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+        Ok(QueryPairs(
+            form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+        ))
     }
 }
 
@@ -115,17 +120,19 @@ pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await.map_err(|e| {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-        let mut limited = false;
-        while let Some(error) = cause {
-            limited |= error.is::<http_body_util::LengthLimitError>();
-            cause = error.source();
-        }
-        if limited {
-            too_large()
-        } else {
-            ApiError::bad_request(format!("request body could not be read: {e}"))
-        }
-    })
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+            let mut limited = false;
+            while let Some(error) = cause {
+                limited |= error.is::<http_body_util::LengthLimitError>();
+                cause = error.source();
+            }
+            if limited {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("request body could not be read: {e}"))
+            }
+        })
 }

@@ -35,7 +35,12 @@ async fn create(
     let created = app
         .runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_create_webhooks(store, &token, &thing_id, &body).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_create_webhooks(store, &token, &thing_id, &body)
+                    .await
+            })
         })
         .await??;
     Ok(json(StatusCode::CREATED, created))
@@ -50,7 +55,12 @@ async fn list_by_thing(
     let page = app
         .runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_list_thing_webhooks(store, &token, &thing_id, &query).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_list_thing_webhooks(store, &token, &thing_id, &query)
+                    .await
+            })
         })
         .await??;
     Ok(json(StatusCode::OK, page))
@@ -65,7 +75,12 @@ async fn list_by_group(
     let page = app
         .runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_list_group_webhooks(store, &token, &group_id, &query).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_list_group_webhooks(store, &token, &group_id, &query)
+                    .await
+            })
         })
         .await??;
     Ok(json(StatusCode::OK, page))
@@ -80,7 +95,12 @@ async fn search_by_thing(
     let page = app
         .runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_search_thing_webhooks(store, &token, &thing_id, &body).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_search_thing_webhooks(store, &token, &thing_id, &body)
+                    .await
+            })
         })
         .await??;
     Ok(json(StatusCode::OK, page))
@@ -95,7 +115,12 @@ async fn search_by_group(
     let page = app
         .runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_search_group_webhooks(store, &token, &group_id, &body).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_search_group_webhooks(store, &token, &group_id, &body)
+                    .await
+            })
         })
         .await??;
     Ok(json(StatusCode::OK, page))
@@ -109,7 +134,12 @@ async fn view(
     let webhook = app
         .runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_view_webhook(store, &token, &id).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_view_webhook(store, &token, &id)
+                    .await
+            })
         })
         .await??;
     Ok(json(StatusCode::OK, webhook))
@@ -123,7 +153,12 @@ async fn update(
 ) -> Result<Response, ApiError> {
     app.runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_update_webhook(store, &token, &id, &body).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_update_webhook(store, &token, &id, &body)
+                    .await
+            })
         })
         .await??;
     Ok(StatusCode::OK.into_response())
@@ -136,7 +171,12 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     app.runtime
         .call(move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_api().call_remove_webhooks(store, &token, &body).await })
+            Box::pin(async move {
+                plugin
+                    .mainflux_webhooks_api()
+                    .call_remove_webhooks(store, &token, &body)
+                    .await
+            })
         })
         .await??;
     Ok(StatusCode::NO_CONTENT.into_response())

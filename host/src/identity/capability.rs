@@ -41,11 +41,17 @@ impl wit::Host for IdentityCtx {
     }
 
     async fn authorize_thing(&mut self, token: String, thing_id: String, wanted: WitRole) -> Result<String, Error> {
-        self.backend.authorize_thing(&token, &thing_id, role(wanted)).await.map_err(to_wit)
+        self.backend
+            .authorize_thing(&token, &thing_id, role(wanted))
+            .await
+            .map_err(to_wit)
     }
 
     async fn authorize_group(&mut self, token: String, group_id: String, wanted: WitRole) -> Result<(), Error> {
-        self.backend.authorize_group(&token, &group_id, role(wanted)).await.map_err(to_wit)
+        self.backend
+            .authorize_group(&token, &group_id, role(wanted))
+            .await
+            .map_err(to_wit)
     }
 }
 

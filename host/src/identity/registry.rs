@@ -107,7 +107,11 @@ impl Registry {
             if let Some(unknown) = group.members.keys().find(|member| !user_ids.contains(member)) {
                 return Err(format!("group {} names unknown user {unknown}", group.id));
             }
-            if registry.members_by_group.insert(group.id.clone(), group.members).is_some() {
+            if registry
+                .members_by_group
+                .insert(group.id.clone(), group.members)
+                .is_some()
+            {
                 return Err(format!("group {} appears twice", group.id));
             }
         }
@@ -116,9 +120,16 @@ impl Registry {
                 return Err("every thing needs a non-empty id and key".into());
             }
             if !registry.members_by_group.contains_key(&thing.group_id) {
-                return Err(format!("thing {} belongs to unknown group {}", thing.id, thing.group_id));
+                return Err(format!(
+                    "thing {} belongs to unknown group {}",
+                    thing.id, thing.group_id
+                ));
             }
-            if registry.group_by_thing.insert(thing.id.clone(), thing.group_id).is_some() {
+            if registry
+                .group_by_thing
+                .insert(thing.id.clone(), thing.group_id)
+                .is_some()
+            {
                 return Err(format!("thing {} appears twice", thing.id));
             }
             if registry.thing_by_key.insert(thing.key, thing.id.clone()).is_some() {
@@ -130,8 +141,14 @@ impl Registry {
 
     /// Reads and parses a registry file.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
-        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read { path: path.to_owned(), source })?;
-        Registry::parse(&bytes).map_err(|reason| RegistryError::Invalid { path: path.to_owned(), reason })
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Registry::parse(&bytes).map_err(|reason| RegistryError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
     /// The user id of a token.
@@ -195,7 +212,10 @@ impl RegistryBackend {
     /// Loads the registry file; a missing or invalid file is an error.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         let registry = Registry::load(path)?;
-        Ok(RegistryBackend { path: path.to_owned(), current: RwLock::new(Arc::new(registry)) })
+        Ok(RegistryBackend {
+            path: path.to_owned(),
+            current: RwLock::new(Arc::new(registry)),
+        })
     }
 
     /// The registry in force.
@@ -215,7 +235,9 @@ impl RegistryBackend {
                 ticker.tick().await;
                 let Some(backend) = weak.upgrade() else { return };
                 // A rename may leave the path briefly missing; wait for the next tick.
-                let Ok(bytes) = std::fs::read(&backend.path) else { continue };
+                let Ok(bytes) = std::fs::read(&backend.path) else {
+                    continue;
+                };
                 if last.as_deref() == Some(bytes.as_slice()) {
                     continue;
                 }
@@ -266,12 +288,30 @@ mod tests {
         let registry = Registry::parse(SAMPLE.as_bytes()).unwrap();
         assert_eq!(registry.check_thing("ta", "t", Role::Admin).unwrap(), "g");
         assert!(registry.check_thing("tb", "t", Role::Viewer).is_ok());
-        assert!(matches!(registry.check_thing("tb", "t", Role::Editor), Err(IdentityError::Forbidden(_))));
-        assert!(matches!(registry.check_thing("tc", "t", Role::Viewer), Err(IdentityError::Forbidden(_))));
-        assert!(matches!(registry.check_thing("zz", "t", Role::Viewer), Err(IdentityError::Unauthenticated(_))));
-        assert!(matches!(registry.check_thing("ta", "nope", Role::Viewer), Err(IdentityError::NotFound(_))));
-        assert!(matches!(registry.check_group("ta", "h", Role::Viewer), Err(IdentityError::Forbidden(_))));
-        assert!(matches!(registry.check_group("ta", "x", Role::Viewer), Err(IdentityError::NotFound(_))));
+        assert!(matches!(
+            registry.check_thing("tb", "t", Role::Editor),
+            Err(IdentityError::Forbidden(_))
+        ));
+        assert!(matches!(
+            registry.check_thing("tc", "t", Role::Viewer),
+            Err(IdentityError::Forbidden(_))
+        ));
+        assert!(matches!(
+            registry.check_thing("zz", "t", Role::Viewer),
+            Err(IdentityError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            registry.check_thing("ta", "nope", Role::Viewer),
+            Err(IdentityError::NotFound(_))
+        ));
+        assert!(matches!(
+            registry.check_group("ta", "h", Role::Viewer),
+            Err(IdentityError::Forbidden(_))
+        ));
+        assert!(matches!(
+            registry.check_group("ta", "x", Role::Viewer),
+            Err(IdentityError::NotFound(_))
+        ));
         assert_eq!(registry.thing_by_key("k"), Some("t"));
     }
 

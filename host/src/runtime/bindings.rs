@@ -1,6 +1,9 @@
 //! Host-side bindings of the `webhooks` world, generated from `wit/`.
 
-#![allow(missing_docs, reason = "generated from the WIT, whose doc comments it carries where it can")]
+#![allow(
+    missing_docs,
+    reason = "generated from the WIT, whose doc comments it carries where it can"
+)]
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -35,7 +35,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 64 << 20, deadline: Duration::from_secs(10), max_instances: 256 }
+        Limits {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(10),
+            max_instances: 256,
+        }
     }
 }
 
@@ -93,7 +97,13 @@ impl Runtime {
         link(&mut linker).map_err(LoadError::World)?;
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.display().to_string(), e))?;
         let plugin = load(&engine, &linker, &bytes)?;
-        let runtime = Arc::new(Runtime { engine, linker, limits, capabilities, current: RwLock::new(Arc::new(plugin)) });
+        let runtime = Arc::new(Runtime {
+            engine,
+            linker,
+            limits,
+            capabilities,
+            current: RwLock::new(Arc::new(plugin)),
+        });
         runtime.start_epoch_ticker();
         Ok(runtime)
     }
@@ -117,7 +127,10 @@ impl Runtime {
         F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         let plugin = self.current();
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
         let deadline = Instant::now() + self.limits.deadline;
         let mut store = Store::new(&self.engine, HostState::new(&self.capabilities, limits, deadline));
         store.limiter(|state| &mut state.limits);
@@ -135,10 +148,12 @@ impl Runtime {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
-        call(&instance, &mut store).await.map_err(|e| match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Deadline,
-            _ => CallError::Trap(format!("{e:#}")),
-        })
+        call(&instance, &mut store)
+            .await
+            .map_err(|e| match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => CallError::Deadline,
+                _ => CallError::Trap(format!("{e:#}")),
+            })
     }
 
     fn start_epoch_ticker(self: &Arc<Self>) {
@@ -192,7 +207,11 @@ fn load(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Result<Plu
     let component = Component::new(engine, bytes).map_err(LoadError::Compile)?;
     let instance_pre = linker.instantiate_pre(&component).map_err(LoadError::World)?;
     let pre = WebhooksPre::new(instance_pre).map_err(LoadError::World)?;
-    Ok(Plugin { pre, sha256: hex(&Sha256::digest(bytes)), loaded_at: SystemTime::now() })
+    Ok(Plugin {
+        pre,
+        sha256: hex(&Sha256::digest(bytes)),
+        loaded_at: SystemTime::now(),
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

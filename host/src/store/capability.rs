@@ -44,7 +44,10 @@ impl wit::Host for StoreCtx {
         reverse: bool,
     ) -> Result<Vec<wit::Entry>, wit::StoreError> {
         let entries = self.backend.scan(prefix, after, limit, reverse).await.map_err(to_wit)?;
-        Ok(entries.into_iter().map(|(key, value)| wit::Entry { key, value }).collect())
+        Ok(entries
+            .into_iter()
+            .map(|(key, value)| wit::Entry { key, value })
+            .collect())
     }
 
     async fn commit(&mut self, guards: Vec<wit::Condition>, ops: Vec<wit::Op>) -> Result<(), wit::StoreError> {

@@ -27,9 +27,8 @@ impl SqliteStore {
         if let Some(parent) = Path::new(path).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                rusqlite::Error::InvalidPath(format!("cannot create {}: {e}", parent.display()).into())
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| rusqlite::Error::InvalidPath(format!("cannot create {}: {e}", parent.display()).into()))?;
         }
         let writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
@@ -56,7 +55,8 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(unavailable)?;
-                conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(unavailable)?;
                 conn
             }
         };
@@ -73,10 +73,17 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn scan(conn: &Connection, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> rusqlite::Result<Vec<Entry>> {
+fn scan(
+    conn: &Connection,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: u32,
+    reverse: bool,
+) -> rusqlite::Result<Vec<Entry>> {
     // Bounds as a half-open range: prefix <= key < prefix_end, narrowed by the cursor.
     let end = prefix_end(prefix);
-    let (low, low_inclusive, high, high_inclusive): (Option<&[u8]>, bool, Option<&[u8]>, bool) = match (reverse, after) {
+    let (low, low_inclusive, high, high_inclusive): (Option<&[u8]>, bool, Option<&[u8]>, bool) = match (reverse, after)
+    {
         (false, Some(after)) if after >= prefix => (Some(after), false, end.as_deref(), false),
         (true, Some(after)) if end.as_deref().is_none_or(|end| after < end) => (Some(prefix), true, Some(after), false),
         _ => (Some(prefix), true, end.as_deref(), false),
@@ -84,23 +91,38 @@ fn scan(conn: &Connection, prefix: &[u8], after: Option<&[u8]>, limit: u32, reve
     let mut sql = String::from("SELECT key, value FROM kv WHERE key ");
     sql.push_str(if low_inclusive { ">= ?1" } else { "> ?1" });
     if high.is_some() {
-        sql.push_str(if high_inclusive { " AND key <= ?2" } else { " AND key < ?2" });
+        sql.push_str(if high_inclusive {
+            " AND key <= ?2"
+        } else {
+            " AND key < ?2"
+        });
     }
-    sql.push_str(if reverse { " ORDER BY key DESC LIMIT ?3" } else { " ORDER BY key LIMIT ?3" });
+    sql.push_str(if reverse {
+        " ORDER BY key DESC LIMIT ?3"
+    } else {
+        " ORDER BY key LIMIT ?3"
+    });
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement.query_map(params![low, high, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()
 }
 
 fn commit(conn: &mut Connection, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
     {
-        let mut read = tx.prepare_cached("SELECT value FROM kv WHERE key = ?1").map_err(unavailable)?;
+        let mut read = tx
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+            .map_err(unavailable)?;
         for (index, guard) in guards.iter().enumerate() {
             let key = match guard {
                 Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key,
             };
-            let current: Option<Vec<u8>> = read.query_row([key], |row| row.get(0)).optional().map_err(unavailable)?;
+            let current: Option<Vec<u8>> = read
+                .query_row([key], |row| row.get(0))
+                .optional()
+                .map_err(unavailable)?;
             let holds = match guard {
                 Condition::Absent(_) => current.is_none(),
                 Condition::Present(_) => current.is_some(),
@@ -110,8 +132,12 @@ fn commit(conn: &mut Connection, guards: &[Condition], ops: &[Op]) -> Result<(),
                 return Err(StoreError::Conflict(index as u32));
             }
         }
-        let mut put = tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)").map_err(unavailable)?;
-        let mut delete = tx.prepare_cached("DELETE FROM kv WHERE key = ?1").map_err(unavailable)?;
+        let mut put = tx
+            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
+            .map_err(unavailable)?;
+        let mut delete = tx
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")
+            .map_err(unavailable)?;
         for op in ops {
             match op {
                 Op::Put(key, value) => put.execute(params![key, value]).map_err(unavailable)?,
@@ -125,7 +151,9 @@ fn commit(conn: &mut Connection, guards: &[Condition], ops: &[Op]) -> Result<(),
 impl KvBackend for SqliteStore {
     fn get(&self, key: Vec<u8>) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
         let result = self.with_reader(|conn| {
-            conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |row| row.get(0)).optional()
+            conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?
+                .query_row([key], |row| row.get(0))
+                .optional()
         });
         Box::pin(std::future::ready(result))
     }
@@ -133,12 +161,20 @@ impl KvBackend for SqliteStore {
     fn get_many(&self, keys: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Vec<Option<Vec<u8>>>, StoreError>> {
         let result = self.with_reader(|conn| {
             let mut statement = conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
-            keys.iter().map(|key| statement.query_row([key], |row| row.get(0)).optional()).collect()
+            keys.iter()
+                .map(|key| statement.query_row([key], |row| row.get(0)).optional())
+                .collect()
         });
         Box::pin(std::future::ready(result))
     }
 
-    fn scan(&self, prefix: Vec<u8>, after: Option<Vec<u8>>, limit: u32, reverse: bool) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>> {
+    fn scan(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        reverse: bool,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>> {
         let result = self.with_reader(|conn| scan(conn, &prefix, after.as_deref(), limit, reverse));
         Box::pin(std::future::ready(result))
     }
@@ -169,7 +205,11 @@ mod tests {
 
     fn uuid_like() -> String {
         use std::time::{SystemTime, UNIX_EPOCH};
-        format!("{}-{:?}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos(), std::thread::current().id())
+        format!(
+            "{}-{:?}",
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos(),
+            std::thread::current().id()
+        )
     }
 
     fn put(key: &[u8], value: &[u8]) -> Op {
@@ -183,15 +223,36 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scans_are_ordered_bounded_and_resumable() {
         let (store, dir) = store();
-        let ops = [&b"a"[..], b"p\x00", b"p\x001", b"p\x002", b"p\xff", b"q"].iter().map(|k| put(k, b"v")).collect();
+        let ops = [&b"a"[..], b"p\x00", b"p\x001", b"p\x002", b"p\xff", b"q"]
+            .iter()
+            .map(|k| put(k, b"v"))
+            .collect();
         store.commit(vec![], ops).await.unwrap();
         let all = keys(store.scan(b"p".to_vec(), None, 10, false).await.unwrap());
-        assert_eq!(all, vec![b"p\x00".to_vec(), b"p\x001".to_vec(), b"p\x002".to_vec(), b"p\xff".to_vec()]);
-        let next = keys(store.scan(b"p".to_vec(), Some(b"p\x001".to_vec()), 2, false).await.unwrap());
+        assert_eq!(
+            all,
+            vec![
+                b"p\x00".to_vec(),
+                b"p\x001".to_vec(),
+                b"p\x002".to_vec(),
+                b"p\xff".to_vec()
+            ]
+        );
+        let next = keys(
+            store
+                .scan(b"p".to_vec(), Some(b"p\x001".to_vec()), 2, false)
+                .await
+                .unwrap(),
+        );
         assert_eq!(next, vec![b"p\x002".to_vec(), b"p\xff".to_vec()]);
         let back = keys(store.scan(b"p".to_vec(), None, 2, true).await.unwrap());
         assert_eq!(back, vec![b"p\xff".to_vec(), b"p\x002".to_vec()]);
-        let back = keys(store.scan(b"p".to_vec(), Some(b"p\x002".to_vec()), 10, true).await.unwrap());
+        let back = keys(
+            store
+                .scan(b"p".to_vec(), Some(b"p\x002".to_vec()), 10, true)
+                .await
+                .unwrap(),
+        );
         assert_eq!(back, vec![b"p\x001".to_vec(), b"p\x00".to_vec()]);
         let everything = keys(store.scan(vec![], None, 100, false).await.unwrap());
         assert_eq!(everything.len(), 6);
@@ -203,14 +264,31 @@ mod tests {
         let (store, dir) = store();
         store.commit(vec![], vec![put(b"k", b"1")]).await.unwrap();
         let failed = store
-            .commit(vec![Condition::Present(b"k".to_vec()), Condition::Absent(b"k".to_vec())], vec![put(b"other", b"x")])
+            .commit(
+                vec![Condition::Present(b"k".to_vec()), Condition::Absent(b"k".to_vec())],
+                vec![put(b"other", b"x")],
+            )
             .await;
         assert_eq!(failed, Err(StoreError::Conflict(1)));
         assert_eq!(store.get(b"other".to_vec()).await.unwrap(), None);
-        let stale = store.commit(vec![Condition::Equals(b"k".to_vec(), b"0".to_vec())], vec![Op::Delete(b"k".to_vec())]).await;
+        let stale = store
+            .commit(
+                vec![Condition::Equals(b"k".to_vec(), b"0".to_vec())],
+                vec![Op::Delete(b"k".to_vec())],
+            )
+            .await;
         assert_eq!(stale, Err(StoreError::Conflict(0)));
-        store.commit(vec![Condition::Equals(b"k".to_vec(), b"1".to_vec())], vec![Op::Delete(b"k".to_vec()), put(b"j", b"2")]).await.unwrap();
-        assert_eq!(store.get_many(vec![b"k".to_vec(), b"j".to_vec()]).await.unwrap(), vec![None, Some(b"2".to_vec())]);
+        store
+            .commit(
+                vec![Condition::Equals(b"k".to_vec(), b"1".to_vec())],
+                vec![Op::Delete(b"k".to_vec()), put(b"j", b"2")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_many(vec![b"k".to_vec(), b"j".to_vec()]).await.unwrap(),
+            vec![None, Some(b"2".to_vec())]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

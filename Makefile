@@ -1,0 +1,39 @@
+# Build, run and test the webhooks service.
+#
+#   make run    build everything, then serve on :9021 with the embedded defaults
+#   make test   build everything, then run the whole test suite
+#   make build  the host binary and the plugin component, in release mode
+
+CARGO        ?= cargo
+WASM_TARGET  := wasm32-wasip2
+HOST_BIN     := target/release/webhooks-host
+PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
+
+.PHONY: build run test unit-test e2e-test lint wasm-target
+
+build: wasm-target
+	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
+	@# The test crate is built with the host so `make test` reuses every compiled dependency.
+	$(CARGO) build --release -p webhooks-host -p webhooks-tests
+	@ls -l $(HOST_BIN) $(PLUGIN_WASM)
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+run: build
+	$(HOST_BIN) serve
+
+test: build unit-test e2e-test
+
+unit-test:
+	$(CARGO) test -p webhooks-plugin
+	$(CARGO) test --release -p webhooks-host -p webhooks-tests --lib
+
+e2e-test:
+	$(CARGO) test --release -p webhooks-tests --test e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release -p webhooks-host -p webhooks-tests --all-targets -- -D warnings
+	$(CARGO) clippy -p webhooks-plugin --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p webhooks-plugin --all-targets -- -D warnings
