@@ -99,6 +99,10 @@ pub struct ServeConfig {
     )]
     pub allow_private_destinations: bool,
 
+    /// Longest wait for one delivery attempt, answer included (e.g. 15s).
+    #[arg(long, env = "MF_WEBHOOKS_DELIVERY_TIMEOUT", value_name = "MF_WEBHOOKS_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
     /// Log level.
     #[arg(
         long,

@@ -7,12 +7,17 @@
 //! - [`api`]: REST routing, HTTP-level checks and the one error type;
 //! - [`store`]: the ordered key-value capability and its backends;
 //! - [`identity`]: the identity capability and its backends;
+//! - [`outbound`]: the pooled HTTP client and SSRF guard behind `wasi:http`;
+//! - [`ingress`] and [`dispatch`]: messages in, delivery attempts out;
 //! - [`config`] and [`server`]: configuration, start-up and shutdown.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod identity;
+pub mod ingress;
+pub mod outbound;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -39,7 +39,7 @@ fn serve(config: ServeConfig) -> ExitCode {
     match runtime.block_on(webhooks_host::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(variable = e.variable, error = %e.message, "start-up failed");
+            // Exactly one line, naming the variable at fault.
             eprintln!("webhooks-host: {e}");
             ExitCode::FAILURE
         }

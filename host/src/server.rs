@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::api::{self, AppState, BuildInfo};
 use crate::config::ServeConfig;
-use crate::identity::registry::RegistryBackend;
+use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::identity::registry::{RegistryBackend, Removed};
+use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::runtime::{Capabilities, Limits, Runtime};
 use crate::store;
 
@@ -34,10 +36,21 @@ fn fault(variable: &'static str, message: impl ToString) -> StartupError {
 pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let kv = store::open(&config.db_url).map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
     let registry = Arc::new(RegistryBackend::open(&config.registry).map_err(|e| fault("MF_WEBHOOKS_REGISTRY", e))?);
-    let _watcher = registry.watch();
+    let outbound = OutboundClient::new(OutboundConfig {
+        allow_private: config.allow_private_destinations,
+        request_timeout: config.delivery_timeout,
+        ..OutboundConfig::default()
+    })
+    .map_err(|e| {
+        fault(
+            "MF_WEBHOOKS_DELIVERY_TIMEOUT",
+            format!("cannot set up TLS for deliveries: {e}"),
+        )
+    })?;
     let capabilities = Capabilities {
         store: kv,
         identity: registry.clone(),
+        outbound,
     };
     let limits = Limits {
         memory_bytes: config.plugin_memory,
@@ -49,9 +62,18 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
     tracing::info!(plugin = %plugin_path.display(), sha256 = %runtime.current().sha256, "plugin loaded");
 
+    let (removed_tx, removed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let _watcher = registry.watch(move |removed| {
+        let _ = removed_tx.send(removed);
+    });
+    tokio::spawn(apply_removals(runtime.clone(), removed_rx));
+    let dispatcher = Dispatcher::start(runtime.clone(), DispatchConfig::default());
+
     let state = AppState {
         runtime,
         build: Arc::new(BuildInfo::current()),
+        identity: registry,
+        dispatcher,
     };
     let address = format!("{}:{}", config.http_host, config.http_port);
     let listener = tokio::net::TcpListener::bind(&address)
@@ -76,6 +98,51 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Removes the webhooks of things and groups that left the registry, retrying until the
+/// plugin has done it.
+async fn apply_removals(runtime: Arc<Runtime>, mut removed: tokio::sync::mpsc::UnboundedReceiver<Removed>) {
+    while let Some(Removed { things, groups }) = removed.recv().await {
+        let calls = things
+            .into_iter()
+            .map(|id| (true, id))
+            .chain(groups.into_iter().map(|id| (false, id)));
+        for (is_thing, id) in calls {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let target = id.clone();
+                let result = runtime
+                    .call(move |plugin, store| {
+                        Box::pin(async move {
+                            let events = plugin.mainflux_webhooks_events();
+                            if is_thing {
+                                events.call_on_thing_removed(store, &target).await
+                            } else {
+                                events.call_on_group_removed(store, &target).await
+                            }
+                        })
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(count)) => {
+                        let kind = if is_thing { "thing" } else { "group" };
+                        tracing::info!(
+                            kind,
+                            id,
+                            removed = count,
+                            "removed from the registry: its webhooks are removed"
+                        );
+                        break;
+                    }
+                    Ok(Err(error)) => tracing::error!(?error, id, "removing webhooks failed; retrying"),
+                    Err(error) => tracing::error!(%error, id, "removing webhooks failed; retrying"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn stop_signal() {

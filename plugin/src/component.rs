@@ -93,3 +93,37 @@ impl Guest for Plugin {
 }
 
 crate::bindings::export!(Plugin with_types_in crate::bindings);
+
+mod message_events {
+    use super::{HostStore, Plugin};
+    use crate::Error;
+    use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, DueDelivery, Guest, Message};
+    use crate::events::{Events, now_ms};
+    use crate::outbound::wasi_http::WasiHttp;
+
+    fn events() -> Events<'static> {
+        Events::new(&HostStore, &WasiHttp, now_ms)
+    }
+
+    impl Guest for Plugin {
+        fn on_message(message: Message) -> Result<Accepted, Error> {
+            events().on_message(message)
+        }
+
+        fn due(limit: u32) -> Result<Vec<DueDelivery>, Error> {
+            events().due(limit)
+        }
+
+        fn deliver(ids: Vec<String>) -> Result<Vec<AttemptOutcome>, Error> {
+            events().deliver(&ids)
+        }
+
+        fn on_thing_removed(thing_id: String) -> Result<u32, Error> {
+            events().on_thing_removed(&thing_id)
+        }
+
+        fn on_group_removed(group_id: String) -> Result<u32, Error> {
+            events().on_group_removed(&group_id)
+        }
+    }
+}

@@ -76,3 +76,50 @@ mod tests {
         assert!(by_group("g", "ff") < by_group("g0", "00"));
     }
 }
+
+/// The record of a delivery.
+pub fn delivery(id: &str) -> Vec<u8> {
+    key("dl", &[id])
+}
+
+/// The payload a delivery carries, kept until it is delivered.
+pub fn payload(id: &str) -> Vec<u8> {
+    key("dp", &[id])
+}
+
+/// The entry of a pending delivery in the due index, ordered by due time; its value is the
+/// webhook id.
+pub fn due(due_ms: u64, id: &str) -> Vec<u8> {
+    key("dd", &[&format!("{due_ms:016x}"), id])
+}
+
+/// The prefix of the whole due index.
+pub fn due_prefix() -> Vec<u8> {
+    let mut key = b"dd".to_vec();
+    key.push(SEP);
+    key
+}
+
+/// Reads the due time back out of a due-index key.
+pub fn due_time(key: &[u8]) -> Option<u64> {
+    let hex = key.get(3..19)?;
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// The entry recording that a thing published a message id, for idempotent publishing.
+pub fn message_id(thing_id: &str, message_id: &str) -> Vec<u8> {
+    key("mi", &[thing_id, message_id])
+}
+
+#[cfg(test)]
+mod due_tests {
+    use super::*;
+
+    #[test]
+    fn due_keys_sort_by_time_and_read_back() {
+        assert!(due(9, "b") < due(10, "a"));
+        assert!(due(0xffff, "a") < due(0x1_0000, "a"));
+        assert_eq!(due_time(&due(123_456, "x")), Some(123_456));
+        assert!(due(1, "x").starts_with(&due_prefix()));
+    }
+}

@@ -4,13 +4,17 @@
 //! the storage model and the JSON shape of every answer. The host only carries requests in
 //! and grants the `store` and `identity` capabilities (DESIGN.md, principle 1).
 //!
-//! The logic is written against two small traits, [`repo::Kv`] and [`access::Access`], so
+//! The logic is written against small traits, [`repo::Kv`], [`access::Access`] and
+//! [`outbound::Sender`], so
 //! that it runs unchanged over the component's imports and, in unit tests, over in-memory
 //! stand-ins.
 
 pub mod access;
+pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod keys;
+pub mod outbound;
 pub mod page;
 pub mod repo;
 pub mod service;
@@ -26,6 +30,7 @@ pub mod bindings {
         path: "../wit",
         world: "webhooks",
         pub_export_macro: true,
+        generate_all,
     });
 }
 

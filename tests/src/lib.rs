@@ -57,7 +57,13 @@ pub fn standard_registry() -> Value {
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-<hash>
-    exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps").to_owned()
+    // target/<profile>/bench for the benchmarks.
+    let dir = exe.parent().expect("executable has a folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// The host binary under test: `WEBHOOKS_HOST_BIN`, else the release build beside the tests.
@@ -67,7 +73,11 @@ pub fn host_binary() -> PathBuf {
     }
     let profile = profile_dir();
     let beside = profile.join("webhooks-host");
-    if beside.exists() { beside } else { profile.parent().unwrap().join("release/webhooks-host") }
+    if beside.exists() {
+        beside
+    } else {
+        profile.parent().unwrap().join("release/webhooks-host")
+    }
 }
 
 /// The plugin under test: `WEBHOOKS_PLUGIN_WASM`, else the one `make build` writes.
@@ -75,7 +85,10 @@ pub fn plugin_component() -> PathBuf {
     if let Ok(path) = std::env::var("WEBHOOKS_PLUGIN_WASM") {
         return path.into();
     }
-    profile_dir().parent().unwrap().join("wasm32-wasip2/release/webhooks_plugin.wasm")
+    profile_dir()
+        .parent()
+        .unwrap()
+        .join("wasm32-wasip2/release/webhooks_plugin.wasm")
 }
 
 /// A fresh folder under the system's temporary folder, removed on drop.
@@ -109,7 +122,11 @@ impl Drop for TempDir {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `webhooks-host serve` with its own database, registry file and port.
@@ -132,17 +149,23 @@ impl TestHost {
 
     /// Starts a host with this registry and these extra variables.
     pub async fn start_with(registry: Value, env: &[(&str, &str)]) -> Result<Self> {
+        let mut host = Self::prepare(registry, env)?;
+        host.spawn().await?;
+        Ok(host)
+    }
+
+    /// Sets up a host's folder, registry and port without starting it, for tests that run
+    /// [`TestHost::command`] themselves (start-up failures, for one).
+    pub fn prepare(registry: Value, env: &[(&str, &str)]) -> Result<Self> {
         let dir = TempDir::new("host");
         std::fs::write(dir.path().join("registry.json"), serde_json::to_vec_pretty(&registry)?)?;
-        let mut host = TestHost {
+        Ok(TestHost {
             child: None,
             dir,
             port: free_port(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
-        };
-        host.spawn().await?;
-        Ok(host)
+        })
     }
 
     /// The command line that starts this host, without running it.
@@ -154,7 +177,10 @@ impl TestHost {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("MF_WEBHOOKS_HTTP_HOST", "127.0.0.1")
             .env("MF_WEBHOOKS_HTTP_PORT", self.port.to_string())
-            .env("MF_WEBHOOKS_DB_URL", format!("sqlite://{}", self.dir.path().join("webhooks.db").display()))
+            .env(
+                "MF_WEBHOOKS_DB_URL",
+                format!("sqlite://{}", self.dir.path().join("webhooks.db").display()),
+            )
             .env("MF_WEBHOOKS_REGISTRY", self.registry_path())
             .env("MF_WEBHOOKS_PLUGIN", plugin_component())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -162,7 +188,10 @@ impl TestHost {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let child = self
             .command()
             .stdin(Stdio::null())
@@ -217,23 +246,35 @@ impl TestHost {
     /// A request to a path, with a bearer token unless it is empty.
     pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         let request = self.client.request(method, self.url(path));
-        if token.is_empty() { request } else { request.bearer_auth(token) }
+        if token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(token)
+        }
     }
 
     /// Sends a request with a JSON body and answers the status and the parsed body (`Null`
     /// when the body is empty).
-    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
         let mut request = self.request(method, path, token);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await?;
-        Ok(read(response).await?)
+        read(response).await
     }
 
     /// Stops the host with SIGTERM and waits for it to exit; answers its exit code.
     pub fn stop(&mut self) -> Result<Option<i32>> {
-        let Some(mut child) = self.child.take() else { return Ok(None) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let started = Instant::now();
         loop {
@@ -262,6 +303,54 @@ impl TestHost {
         self.spawn().await
     }
 
+    /// Starts the host again on the same port, database and registry after [`TestHost::kill`]
+    /// or [`TestHost::stop`].
+    pub async fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the host is still running");
+        }
+        self.spawn().await
+    }
+
+    /// Sends raw bytes over a fresh TCP connection while reading the answer, for requests a
+    /// client library will not send (a chunked body with no `Content-Length`). The bytes are
+    /// written in the background so an early answer is read even if the host stops reading.
+    pub async fn raw_exchange(&self, request: Vec<u8>) -> Result<RawResponse> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let (mut reader, mut writer) = stream.into_split();
+        let writing = tokio::spawn(async move {
+            for chunk in request.chunks(16 * 1024) {
+                if writer.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.flush().await;
+            // Keep the write half open until the answer has been read.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 16 * 1024];
+        let answer = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(response) = RawResponse::parse(&received)? {
+                    return Ok(response);
+                }
+                let read = reader.read(&mut buffer).await?;
+                if read == 0 {
+                    bail!(
+                        "connection closed before a whole answer: {:?}",
+                        String::from_utf8_lossy(&received)
+                    );
+                }
+                received.extend_from_slice(&buffer[..read]);
+            }
+        })
+        .await;
+        writing.abort();
+        answer.context("no answer within 30 s")?
+    }
+
     /// Replaces the registry file by writing a temporary file and renaming it over.
     pub fn replace_registry(&self, registry: &Value) -> Result<()> {
         let temporary = self.dir.path().join("registry.json.new");
@@ -278,7 +367,14 @@ impl TestHost {
 
     /// Creates webhooks for a thing as `token`, expecting 201; answers them.
     pub async fn create(&self, thing: &str, token: &str, webhooks: Value) -> Result<Vec<Value>> {
-        let (status, body) = self.call(Method::POST, &format!("/things/{thing}/webhooks"), token, Some(webhooks)).await?;
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/things/{thing}/webhooks"),
+                token,
+                Some(webhooks),
+            )
+            .await?;
         if status != StatusCode::CREATED {
             bail!("create answered {status}: {body}");
         }
@@ -303,7 +399,12 @@ pub async fn read(response: reqwest::Response) -> Result<(StatusCode, Value)> {
         .unwrap_or_default()
         .to_owned();
     let bytes = response.bytes().await?;
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).with_context(|| format!("{status}: body is not JSON: {}", String::from_utf8_lossy(&bytes)))? };
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{status}: body is not JSON: {}", String::from_utf8_lossy(&bytes)))?
+    };
     if status.is_client_error() || status.is_server_error() {
         if content_type != "application/json" {
             bail!("{status} answered with Content-Type {content_type:?}");
@@ -313,6 +414,83 @@ pub async fn read(response: reqwest::Response) -> Result<(StatusCode, Value)> {
         }
     }
     Ok((status, body))
+}
+
+/// An HTTP/1.1 answer read off a raw connection by [`TestHost::raw_exchange`].
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// The `Content-Type` header, empty when absent.
+    pub content_type: String,
+    /// The body parsed as JSON, `Null` when empty.
+    pub body: Value,
+}
+
+impl RawResponse {
+    /// Parses a whole answer with a `Content-Length` body; `None` while bytes are missing.
+    fn parse(bytes: &[u8]) -> Result<Option<Self>> {
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(&bytes[..end])?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let code: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .context("status line without a code")?
+            .parse()?;
+        let mut content_type = String::new();
+        let mut length = 0usize;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-type" => content_type = value.trim().to_owned(),
+                "content-length" => length = value.trim().parse()?,
+                _ => {}
+            }
+        }
+        let body = &bytes[end + 4..];
+        if body.len() < length {
+            return Ok(None);
+        }
+        let body = &body[..length];
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body)?
+        };
+        Ok(Some(RawResponse {
+            status: StatusCode::from_u16(code)?,
+            content_type,
+            body,
+        }))
+    }
+}
+
+/// Runs a command to its end within `within` (killing it after that), capturing its output.
+pub fn run_to_exit(mut command: Command, within: Duration) -> Result<std::process::Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > within {
+            child.kill()?;
+            let output = child.wait_with_output()?;
+            bail!(
+                "still running after {within:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 /// Retries an assertion until it holds or `within` has passed.

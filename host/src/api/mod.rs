@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod health;
+pub mod messages;
 pub mod request;
 pub mod webhooks;
 
@@ -15,6 +16,8 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 
+use crate::dispatch::Dispatcher;
+use crate::identity::IdentityBackend;
 use crate::runtime::Runtime;
 use error::ApiError;
 pub use health::BuildInfo;
@@ -26,6 +29,10 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     /// The build's identity, for `/health`.
     pub build: Arc<BuildInfo>,
+    /// Who devices are, for the publish endpoint.
+    pub identity: Arc<dyn IdentityBackend>,
+    /// Where accepted messages' deliveries go.
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 /// The prefix under which the platform's gateway serves this API.
@@ -35,6 +42,7 @@ pub const GATEWAY_PREFIX: &str = "/svcwebhooks";
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(webhooks::router())
+        .merge(messages::router())
         .merge(health::router())
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

@@ -45,4 +45,6 @@ pub trait IdentityBackend: Send + Sync + 'static {
     fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> BoxFuture<'_, Result<String, IdentityError>>;
     /// Checks the token's role in the group.
     fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> BoxFuture<'_, Result<(), IdentityError>>;
+    /// The thing a device key belongs to.
+    fn identify_thing(&self, key: &str) -> BoxFuture<'_, Result<String, IdentityError>>;
 }

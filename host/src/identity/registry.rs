@@ -202,6 +202,39 @@ impl Registry {
     }
 }
 
+/// Things and groups present in one registry and gone from the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Removed thing ids.
+    pub things: Vec<String>,
+    /// Removed group ids.
+    pub groups: Vec<String>,
+}
+
+impl Removed {
+    /// What `before` has and `after` lacks.
+    pub fn between(before: &Registry, after: &Registry) -> Self {
+        let mut things: Vec<String> = before
+            .thing_ids()
+            .filter(|id| !after.group_by_thing.contains_key(*id))
+            .map(str::to_owned)
+            .collect();
+        let mut groups: Vec<String> = before
+            .group_ids()
+            .filter(|id| !after.members_by_group.contains_key(*id))
+            .map(str::to_owned)
+            .collect();
+        things.sort();
+        groups.sort();
+        Removed { things, groups }
+    }
+
+    /// Whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.things.is_empty() && self.groups.is_empty()
+    }
+}
+
 /// The registry file as an identity backend, kept current by [`RegistryBackend::watch`].
 pub struct RegistryBackend {
     path: PathBuf,
@@ -224,8 +257,9 @@ impl RegistryBackend {
     }
 
     /// Re-reads the file whenever its content changes, until the backend is dropped. A
-    /// change that does not parse is logged and ignored: the last good registry stays.
-    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// change that does not parse is logged and ignored: the last good registry stays. Things
+    /// and groups that disappear are reported to `on_removed`.
+    pub fn watch(self: &Arc<Self>, on_removed: impl Fn(Removed) + Send + 'static) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         let mut last = std::fs::read(&self.path).ok();
         tokio::spawn(async move {
@@ -243,8 +277,16 @@ impl RegistryBackend {
                 }
                 match Registry::parse(&bytes) {
                     Ok(registry) => {
-                        *backend.current.write().expect("registry lock poisoned") = Arc::new(registry);
+                        let registry = Arc::new(registry);
+                        let previous = std::mem::replace(
+                            &mut *backend.current.write().expect("registry lock poisoned"),
+                            registry.clone(),
+                        );
                         tracing::info!(path = %backend.path.display(), "registry reloaded");
+                        let removed = Removed::between(&previous, &registry);
+                        if !removed.is_empty() {
+                            on_removed(removed);
+                        }
                     }
                     Err(reason) => {
                         tracing::warn!(path = %backend.path.display(), %reason, "registry change ignored: not a valid registry; the last good one stays in force");
@@ -269,6 +311,15 @@ impl IdentityBackend for RegistryBackend {
 
     fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> BoxFuture<'_, Result<(), IdentityError>> {
         let result = self.current().check_group(token, group_id, role);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn identify_thing(&self, key: &str) -> BoxFuture<'_, Result<String, IdentityError>> {
+        let result = self
+            .current()
+            .thing_by_key(key)
+            .map(str::to_owned)
+            .ok_or_else(|| IdentityError::Unauthenticated("unknown thing key".into()));
         Box::pin(std::future::ready(result))
     }
 }
@@ -313,6 +364,20 @@ mod tests {
             Err(IdentityError::NotFound(_))
         ));
         assert_eq!(registry.thing_by_key("k"), Some("t"));
+    }
+
+    #[test]
+    fn removals_are_what_disappeared() {
+        let before = Registry::parse(SAMPLE.as_bytes()).unwrap();
+        let after = Registry::parse(br#"{"groups": [{"id": "g", "members": {}}]}"#).unwrap();
+        assert_eq!(
+            Removed::between(&before, &after),
+            Removed {
+                things: vec!["t".into()],
+                groups: vec!["h".into()]
+            }
+        );
+        assert!(Removed::between(&after, &before).is_empty());
     }
 
     #[test]

@@ -10,6 +10,10 @@ wasmtime::component::bindgen!({
     world: "webhooks",
     imports: { default: async },
     exports: { default: async },
+    with: {
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+    },
 });
 
 /// The future a call into an instance returns.

@@ -196,6 +196,8 @@ fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
 fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // Whatever Rust's std imports from WASI, served from an empty context.
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    // Outgoing HTTP only: `types` and `outgoing-handler`, through the host's hooks.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     bindings::mainflux::webhooks::store::add_to_linker::<_, HasSelf<crate::store::StoreCtx>>(linker, |s| &mut s.store)?;
     bindings::mainflux::webhooks::identity::add_to_linker::<_, HasSelf<crate::identity::IdentityCtx>>(linker, |s| {
         &mut s.identity

@@ -7,8 +7,10 @@ use std::time::Instant;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::identity::{IdentityBackend, IdentityCtx};
+use crate::outbound::{OutboundClient, OutboundHooks};
 use crate::store::{KvBackend, StoreCtx};
 
 /// The capabilities every call is granted, shared by all calls.
@@ -18,12 +20,16 @@ pub struct Capabilities {
     pub store: Arc<dyn KvBackend>,
     /// The identity backend behind `identity`.
     pub identity: Arc<dyn IdentityBackend>,
+    /// The pooled client behind `wasi:http/outgoing-handler`.
+    pub outbound: Arc<OutboundClient>,
 }
 
 /// The data of one call's `wasmtime::Store`.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: OutboundHooks,
     pub(crate) limits: StoreLimits,
     pub(crate) deadline: Instant,
     pub(crate) store: StoreCtx,
@@ -37,6 +43,8 @@ impl HostState {
             // No preopened directories, no environment, no inherited stdio, no sockets.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHooks::new(capabilities.outbound.clone()),
             limits,
             deadline,
             store: StoreCtx::new(capabilities.store.clone()),
@@ -50,6 +58,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
         }
     }
 }

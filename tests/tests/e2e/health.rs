@@ -34,5 +34,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
             child.wait_with_output()
         })
         .expect("sha256sum runs");
-    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }

@@ -2,4 +2,9 @@
 //!
 //! One test binary with a module per area keeps build times down.
 
+mod errors;
 mod health;
+mod paging;
+mod persistence;
+mod registry;
+mod webhooks;

@@ -1,0 +1,208 @@
+//! The dispatcher: runs delivery attempts as plugin calls, new deliveries at once and due
+//! retries on a timer, in batches per webhook, bounded per webhook and overall, so one slow or
+//! dead receiver never delays another webhook's deliveries.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::runtime::Runtime;
+use crate::runtime::bindings::exports::mainflux::webhooks::events::{DeliveryStatus, DueDelivery};
+
+/// How the dispatcher spreads work.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchConfig {
+    /// Most deliveries attempted by one plugin call (one instance, requests in flight together).
+    pub batch_size: usize,
+    /// Most batches of one webhook running at once.
+    pub per_webhook: usize,
+    /// Most batches running at once overall.
+    pub max_batches: usize,
+    /// How often the due index is read for retries and for deliveries left from before a restart.
+    pub poll_interval: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            batch_size: 32,
+            per_webhook: 2,
+            max_batches: 128,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Deliveries waiting or running, per webhook.
+#[derive(Default)]
+struct Queues {
+    webhooks: HashMap<String, WebhookQueue>,
+    /// Every delivery queued or running, so none runs twice at once.
+    known: HashSet<String>,
+}
+
+#[derive(Default)]
+struct WebhookQueue {
+    ready: VecDeque<String>,
+    running: usize,
+}
+
+/// Runs deliveries through the plugin.
+pub struct Dispatcher {
+    runtime: Arc<Runtime>,
+    config: DispatchConfig,
+    queues: Mutex<Queues>,
+    slots: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher and its due-index poller; pending deliveries left from an earlier
+    /// run are picked up by the first poll.
+    pub fn start(runtime: Arc<Runtime>, config: DispatchConfig) -> Arc<Self> {
+        let dispatcher = Arc::new(Dispatcher {
+            runtime,
+            config,
+            queues: Mutex::new(Queues::default()),
+            slots: Arc::new(Semaphore::new(config.max_batches)),
+        });
+        tokio::spawn(dispatcher.clone().poll_due());
+        dispatcher
+    }
+
+    /// Queues deliveries to attempt now; ones already queued or running are ignored.
+    pub fn enqueue(self: &Arc<Self>, deliveries: Vec<DueDelivery>) {
+        let batches = {
+            let mut queues = self.queues.lock().expect("dispatch queues poisoned");
+            let mut touched = Vec::new();
+            for delivery in deliveries {
+                if queues.known.insert(delivery.id.clone()) {
+                    queues
+                        .webhooks
+                        .entry(delivery.webhook_id.clone())
+                        .or_default()
+                        .ready
+                        .push_back(delivery.id);
+                    if !touched.contains(&delivery.webhook_id) {
+                        touched.push(delivery.webhook_id);
+                    }
+                }
+            }
+            touched
+                .into_iter()
+                .flat_map(|webhook| self.take_batches(&mut queues, webhook))
+                .collect::<Vec<_>>()
+        };
+        for (webhook, ids) in batches {
+            self.spawn_batch(webhook, ids);
+        }
+    }
+
+    fn spawn_batch(self: &Arc<Self>, webhook: String, ids: Vec<String>) {
+        // Boxed so the batch future's type does not contain itself.
+        let batch: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(self.clone().run_batch(webhook, ids));
+        tokio::spawn(batch);
+    }
+
+    /// Deliveries queued or running.
+    pub fn backlog(&self) -> usize {
+        self.queues.lock().expect("dispatch queues poisoned").known.len()
+    }
+
+    fn take_batches(&self, queues: &mut Queues, webhook: String) -> Vec<(String, Vec<String>)> {
+        let mut batches = Vec::new();
+        if let Some(queue) = queues.webhooks.get_mut(&webhook) {
+            while queue.running < self.config.per_webhook && !queue.ready.is_empty() {
+                let take = queue.ready.len().min(self.config.batch_size);
+                batches.push((webhook.clone(), queue.ready.drain(..take).collect()));
+                queue.running += 1;
+            }
+        }
+        batches
+    }
+
+    async fn run_batch(self: Arc<Self>, webhook: String, ids: Vec<String>) {
+        if let Ok(_slot) = self.slots.clone().acquire_owned().await {
+            let batch = ids.clone();
+            let result = self
+                .runtime
+                .call(move |plugin, store| {
+                    Box::pin(async move { plugin.mainflux_webhooks_events().call_deliver(store, &batch).await })
+                })
+                .await;
+            match result {
+                Ok(Ok(outcomes)) => {
+                    for outcome in outcomes {
+                        match outcome.status {
+                            DeliveryStatus::Delivered => {
+                                tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, "delivered")
+                            }
+                            DeliveryStatus::Pending => {
+                                tracing::info!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, error = ?outcome.error, "attempt failed; will retry")
+                            }
+                            DeliveryStatus::Failed => {
+                                tracing::warn!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, error = ?outcome.error, "delivery failed")
+                            }
+                        }
+                    }
+                }
+                // The deliveries stay pending in the store; the poller brings them back.
+                Ok(Err(error)) => tracing::error!(?error, webhook, "delivery batch refused by the plugin"),
+                Err(error) => tracing::error!(%error, webhook, "delivery batch failed; it will be retried"),
+            }
+        }
+        let batches = {
+            let mut queues = self.queues.lock().expect("dispatch queues poisoned");
+            for id in &ids {
+                queues.known.remove(id);
+            }
+            if let Some(queue) = queues.webhooks.get_mut(&webhook) {
+                queue.running -= 1;
+                if queue.running == 0 && queue.ready.is_empty() {
+                    queues.webhooks.remove(&webhook);
+                }
+            }
+            self.take_batches(&mut queues, webhook)
+        };
+        for (webhook, ids) in batches {
+            self.spawn_batch(webhook, ids);
+        }
+    }
+
+    async fn poll_due(self: Arc<Self>) {
+        const PAGE: u32 = 1024;
+        loop {
+            let result = self
+                .runtime
+                .call(|plugin, store| {
+                    Box::pin(async move { plugin.mainflux_webhooks_events().call_due(store, PAGE).await })
+                })
+                .await;
+            let full = match result {
+                Ok(Ok(due)) => {
+                    let full = due.len() == PAGE as usize;
+                    if !due.is_empty() {
+                        self.enqueue(due);
+                    }
+                    full
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(?error, "reading due deliveries failed");
+                    false
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reading due deliveries failed");
+                    false
+                }
+            };
+            // A full page means more is due: read again as soon as the backlog allows.
+            let pause = if full && self.backlog() < 4 * PAGE as usize {
+                Duration::from_millis(10)
+            } else {
+                self.config.poll_interval
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+}

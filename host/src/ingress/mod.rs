@@ -1,0 +1,67 @@
+//! Where messages come in: the device-facing publish endpoint (and, later, the broker). Each
+//! message is handed to the plugin, which records its deliveries; only then is it
+//! acknowledged, and its deliveries go to the dispatcher.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::dispatch::Dispatcher;
+use crate::runtime::bindings::exports::mainflux::webhooks::events::{Accepted, Message};
+use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
+use crate::runtime::{CallError, Runtime};
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The plugin refused it.
+    #[error("{0:?}")]
+    Refused(PluginError),
+    /// The plugin call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+/// A message as it arrives, before the plugin sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The publisher's message id, if given.
+    pub id: Option<String>,
+    /// The publishing thing.
+    pub thing_id: String,
+    /// Exact payload bytes.
+    pub payload: Vec<u8>,
+    /// The publisher's content type.
+    pub content_type: Option<String>,
+    /// The subtopic, empty for none.
+    pub subtopic: String,
+}
+
+/// Records a message's deliveries through the plugin and hands them to the dispatcher;
+/// returning `Ok` means they are durably recorded.
+pub async fn accept(
+    runtime: &Runtime,
+    dispatcher: &Arc<Dispatcher>,
+    incoming: Incoming,
+) -> Result<Accepted, IngressError> {
+    let message = Message {
+        id: incoming.id,
+        thing_id: incoming.thing_id,
+        payload: incoming.payload,
+        content_type: incoming.content_type,
+        subtopic: incoming.subtopic,
+        received_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
+    let accepted = runtime
+        .call(move |plugin, store| {
+            Box::pin(async move { plugin.mainflux_webhooks_events().call_on_message(store, &message).await })
+        })
+        .await?
+        .map_err(IngressError::Refused)?;
+    if !accepted.deliveries.is_empty() {
+        dispatcher.enqueue(accepted.deliveries.clone());
+    }
+    Ok(accepted)
+}

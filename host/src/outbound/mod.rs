@@ -1,0 +1,173 @@
+//! Outgoing HTTP for the plugin's `wasi:http` requests: one pooled client shared by every
+//! call, with connect and total timeouts and the SSRF guard. Nothing else in the host decides
+//! where a delivery may go.
+
+pub mod guard;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use guard::{GuardedResolver, is_refusal, is_refused};
+
+/// The most of a receiver's answer body that is read; the rest is dropped.
+const MAX_RESPONSE_BODY: usize = 64 << 10;
+
+/// How deliveries reach receivers.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundConfig {
+    /// Let webhooks target loopback, private, link-local and unspecified addresses.
+    pub allow_private: bool,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for the whole request, answer body included.
+    pub request_timeout: Duration,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            allow_private: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+
+/// The shared, pooled HTTP client of every delivery.
+pub struct OutboundClient {
+    client: Client<Connector, Full<Bytes>>,
+    config: OutboundConfig,
+}
+
+impl OutboundClient {
+    /// A client with its own connection pool.
+    pub fn new(config: OutboundConfig) -> Result<Arc<Self>, rustls::Error> {
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+            allow_private: config.allow_private,
+        });
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Arc::new(OutboundClient { client, config }))
+    }
+
+    /// Sends one request: checks a literal destination address, sends through the pool, and
+    /// reads the answer within the total timeout.
+    pub async fn send(&self, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, HttpError> {
+        if !self.config.allow_private
+            && let Some(ip) = literal_ip(request.uri())
+            && is_refused(ip)
+        {
+            return Err(HttpError::DestinationIpProhibited);
+        }
+        let timeout = self.config.request_timeout;
+        match tokio::time::timeout(timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(HttpError::HttpResponseTimeout),
+        }
+    }
+
+    async fn exchange(&self, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, HttpError> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let response = self
+            .client
+            .request(http::Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(|e| {
+                if is_refusal(&e) {
+                    HttpError::DestinationIpProhibited
+                } else if e.is_connect() {
+                    connect_error(&e)
+                } else {
+                    tracing::debug!(error = %e, "delivery request failed");
+                    HttpError::ConnectionTerminated
+                }
+            })?;
+        // Read the answer here, within the timeout, so the connection goes back to the pool
+        // whatever the plugin does with the body.
+        let (parts, body) = response.into_parts();
+        let body = match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
+        Ok(http::Response::from_parts(parts, body))
+    }
+}
+
+fn literal_ip(uri: &http::Uri) -> Option<IpAddr> {
+    let host = uri.host()?;
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+fn connect_error(error: &hyper_util::client::legacy::Error) -> HttpError {
+    let text = format!("{error:?}").to_ascii_lowercase();
+    if text.contains("timed out") || text.contains("timeout") {
+        HttpError::ConnectionTimeout
+    } else if text.contains("refused") {
+        HttpError::ConnectionRefused
+    } else if text.contains("dns") || text.contains("no address") || text.contains("failed to lookup") {
+        HttpError::DestinationNotFound
+    } else {
+        HttpError::DestinationUnavailable
+    }
+}
+
+/// The `wasi:http` hooks of one plugin call: every outgoing request goes through the shared
+/// [`OutboundClient`].
+pub struct OutboundHooks {
+    client: Arc<OutboundClient>,
+}
+
+impl OutboundHooks {
+    /// Hooks over the shared client.
+    pub fn new(client: Arc<OutboundClient>) -> Self {
+        OutboundHooks { client }
+    }
+}
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _response_errors: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        let client = self.client.clone();
+        Box::new(async move {
+            let response = client.send(request).await?;
+            let request_done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
+            Ok((response, request_done))
+        })
+    }
+}

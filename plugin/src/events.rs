@@ -1,0 +1,573 @@
+//! The message path: recording deliveries for a published message, finding due ones,
+//! attempting them, and removing webhooks when the platform removes things or groups.
+
+use std::collections::HashMap;
+
+use crate::bindings::exports::mainflux::webhooks::events::{
+    Accepted, AttemptOutcome, DeliveryStatus, DueDelivery, Message,
+};
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::delivery::{Attempt, AttemptResult, DESTINATION_REFUSED, Delivery, Status, Verdict, next_attempt, verdict};
+use crate::error::{Result, internal, invalid};
+use crate::keys;
+use crate::outbound::{Request, Sender};
+use crate::repo::{self, CommitFailure, Kv};
+use crate::webhook::{FORMAT_VERSION, Webhook};
+
+/// How often a commit is retried after concurrent writes changed what it read.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// The content type sent when neither the webhook nor the device names one.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+
+/// Milliseconds since the Unix epoch, from the host's wall clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The message operations over a store and an outgoing HTTP sender.
+pub struct Events<'a> {
+    kv: &'a dyn Kv,
+    sender: &'a dyn Sender,
+    clock: fn() -> u64,
+}
+
+impl<'a> Events<'a> {
+    /// Binds the operations to their capabilities and a clock.
+    pub fn new(kv: &'a dyn Kv, sender: &'a dyn Sender, clock: fn() -> u64) -> Self {
+        Events { kv, sender, clock }
+    }
+
+    /// Records one pending delivery per webhook of the thing, with the message id, in one
+    /// commit; a message id the thing already published records nothing.
+    pub fn on_message(&self, message: Message) -> Result<Accepted> {
+        let message_id = match message.id {
+            Some(id) => {
+                uuid::Uuid::try_parse(&id).map_err(|_| invalid("X-Message-Id must be a UUID"))?;
+                id.to_ascii_lowercase()
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let webhooks = repo::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
+        if webhooks.is_empty() {
+            return Ok(Accepted {
+                message_id,
+                duplicate: false,
+                deliveries: Vec::new(),
+            });
+        }
+        let now = message.received_ms;
+        let seen_key = keys::message_id(&message.thing_id, &message_id);
+        let guards = vec![Condition::Absent(seen_key.clone())];
+        let mut ops = Vec::with_capacity(1 + webhooks.len() * 3);
+        ops.push(Op::Put(Entry {
+            key: seen_key,
+            value: now.to_string().into_bytes(),
+        }));
+        let mut deliveries = Vec::with_capacity(webhooks.len());
+        for webhook in &webhooks {
+            let delivery = Delivery {
+                v: FORMAT_VERSION,
+                id: uuid::Uuid::new_v4().to_string(),
+                webhook_id: webhook.id.clone(),
+                thing_id: message.thing_id.clone(),
+                message_id: message_id.clone(),
+                content_type: message.content_type.clone(),
+                subtopic: message.subtopic.clone(),
+                status: Status::Pending,
+                created_ms: now,
+                next_attempt_ms: Some(now),
+                attempts: Vec::new(),
+            };
+            ops.push(Op::Put(Entry {
+                key: keys::payload(&delivery.id),
+                value: message.payload.clone(),
+            }));
+            ops.push(Op::Put(Entry {
+                key: keys::due(now, &delivery.id),
+                value: webhook.id.clone().into_bytes(),
+            }));
+            ops.push(Op::Put(Entry {
+                key: keys::delivery(&delivery.id),
+                value: delivery.encode(),
+            }));
+            deliveries.push(DueDelivery {
+                id: delivery.id,
+                webhook_id: webhook.id.clone(),
+            });
+        }
+        match repo::commit(self.kv, &guards, &ops) {
+            Ok(()) => Ok(Accepted {
+                message_id,
+                duplicate: false,
+                deliveries,
+            }),
+            Err(CommitFailure::Conflict(_)) => Ok(Accepted {
+                message_id,
+                duplicate: true,
+                deliveries: Vec::new(),
+            }),
+            Err(CommitFailure::Store(e)) => Err(e),
+        }
+    }
+
+    /// Deliveries due now, oldest first.
+    pub fn due(&self, limit: u32) -> Result<Vec<DueDelivery>> {
+        let now = (self.clock)();
+        let entries = self
+            .kv
+            .scan(&keys::due_prefix(), None, limit, false)
+            .map_err(repo::store_error)?;
+        let mut due = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(at) = keys::due_time(&entry.key) else { continue };
+            if at > now {
+                break;
+            }
+            let id = String::from_utf8_lossy(&entry.key[20..]).into_owned();
+            let webhook_id = String::from_utf8_lossy(&entry.value).into_owned();
+            due.push(DueDelivery { id, webhook_id });
+        }
+        Ok(due)
+    }
+
+    /// Attempts each due, pending delivery of the list once, all requests in flight together,
+    /// and records every outcome.
+    pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
+        let now = (self.clock)();
+        let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
+        let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let mut batch: Vec<(Delivery, Vec<u8>)> = Vec::with_capacity(ids.len());
+        for bytes in stored.into_iter().flatten() {
+            let delivery = Delivery::decode(&bytes)?;
+            if delivery.status == Status::Pending && delivery.next_attempt_ms.is_none_or(|at| at <= now) {
+                batch.push((delivery, bytes));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let webhooks = self.load_webhooks(batch.iter().map(|(d, _)| d.webhook_id.as_str()))?;
+        let payload_keys: Vec<Vec<u8>> = batch.iter().map(|(d, _)| keys::payload(&d.id)).collect();
+        let payloads = self.kv.get_many(&payload_keys).map_err(repo::store_error)?;
+
+        // Build every request, then send the ones that have somewhere to go.
+        let mut results: Vec<Option<AttemptResult>> = vec![None; batch.len()];
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut sent = Vec::with_capacity(batch.len());
+        for (index, ((delivery, _), payload)) in batch.iter().zip(payloads).enumerate() {
+            match (webhooks.get(&delivery.webhook_id), payload) {
+                (Some(webhook), Some(payload)) => {
+                    requests.push(request_for(webhook, delivery, payload));
+                    sent.push(index);
+                }
+                (None, _) => results[index] = Some(AttemptResult::Failed("webhook removed".into())),
+                (_, None) => return Err(internal(format!("payload of delivery {} is missing", delivery.id))),
+            }
+        }
+        let started = (self.clock)();
+        for (index, result) in sent.into_iter().zip(self.sender.send_all(&requests)) {
+            results[index] = Some(result);
+        }
+        let finished = (self.clock)();
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut updates = Vec::with_capacity(batch.len());
+        for ((delivery, stored), result) in batch.into_iter().zip(results) {
+            let result = result.expect("every delivery has a result");
+            let removed = !webhooks.contains_key(&delivery.webhook_id);
+            let (updated, outcome) = apply(delivery, &result, removed, started, finished);
+            outcomes.push(outcome);
+            updates.push((updated, stored));
+        }
+        self.record(updates)?;
+        Ok(outcomes)
+    }
+
+    /// Removes every webhook of a thing; answers how many.
+    pub fn on_thing_removed(&self, thing_id: &str) -> Result<u32> {
+        self.remove_all(&keys::by_thing_prefix(thing_id))
+    }
+
+    /// Removes every webhook of a group; answers how many.
+    pub fn on_group_removed(&self, group_id: &str) -> Result<u32> {
+        self.remove_all(&keys::by_group_prefix(group_id))
+    }
+
+    fn remove_all(&self, prefix: &[u8]) -> Result<u32> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let webhooks = repo::scan_webhooks(self.kv, prefix)?;
+            if webhooks.is_empty() {
+                return Ok(0);
+            }
+            let guards: Vec<Condition> = webhooks
+                .iter()
+                .map(|w| {
+                    Condition::Equals(Entry {
+                        key: keys::webhook(&w.id),
+                        value: w.encode(),
+                    })
+                })
+                .collect();
+            let mut ops = Vec::with_capacity(webhooks.len() * 4);
+            for webhook in &webhooks {
+                repo::delete_webhook(&mut ops, webhook);
+            }
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(webhooks.len() as u32),
+                Err(CommitFailure::Conflict(_)) => continue,
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(internal("webhooks kept changing while being removed"))
+    }
+
+    fn load_webhooks<'i>(&self, ids: impl Iterator<Item = &'i str>) -> Result<HashMap<String, Webhook>> {
+        let mut unique: Vec<&str> = ids.collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let record_keys: Vec<Vec<u8>> = unique.iter().map(|id| keys::webhook(id)).collect();
+        let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let mut webhooks = HashMap::with_capacity(unique.len());
+        for bytes in stored.into_iter().flatten() {
+            let webhook = Webhook::decode(&bytes)?;
+            webhooks.insert(webhook.id.clone(), webhook);
+        }
+        Ok(webhooks)
+    }
+
+    /// Writes the outcomes of a batch; a delivery changed meanwhile by someone else keeps
+    /// that change and drops this outcome.
+    fn record(&self, mut updates: Vec<(Delivery, Vec<u8>)>) -> Result<()> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            if updates.is_empty() {
+                return Ok(());
+            }
+            let mut guards = Vec::with_capacity(updates.len());
+            let mut ops = Vec::with_capacity(updates.len() * 3);
+            for (delivery, stored) in &updates {
+                let before = Delivery::decode(stored)?;
+                guards.push(Condition::Equals(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: stored.clone(),
+                }));
+                if let Some(at) = before.next_attempt_ms {
+                    ops.push(Op::Delete(keys::due(at, &delivery.id)));
+                }
+                match delivery.status {
+                    Status::Pending => {
+                        let at = delivery.next_attempt_ms.expect("a pending delivery has a next attempt");
+                        ops.push(Op::Put(Entry {
+                            key: keys::due(at, &delivery.id),
+                            value: delivery.webhook_id.clone().into_bytes(),
+                        }));
+                    }
+                    Status::Delivered => ops.push(Op::Delete(keys::payload(&delivery.id))),
+                    Status::Failed => {}
+                }
+                ops.push(Op::Put(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: delivery.encode(),
+                }));
+            }
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(()),
+                Err(CommitFailure::Conflict(index)) => {
+                    updates.remove(index);
+                }
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(internal("deliveries kept changing while their outcomes were recorded"))
+    }
+}
+
+/// The request of one attempt: POST to the webhook's URL with its headers, the Content-Type
+/// rule of SPEC.md section 3, and the exact payload.
+pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>) -> Request {
+    let mut headers: Vec<(String, String)> = webhook
+        .headers
+        .iter()
+        .filter_map(|(name, value)| value.as_str().map(|value| (name.clone(), value.to_owned())))
+        .collect();
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        let content_type = delivery.content_type.clone().filter(|c| !c.is_empty());
+        headers.push((
+            "Content-Type".into(),
+            content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()),
+        ));
+    }
+    Request {
+        url: webhook.url.clone(),
+        headers,
+        body: payload,
+    }
+}
+
+/// A delivery after an attempt with this result, and the outcome to report.
+fn apply(
+    mut delivery: Delivery,
+    result: &AttemptResult,
+    webhook_removed: bool,
+    started: u64,
+    finished: u64,
+) -> (Delivery, AttemptOutcome) {
+    let (status_code, error) = match result {
+        AttemptResult::Answered(code) => {
+            let error = (!(200..300).contains(code)).then(|| format!("receiver answered {code}"));
+            (Some(*code), error)
+        }
+        AttemptResult::Refused => (None, Some(DESTINATION_REFUSED.to_owned())),
+        AttemptResult::Failed(reason) => (None, Some(reason.clone())),
+    };
+    delivery.attempts.push(Attempt {
+        at_ms: started,
+        status_code,
+        error: error.clone(),
+        duration_ms: finished.saturating_sub(started),
+    });
+    let verdict = if webhook_removed {
+        Verdict::Fail
+    } else {
+        verdict(result)
+    };
+    (delivery.status, delivery.next_attempt_ms) = match verdict {
+        Verdict::Delivered => (Status::Delivered, None),
+        Verdict::Fail => (Status::Failed, None),
+        Verdict::Retry => match next_attempt(finished, delivery.attempts.len()) {
+            Some(at) => (Status::Pending, Some(at)),
+            None => (Status::Failed, None),
+        },
+    };
+    let outcome = AttemptOutcome {
+        id: delivery.id.clone(),
+        webhook_id: delivery.webhook_id.clone(),
+        status: match delivery.status {
+            Status::Pending => DeliveryStatus::Pending,
+            Status::Delivered => DeliveryStatus::Delivered,
+            Status::Failed => DeliveryStatus::Failed,
+        },
+        status_code,
+        error,
+        next_attempt_ms: delivery.next_attempt_ms,
+    };
+    (delivery, outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::memory::MemoryKv;
+    use serde_json::{Map, Value, json};
+    use std::cell::RefCell;
+
+    /// Answers each request with the status its URL's last path segment names, and remembers
+    /// what it was sent.
+    #[derive(Default)]
+    struct ScriptedSender {
+        sent: RefCell<Vec<Request>>,
+    }
+
+    impl Sender for ScriptedSender {
+        fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult> {
+            self.sent.borrow_mut().extend(requests.iter().cloned());
+            requests
+                .iter()
+                .map(|r| match r.url.rsplit('/').next().unwrap() {
+                    "refused" => AttemptResult::Refused,
+                    "down" => AttemptResult::Failed("connection refused".into()),
+                    code => AttemptResult::Answered(code.parse().unwrap()),
+                })
+                .collect()
+        }
+    }
+
+    fn clock() -> u64 {
+        1_000_000
+    }
+
+    fn store_webhook(kv: &MemoryKv, id: &str, thing: &str, url: &str, headers: Value) {
+        let webhook = Webhook {
+            v: 1,
+            id: id.into(),
+            thing_id: thing.into(),
+            group_id: "g".into(),
+            name: id.into(),
+            url: url.into(),
+            headers: headers.as_object().cloned().unwrap_or_default(),
+            metadata: Map::new(),
+        };
+        let mut ops = Vec::new();
+        repo::put_webhook(&mut ops, &webhook);
+        kv.commit(&[], &ops).unwrap();
+    }
+
+    fn message(thing: &str, id: Option<&str>, payload: &[u8], content_type: Option<&str>) -> Message {
+        Message {
+            id: id.map(str::to_owned),
+            thing_id: thing.into(),
+            payload: payload.to_vec(),
+            content_type: content_type.map(str::to_owned),
+            subtopic: String::new(),
+            received_ms: clock(),
+        }
+    }
+
+    fn delivery(kv: &MemoryKv, id: &str) -> Delivery {
+        Delivery::decode(&kv.get(&keys::delivery(id)).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_message_records_one_due_delivery_per_webhook_of_its_thing() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
+        store_webhook(&kv, "w3", "other", "http://c/200", json!({}));
+        let events = Events::new(&kv, &sender, clock);
+        let accepted = events.on_message(message("t", None, b"\x00\xffbinary", None)).unwrap();
+        assert!(!accepted.duplicate);
+        let mut webhooks: Vec<_> = accepted.deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
+        webhooks.sort();
+        assert_eq!(webhooks, ["w1", "w2"]);
+        assert_eq!(events.due(100).unwrap().len(), 2);
+        let ids: Vec<String> = accepted.deliveries.iter().map(|d| d.id.clone()).collect();
+        let outcomes = events.deliver(&ids).unwrap();
+        assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
+        assert!(sender.sent.borrow().iter().all(|r| r.body == b"\x00\xffbinary"));
+        assert!(events.due(100).unwrap().is_empty());
+        assert_eq!(
+            kv.get(&keys::payload(&ids[0])).unwrap(),
+            None,
+            "payload dropped once delivered"
+        );
+        assert!(
+            events.deliver(&ids).unwrap().is_empty(),
+            "a delivered delivery is not attempted again"
+        );
+    }
+
+    #[test]
+    fn a_repeated_message_id_records_nothing() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        let events = Events::new(&kv, &sender, clock);
+        let id = "7f1c1d2e-1111-4222-8333-444455556666";
+        assert_eq!(
+            events
+                .on_message(message("t", Some(id), b"x", None))
+                .unwrap()
+                .deliveries
+                .len(),
+            1
+        );
+        let again = events
+            .on_message(message("t", Some(&id.to_uppercase()), b"x", None))
+            .unwrap();
+        assert!(again.duplicate && again.deliveries.is_empty());
+        assert!(matches!(
+            events.on_message(message("t", Some("nope"), b"x", None)),
+            Err(crate::Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn content_type_prefers_the_webhook_then_the_device_then_json() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(
+            &kv,
+            "own",
+            "t",
+            "http://a/200",
+            json!({"content-TYPE": "text/csv", "X-Key": "k"}),
+        );
+        store_webhook(&kv, "plain", "t", "http://b/200", json!({}));
+        let events = Events::new(&kv, &sender, clock);
+        let ids: Vec<String> = events
+            .on_message(message("t", None, b"x", Some("application/senml+json")))
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        events.deliver(&ids).unwrap();
+        let sent = sender.sent.borrow();
+        let header = |url: &str, name: &str| {
+            sent.iter()
+                .find(|r| r.url.starts_with(url))
+                .unwrap()
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(header("http://a", "content-type"), ["text/csv"]);
+        assert_eq!(header("http://a", "x-key"), ["k"]);
+        assert_eq!(header("http://b", "content-type"), ["application/senml+json"]);
+        let mut bare = delivery(&kv, &ids[0]);
+        bare.content_type = None;
+        let plain = Webhook::decode(&kv.get(&keys::webhook("plain")).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            request_for(&plain, &bare, vec![]).headers,
+            [("Content-Type".to_string(), "application/json".to_string())]
+        );
+    }
+
+    #[test]
+    fn failures_are_retried_or_failed_by_class() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "busy", "t", "http://a/503", json!({}));
+        store_webhook(&kv, "gone", "t", "http://b/404", json!({}));
+        store_webhook(&kv, "blocked", "t", "http://c/refused", json!({}));
+        store_webhook(&kv, "down", "t", "http://d/down", json!({}));
+        let events = Events::new(&kv, &sender, clock);
+        let deliveries = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
+        let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+        let outcomes = events.deliver(&ids).unwrap();
+        let status = |webhook: &str| outcomes.iter().find(|o| o.webhook_id == webhook).unwrap().clone();
+        assert_eq!(status("busy").status, DeliveryStatus::Pending);
+        assert_eq!(status("busy").next_attempt_ms, Some(clock() + 1_000));
+        assert_eq!(status("down").status, DeliveryStatus::Pending);
+        assert_eq!(status("gone").status, DeliveryStatus::Failed);
+        assert_eq!(status("blocked").status, DeliveryStatus::Failed);
+        assert_eq!(status("blocked").error.as_deref(), Some(DESTINATION_REFUSED));
+        // Not due yet: nothing is attempted, and the due index says so.
+        assert!(events.deliver(&ids).unwrap().is_empty());
+        assert!(events.due(100).unwrap().is_empty());
+        let busy = outcomes.iter().find(|o| o.webhook_id == "busy").unwrap();
+        assert_eq!(delivery(&kv, &busy.id).attempts.len(), 1);
+    }
+
+    #[test]
+    fn removing_a_thing_removes_its_webhooks_and_fails_their_deliveries() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "u", "http://a/200", json!({}));
+        let events = Events::new(&kv, &sender, clock);
+        let ids: Vec<String> = events
+            .on_message(message("t", None, b"x", None))
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(events.on_thing_removed("t").unwrap(), 1);
+        assert_eq!(events.on_thing_removed("t").unwrap(), 0);
+        assert!(kv.get(&keys::webhook("w2")).unwrap().is_some());
+        let outcomes = events.deliver(&ids).unwrap();
+        assert_eq!(outcomes[0].status, DeliveryStatus::Failed);
+        assert!(sender.sent.borrow().is_empty());
+        assert_eq!(events.on_group_removed("g").unwrap(), 1);
+    }
+}
