@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that read like prose: start the real `webhooks-host` binary
 //! with the real plugin on a loopback port, talk to it over HTTP, stop and restart it.
 
+pub mod receiver;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

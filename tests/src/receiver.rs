@@ -1,0 +1,212 @@
+//! A real HTTP receiver on a loopback port that records every request it gets, answering each
+//! path with a status and delay the test chooses.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// One request as the receiver got it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `POST`, `GET`, ...
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Header names (lowercase) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The exact body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// Every value of a header, by case-insensitive name.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of a header, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).first().copied()
+    }
+}
+
+/// How the receiver answers a path.
+#[derive(Debug, Clone, Copy)]
+pub struct Behaviour {
+    /// The status it answers with.
+    pub status: u16,
+    /// How long it waits before answering.
+    pub delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            status: 200,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    received: Mutex<Vec<Received>>,
+    behaviours: Mutex<HashMap<String, Behaviour>>,
+    arrived: Notify,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts a receiver on a free loopback port.
+    pub async fn start() -> Result<Self> {
+        Self::start_on(0).await
+    }
+
+    /// Starts a receiver on this loopback port (0 for any).
+    pub async fn start_on(port: u16) -> Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(state.clone(), request));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Receiver { addr, state, task })
+    }
+
+    /// The URL of a path on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers requests to `path` (without query) this way from now on.
+    pub fn set_behaviour(&self, path: &str, behaviour: Behaviour) {
+        self.state.behaviours.lock().unwrap().insert(path.to_owned(), behaviour);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Everything received so far on a path (without query).
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path.split('?').next() == Some(path))
+            .collect()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
+    /// Waits until at least `count` requests have arrived on `path` (None: anywhere).
+    pub async fn wait_for(&self, path: Option<&str>, count: usize, within: Duration) -> Result<Vec<Received>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let arrived = self.state.arrived.notified();
+            let got = match path {
+                Some(path) => self.received_on(path),
+                None => self.received(),
+            };
+            if got.len() >= count {
+                return Ok(got);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} of {count} requests arrived on {path:?} within {within:?}",
+                    got.len()
+                );
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let bare = path.split('?').next().unwrap_or_default().to_owned();
+    let behaviour = state.behaviours.lock().unwrap().get(&bare).copied().unwrap_or_default();
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+    }
+    state.received.lock().unwrap().push(Received {
+        method,
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    state.arrived.notify_waiters();
+    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+    *response.status_mut() = hyper::StatusCode::from_u16(behaviour.status).unwrap_or(hyper::StatusCode::OK);
+    Ok(response)
+}
