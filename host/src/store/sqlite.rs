@@ -1,8 +1,8 @@
-//! The embedded SQLite backend of the store: one `kv` table in WAL mode, one writer
-//! connection and a small pool of readers.
+//! The embedded SQLite backend of the store: one `kv` table in WAL mode, one writer thread
+//! that group-commits, and a small pool of readers.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -14,7 +14,8 @@ const IDLE_READERS: usize = 8;
 /// A store in one SQLite database file.
 pub struct SqliteStore {
     path: String,
-    writer: Arc<Mutex<Connection>>,
+    /// Commits go to one writer thread, which groups them (see [`run_writer`]).
+    writer: Mutex<std::sync::mpsc::Sender<PendingCommit>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -38,9 +39,14 @@ impl SqliteStore {
         writer.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
         )?;
+        let (queue, commits) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(writer, commits))
+            .map_err(|e| rusqlite::Error::InvalidPath(format!("cannot start the writer thread: {e}").into()))?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Mutex::new(queue),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -107,45 +113,120 @@ fn scan(
     rows.collect()
 }
 
-fn commit(conn: &mut Connection, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(unavailable)?;
-    {
-        let mut read = tx
-            .prepare_cached("SELECT value FROM kv WHERE key = ?1")
-            .map_err(unavailable)?;
-        for (index, guard) in guards.iter().enumerate() {
-            let key = match guard {
-                Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key,
-            };
-            let current: Option<Vec<u8>> = read
-                .query_row([key], |row| row.get(0))
-                .optional()
-                .map_err(unavailable)?;
-            let holds = match guard {
-                Condition::Absent(_) => current.is_none(),
-                Condition::Present(_) => current.is_some(),
-                Condition::Equals(_, value) => current.as_ref() == Some(value),
-            };
-            if !holds {
-                return Err(StoreError::Conflict(index as u32));
+/// One commit waiting for the writer.
+struct PendingCommit {
+    guards: Vec<Condition>,
+    ops: Vec<Op>,
+    reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Most commits the writer groups into one transaction.
+const GROUP_LIMIT: usize = 256;
+
+/// The writer thread: takes every commit waiting, applies each inside its own savepoint
+/// (so each stays atomic and sees the ones before it), then makes them durable with one
+/// transaction commit and one sync for the whole group.
+fn run_writer(mut conn: Connection, queue: std::sync::mpsc::Receiver<PendingCommit>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_LIMIT {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
             }
         }
-        let mut put = tx
-            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
-            .map_err(unavailable)?;
-        let mut delete = tx
-            .prepare_cached("DELETE FROM kv WHERE key = ?1")
-            .map_err(unavailable)?;
-        for op in ops {
-            match op {
-                Op::Put(key, value) => put.execute(params![key, value]).map_err(unavailable)?,
-                Op::Delete(key) => delete.execute([key]).map_err(unavailable)?,
-            };
+        let results = commit_group(&mut conn, &group);
+        for (pending, result) in group.into_iter().zip(results) {
+            let _ = pending.reply.send(result);
         }
     }
-    tx.commit().map_err(unavailable)
+}
+
+fn commit_group(conn: &mut Connection, group: &[PendingCommit]) -> Vec<Result<(), StoreError>> {
+    let all_failed = |e: rusqlite::Error| group.iter().map(|_| Err(unavailable_ref(&e))).collect();
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return all_failed(e),
+    };
+    if let [single] = group {
+        // One commit alone needs no savepoint: a failed guard rolls back the transaction.
+        return match apply(&tx, &single.guards, &single.ops) {
+            Ok(()) => vec![tx.commit().map_err(unavailable)],
+            Err(e) => vec![Err(e)],
+        };
+    }
+    let mut results = Vec::with_capacity(group.len());
+    for pending in group {
+        results.push(apply_in_savepoint(&mut tx, pending));
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => all_failed(e),
+    }
+}
+
+/// Applies one commit of a group inside its own savepoint, so a failed guard undoes only it.
+fn apply_in_savepoint(tx: &mut rusqlite::Transaction<'_>, pending: &PendingCommit) -> Result<(), StoreError> {
+    // Cached statements: `Transaction::savepoint` would parse these anew for every commit.
+    tx.prepare_cached("SAVEPOINT one_commit")
+        .and_then(|mut s| s.execute([]))
+        .map_err(unavailable)?;
+    match apply(tx, &pending.guards, &pending.ops) {
+        Ok(()) => {
+            tx.prepare_cached("RELEASE one_commit")
+                .and_then(|mut s| s.execute([]))
+                .map_err(unavailable)?;
+            Ok(())
+        }
+        Err(e) => {
+            tx.prepare_cached("ROLLBACK TO one_commit")
+                .and_then(|mut s| s.execute([]))
+                .and_then(|_| tx.prepare_cached("RELEASE one_commit").and_then(|mut s| s.execute([])))
+                .map_err(unavailable)?;
+            Err(e)
+        }
+    }
+}
+
+fn unavailable_ref(e: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Checks the guards and applies the ops of one commit inside an open transaction.
+fn apply(conn: &Connection, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
+    let mut read = conn
+        .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+        .map_err(unavailable)?;
+    for (index, guard) in guards.iter().enumerate() {
+        let key = match guard {
+            Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key,
+        };
+        let current: Option<Vec<u8>> = read
+            .query_row([key], |row| row.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        let holds = match guard {
+            Condition::Absent(_) => current.is_none(),
+            Condition::Present(_) => current.is_some(),
+            Condition::Equals(_, value) => current.as_ref() == Some(value),
+        };
+        if !holds {
+            return Err(StoreError::Conflict(index as u32));
+        }
+    }
+    let mut put = conn
+        .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
+        .map_err(unavailable)?;
+    let mut delete = conn
+        .prepare_cached("DELETE FROM kv WHERE key = ?1")
+        .map_err(unavailable)?;
+    for op in ops {
+        match op {
+            Op::Put(key, value) => put.execute(params![key, value]).map_err(unavailable)?,
+            Op::Delete(key) => delete.execute([key]).map_err(unavailable)?,
+        };
+    }
+    Ok(())
 }
 
 impl KvBackend for SqliteStore {
@@ -180,15 +261,17 @@ impl KvBackend for SqliteStore {
     }
 
     fn commit(&self, guards: Vec<Condition>, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let writer = self.writer.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = self
+            .writer
+            .lock()
+            .expect("writer queue poisoned")
+            .send(PendingCommit { guards, ops, reply });
         Box::pin(async move {
-            // The commit syncs to disk; keep that wait off the async workers.
-            tokio::task::spawn_blocking(move || {
-                let mut conn = writer.lock().expect("writer connection poisoned");
-                commit(&mut conn, &guards, &ops)
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("commit task failed: {e}")))?
+            queued.map_err(|_| StoreError::Unavailable("the writer thread stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the writer thread stopped".into()))?
         })
     }
 }
@@ -256,6 +339,43 @@ mod tests {
         assert_eq!(back, vec![b"p\x001".to_vec(), b"p\x00".to_vec()]);
         let everything = keys(store.scan(vec![], None, 100, false).await.unwrap());
         assert_eq!(everything.len(), 6);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_each_atomic_and_see_each_other() {
+        let (store, dir) = store();
+        let store = std::sync::Arc::new(store);
+        // 200 commits race to claim 20 keys: exactly one wins each key.
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("claim-{}", i % 20).into_bytes();
+                let marker = format!("marker-{i}").into_bytes();
+                let won = store
+                    .commit(
+                        vec![Condition::Absent(key.clone())],
+                        vec![put(&key, &i.to_be_bytes()), put(&marker, b"1")],
+                    )
+                    .await;
+                (i, won)
+            }));
+        }
+        let mut winners = 0;
+        for task in tasks {
+            let (i, won) = task.await.unwrap();
+            let marker = store.get(format!("marker-{i}").into_bytes()).await.unwrap();
+            match won {
+                Ok(()) => {
+                    winners += 1;
+                    assert!(marker.is_some(), "a winner's other write is there");
+                }
+                Err(StoreError::Conflict(0)) => assert!(marker.is_none(), "a loser wrote nothing"),
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(winners, 20);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -2,13 +2,24 @@
 //!
 //! `bench list [WEBHOOKS] [REQUESTS]`: latency of `GET /things/{id}/webhooks` on a thing with
 //! WEBHOOKS webhooks (default 100), over REQUESTS sequential requests (default 2,000).
+//!
+//! `bench deliver [MESSAGES] [K...]`: publishes MESSAGES messages (default 10,000) to a thing
+//! with K webhooks (default 1 and 3) pointing at a local receiver, and prints deliveries/s and
+//! publish-to-receipt latency, beside a native baseline: the same POSTs sent by a pooled hyper
+//! client to the same receiver in the same run.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use webhooks_tests::{EDITOR, THING_1, TestHost, VIEWER};
+use webhooks_tests::receiver::Receiver;
+use webhooks_tests::{EDITOR, THING_1, TestHost, VIEWER, standard_registry};
+
+/// Publishers (or native senders) in flight at once.
+const CONCURRENCY: usize = 32;
+/// Payload size of each message.
+const PAYLOAD_BYTES: usize = 256;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -19,7 +30,15 @@ async fn main() -> Result<()> {
             let requests = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(2_000);
             list(webhooks, requests).await
         }
-        Some(other) => bail!("unknown benchmark {other:?}; try: list"),
+        Some("deliver") => {
+            let messages = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10_000);
+            let mut ks: Vec<usize> = args.iter().skip(2).map(|k| k.parse()).collect::<Result<_, _>>()?;
+            if ks.is_empty() {
+                ks = vec![1, 3];
+            }
+            deliver(messages, &ks).await
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; try: list, deliver"),
     }
 }
 
@@ -90,4 +109,163 @@ async fn list(webhooks: usize, requests: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One message's payload: its index in the first 8 bytes, padded to the payload size.
+fn payload(index: u64) -> Vec<u8> {
+    let mut body = index.to_le_bytes().to_vec();
+    body.resize(PAYLOAD_BYTES, b'x');
+    body
+}
+
+fn index_of(body: &[u8]) -> usize {
+    u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize
+}
+
+/// Throughput and latency of one run.
+struct Run {
+    deliveries: usize,
+    elapsed: Duration,
+    latency: Summary,
+}
+
+async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
+    println!(
+        "{messages} messages of {PAYLOAD_BYTES} B, {CONCURRENCY} publishers in flight, receiver on loopback, SQLite store"
+    );
+    println!(
+        "| webhooks per thing | deliveries | service deliveries/s | native deliveries/s | ratio | service p50 / p99 publish→receipt | native p50 / p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &k in ks {
+        let receiver = Receiver::start().await?;
+        let host = TestHost::start_with(
+            standard_registry(),
+            &[
+                ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
+                ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+            ],
+        )
+        .await?;
+        let hooks: Vec<_> = (0..k)
+            .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
+            .collect();
+        host.create(THING_1, EDITOR, json!(hooks)).await?;
+        let service = service_run(&host, &receiver, messages, k).await?;
+        let native = native_run(&receiver, messages * k).await?;
+        let rate = |run: &Run| run.deliveries as f64 / run.elapsed.as_secs_f64();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {k} | {} | {:.0} | {:.0} | {:.2}× | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
+            service.deliveries,
+            rate(&service),
+            rate(&native),
+            rate(&service) / rate(&native),
+            ms(service.latency.p50),
+            ms(service.latency.p99),
+            ms(native.latency.p50),
+            ms(native.latency.p99),
+        );
+    }
+    Ok(())
+}
+
+async fn service_run(host: &TestHost, receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
+    let url = host.url("/messages/bench");
+    let started = Instant::now();
+    let mut sent_at = vec![started; messages];
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut publishers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= messages {
+                    return Ok::<_, anyhow::Error>(times);
+                }
+                let begun = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("Authorization", "Thing key-1")
+                    .header("Content-Type", "application/octet-stream")
+                    .body(payload(index as u64))
+                    .send()
+                    .await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    bail!("publish answered {}", response.status());
+                }
+                times.push((index, begun));
+            }
+        }));
+    }
+    for publisher in publishers {
+        for (index, begun) in publisher.await?? {
+            sent_at[index] = begun;
+        }
+    }
+    let received = receiver.wait_for(None, messages * k, Duration::from_secs(600)).await?;
+    let elapsed = received.iter().map(|r| r.at).max().unwrap_or(started) - started;
+    let latencies = received
+        .iter()
+        .map(|r| r.at.saturating_duration_since(sent_at[index_of(&r.body)]))
+        .collect();
+    Ok(Run {
+        deliveries: received.len(),
+        elapsed,
+        latency: summarize(latencies),
+    })
+}
+
+async fn native_run(receiver: &Receiver, requests: usize) -> Result<Run> {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let url: hyper::Uri = receiver.url("/native").parse()?;
+    let before = receiver.received_on("/native").len();
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        senders.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= requests {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let begun = Instant::now();
+                let request = hyper::Request::post(url.clone())
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(bytes::Bytes::from(payload(index as u64))))?;
+                let response = client.request(request).await?;
+                let status = response.status();
+                http_body_util::BodyExt::collect(response.into_body()).await?;
+                if !status.is_success() {
+                    bail!("receiver answered {status}");
+                }
+                latencies.push(begun.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    for sender in senders {
+        latencies.extend(sender.await??);
+    }
+    let elapsed = started.elapsed();
+    let got = receiver.received_on("/native").len() - before;
+    if got != requests {
+        bail!("native run: {got} of {requests} arrived");
+    }
+    Ok(Run {
+        deliveries: requests,
+        elapsed,
+        latency: summarize(latencies),
+    })
 }
