@@ -3,13 +3,14 @@
 #   make run    build everything, then serve on :9021 with the embedded defaults
 #   make test   build everything, then run the whole test suite
 #   make build  the host binary and the plugin component, in release mode
+#   make bench  benchmarks of the running service, printed as tables
 
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
 HOST_BIN     := target/release/webhooks-host
 PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 
-.PHONY: build run test unit-test e2e-test lint wasm-target
+.PHONY: build run test unit-test e2e-test lint bench wasm-target
 
 build: wasm-target
 	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
@@ -37,3 +38,7 @@ lint:
 	$(CARGO) clippy --release -p webhooks-host -p webhooks-tests --all-targets -- -D warnings
 	$(CARGO) clippy -p webhooks-plugin --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p webhooks-plugin --all-targets -- -D warnings
+
+bench: build
+	target/release/bench list 100 2000
+	target/release/bench deliver 10000 1 3
