@@ -2,7 +2,10 @@
 
 use crate::access::Access;
 use crate::bindings::exports::mainflux::webhooks::api::Guest;
+use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::bindings::mainflux::webhooks::{identity, store};
+use crate::delivery_log::DeliveryLog;
+use crate::events::now_ms;
 use crate::repo::Kv;
 use crate::service::Service;
 use crate::{Error, Role};
@@ -90,6 +93,14 @@ impl Guest for Plugin {
     fn remove_webhooks(token: String, body: Vec<u8>) -> Result<(), Error> {
         service().remove_webhooks(&token, &body)
     }
+
+    fn list_deliveries(token: String, webhook_id: String, query: Vec<(String, String)>) -> Result<String, Error> {
+        DeliveryLog::new(&HostStore, &HostIdentity, now_ms).list(&token, &webhook_id, &query)
+    }
+
+    fn retry_delivery(token: String, webhook_id: String, delivery_id: String) -> Result<DueDelivery, Error> {
+        DeliveryLog::new(&HostStore, &HostIdentity, now_ms).retry(&token, &webhook_id, &delivery_id)
+    }
 }
 
 crate::bindings::export!(Plugin with_types_in crate::bindings);
@@ -97,7 +108,8 @@ crate::bindings::export!(Plugin with_types_in crate::bindings);
 mod message_events {
     use super::{HostStore, Plugin};
     use crate::Error;
-    use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, DueDelivery, Guest, Message};
+    use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Guest, Message};
+    use crate::bindings::mainflux::webhooks::types::DueDelivery;
     use crate::events::{Events, now_ms};
     use crate::outbound::wasi_http::WasiHttp;
 

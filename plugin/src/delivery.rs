@@ -34,6 +34,9 @@ pub struct Attempt {
     pub error: Option<String>,
     /// How long it took.
     pub duration_ms: u64,
+    /// The first 4 KiB of the receiver's answer body, if it answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
 }
 
 /// A message on its way to one webhook.
@@ -89,11 +92,35 @@ impl Delivery {
     }
 }
 
+/// The most of an answer body kept in the delivery log.
+pub const MAX_LOGGED_BODY: usize = 4096;
+
+/// A receiver's answer, as far as the policy and the log need it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The first [`MAX_LOGGED_BODY`] bytes of the body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// An answer with this status and nothing else.
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status,
+            ..Answer::default()
+        }
+    }
+}
+
 /// What one attempt produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptResult {
-    /// The receiver answered with this status.
-    Answered(u16),
+    /// The receiver answered.
+    Answered(Answer),
     /// The host refused the destination (SSRF guard); never retried.
     Refused,
     /// The request failed before an answer: connection, timeout, protocol.
@@ -118,10 +145,12 @@ pub enum Verdict {
 /// 408, 425, 429 and 5xx are worth retrying; everything else, redirects included, fails.
 pub fn verdict(result: &AttemptResult) -> Verdict {
     match result {
-        AttemptResult::Answered(code) if (200..300).contains(code) => Verdict::Delivered,
-        AttemptResult::Answered(408 | 425 | 429) => Verdict::Retry,
-        AttemptResult::Answered(code) if *code >= 500 => Verdict::Retry,
-        AttemptResult::Answered(_) | AttemptResult::Refused => Verdict::Fail,
+        AttemptResult::Answered(answer) => match answer.status {
+            200..=299 => Verdict::Delivered,
+            408 | 425 | 429 | 500.. => Verdict::Retry,
+            _ => Verdict::Fail,
+        },
+        AttemptResult::Refused => Verdict::Fail,
         AttemptResult::Failed(_) => Verdict::Retry,
     }
 }
@@ -140,13 +169,14 @@ mod tests {
     #[test]
     fn verdicts_follow_the_status_classes() {
         use AttemptResult::*;
-        assert_eq!(verdict(&Answered(200)), Verdict::Delivered);
-        assert_eq!(verdict(&Answered(204)), Verdict::Delivered);
+        let answered = |code| Answered(Answer::status(code));
+        assert_eq!(verdict(&answered(200)), Verdict::Delivered);
+        assert_eq!(verdict(&answered(204)), Verdict::Delivered);
         for code in [408, 425, 429, 500, 503] {
-            assert_eq!(verdict(&Answered(code)), Verdict::Retry, "{code}");
+            assert_eq!(verdict(&answered(code)), Verdict::Retry, "{code}");
         }
         for code in [301, 302, 400, 404, 410] {
-            assert_eq!(verdict(&Answered(code)), Verdict::Fail, "{code}");
+            assert_eq!(verdict(&answered(code)), Verdict::Fail, "{code}");
         }
         assert_eq!(verdict(&Refused), Verdict::Fail);
         assert_eq!(verdict(&Failed("timeout".into())), Verdict::Retry);

@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::bindings::exports::mainflux::webhooks::events::{
-    Accepted, AttemptOutcome, DeliveryStatus, DueDelivery, Message,
-};
+use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, DeliveryStatus, Message};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::delivery::{Attempt, AttemptResult, DESTINATION_REFUSED, Delivery, Status, Verdict, next_attempt, verdict};
 use crate::error::{Result, internal, invalid};
 use crate::keys;
@@ -268,6 +267,12 @@ impl<'a> Events<'a> {
                     Status::Delivered => ops.push(Op::Delete(keys::payload(&delivery.id))),
                     Status::Failed => {}
                 }
+                if delivery.status != before.status {
+                    ops.push(Op::Put(Entry {
+                        key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
+                        value: status_name(delivery.status).as_bytes().to_vec(),
+                    }));
+                }
                 ops.push(Op::Put(Entry {
                     key: keys::delivery(&delivery.id),
                     value: delivery.encode(),
@@ -282,6 +287,15 @@ impl<'a> Events<'a> {
             }
         }
         Err(internal("deliveries kept changing while their outcomes were recorded"))
+    }
+}
+
+/// The name of a status, as the API shows it and the log index stores it.
+pub fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Pending => "pending",
+        Status::Delivered => "delivered",
+        Status::Failed => "failed",
     }
 }
 
@@ -318,19 +332,22 @@ fn apply(
     started: u64,
     finished: u64,
 ) -> (Delivery, AttemptOutcome) {
-    let (status_code, error) = match result {
-        AttemptResult::Answered(code) => {
-            let error = (!(200..300).contains(code)).then(|| format!("receiver answered {code}"));
-            (Some(*code), error)
+    let (status_code, error, response_body) = match result {
+        AttemptResult::Answered(answer) => {
+            let code = answer.status;
+            let error = (!(200..300).contains(&code)).then(|| format!("receiver answered {code}"));
+            let body = (!answer.body.is_empty()).then(|| String::from_utf8_lossy(&answer.body).into_owned());
+            (Some(code), error, body)
         }
-        AttemptResult::Refused => (None, Some(DESTINATION_REFUSED.to_owned())),
-        AttemptResult::Failed(reason) => (None, Some(reason.clone())),
+        AttemptResult::Refused => (None, Some(DESTINATION_REFUSED.to_owned()), None),
+        AttemptResult::Failed(reason) => (None, Some(reason.clone()), None),
     };
     delivery.attempts.push(Attempt {
         at_ms: started,
         status_code,
         error: error.clone(),
         duration_ms: finished.saturating_sub(started),
+        response_body,
     });
     let verdict = if webhook_removed {
         Verdict::Fail
@@ -382,7 +399,7 @@ mod tests {
                 .map(|r| match r.url.rsplit('/').next().unwrap() {
                     "refused" => AttemptResult::Refused,
                     "down" => AttemptResult::Failed("connection refused".into()),
-                    code => AttemptResult::Answered(code.parse().unwrap()),
+                    code => AttemptResult::Answered(crate::delivery::Answer::status(code.parse().unwrap())),
                 })
                 .collect()
         }

@@ -106,6 +106,23 @@ pub fn due_time(key: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
+/// The entry of a delivery in its webhook's log, ordered by creation time; its value is the
+/// delivery's status, so the log can be counted and filtered without reading records.
+pub fn log_entry(webhook_id: &str, created_ms: u64, id: &str) -> Vec<u8> {
+    key("dw", &[webhook_id, &format!("{created_ms:016x}"), id])
+}
+
+/// The prefix of a webhook's delivery log.
+pub fn log_prefix(webhook_id: &str) -> Vec<u8> {
+    prefix("dw", webhook_id)
+}
+
+/// Reads the delivery id back out of a log entry's key.
+pub fn log_entry_id(key: &[u8]) -> Option<&str> {
+    let rest = &key[key.iter().rposition(|b| *b == SEP)? + 1..];
+    std::str::from_utf8(rest).ok()
+}
+
 /// The entry recording that a thing published a message id, for idempotent publishing.
 pub fn message_id(thing_id: &str, message_id: &str) -> Vec<u8> {
     key("mi", &[thing_id, message_id])
@@ -114,6 +131,14 @@ pub fn message_id(thing_id: &str, message_id: &str) -> Vec<u8> {
 #[cfg(test)]
 mod due_tests {
     use super::*;
+
+    #[test]
+    fn log_entries_sort_by_time_within_a_webhook() {
+        assert!(log_entry("w", 9, "b") < log_entry("w", 10, "a"));
+        assert!(log_entry("w", 1, "x").starts_with(&log_prefix("w")));
+        assert!(!log_entry("w2", 1, "x").starts_with(&log_prefix("w")));
+        assert_eq!(log_entry_id(&log_entry("w", 5, "abc")), Some("abc"));
+    }
 
     #[test]
     fn due_keys_sort_by_time_and_read_back() {

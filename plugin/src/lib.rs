@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod delivery;
+pub mod delivery_log;
 pub mod error;
 pub mod events;
 pub mod keys;

@@ -29,7 +29,7 @@ pub mod wasi_http {
         ErrorCode, Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
     };
     use crate::bindings::wasi::io::poll;
-    use crate::delivery::AttemptResult;
+    use crate::delivery::{Answer, AttemptResult, MAX_LOGGED_BODY};
 
     /// Largest write `blocking-write-and-flush` accepts.
     const WRITE_CHUNK: usize = 4096;
@@ -118,7 +118,30 @@ pub mod wasi_http {
 
     fn finish(future: &FutureIncomingResponse) -> AttemptResult {
         match future.get() {
-            Some(Ok(Ok(response))) => AttemptResult::Answered(response.status()),
+            Some(Ok(Ok(response))) => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .first()
+                    .map(|value| String::from_utf8_lossy(value).into_owned());
+                let mut body = Vec::new();
+                if let Ok(incoming) = response.consume()
+                    && let Ok(stream) = incoming.stream()
+                {
+                    // The host has already read the whole (bounded) answer; keep the start.
+                    while body.len() < MAX_LOGGED_BODY {
+                        match stream.blocking_read((MAX_LOGGED_BODY - body.len()) as u64) {
+                            Ok(chunk) if !chunk.is_empty() => body.extend_from_slice(&chunk),
+                            _ => break,
+                        }
+                    }
+                }
+                AttemptResult::Answered(Answer {
+                    status: response.status(),
+                    retry_after,
+                    body,
+                })
+            }
             Some(Ok(Err(code))) => error_result(&code),
             Some(Err(())) => AttemptResult::Failed("response already taken".into()),
             None => AttemptResult::Failed("response not ready".into()),

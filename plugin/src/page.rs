@@ -76,18 +76,8 @@ impl PageQuery {
                 continue;
             }
             match key.as_str() {
-                "offset" => {
-                    query.offset = value
-                        .parse::<u64>()
-                        .map_err(|_| invalid("offset must be a non-negative integer"))?
-                }
-                "limit" => {
-                    let limit = value.parse::<i64>().map_err(|_| limit_error())?;
-                    if !(1..=MAX_LIMIT as i64).contains(&limit) {
-                        return Err(limit_error());
-                    }
-                    query.limit = limit as u64;
-                }
+                "offset" => query.offset = parse_offset(value)?,
+                "limit" => query.limit = parse_limit(value)?,
                 "order" => query.order = parse_order(value)?,
                 "dir" => query.dir = parse_dir(value)?,
                 "name" => query.name = Some(parse_name(value)?),
@@ -191,6 +181,32 @@ impl PageQuery {
             "webhooks": webhooks,
         })
     }
+}
+
+/// Reads an `offset` query parameter: an integer, 0 or more.
+pub fn parse_offset(value: &str) -> Result<u64> {
+    value
+        .parse::<u64>()
+        .map_err(|_| invalid("offset must be a non-negative integer"))
+}
+
+/// Reads a `limit` query parameter: an integer from 1 to [`MAX_LIMIT`].
+pub fn parse_limit(value: &str) -> Result<u64> {
+    let limit = value.parse::<i64>().map_err(|_| limit_error())?;
+    if !(1..=MAX_LIMIT as i64).contains(&limit) {
+        return Err(limit_error());
+    }
+    Ok(limit as u64)
+}
+
+/// Refuses a query that names a parameter twice.
+pub fn refuse_repeats(params: &[(String, String)]) -> Result<()> {
+    for (i, (key, _)) in params.iter().enumerate() {
+        if params[..i].iter().any(|(earlier, _)| earlier == key) {
+            return Err(invalid(format!("query parameter {key} is given more than once")));
+        }
+    }
+    Ok(())
 }
 
 fn limit_error() -> crate::Error {

@@ -1,6 +1,7 @@
 //! The REST layer: one module per API area, each exposing its `router()`; this module only
 //! mounts them, at the root and under `/svcwebhooks`, with the JSON 404 and 405 answers.
 
+pub mod deliveries;
 pub mod error;
 pub mod health;
 pub mod messages;
@@ -42,6 +43,7 @@ pub const GATEWAY_PREFIX: &str = "/svcwebhooks";
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(webhooks::router())
+        .merge(deliveries::router())
         .merge(messages::router())
         .merge(health::router())
         .method_not_allowed_fallback(method_not_allowed);

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::runtime::Runtime;
-use crate::runtime::bindings::exports::mainflux::webhooks::events::{DeliveryStatus, DueDelivery};
+use crate::runtime::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
+use crate::runtime::bindings::mainflux::webhooks::types::DueDelivery;
 
 /// How the dispatcher spreads work.
 #[derive(Debug, Clone, Copy)]

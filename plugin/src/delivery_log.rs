@@ -1,0 +1,256 @@
+//! The delivery log: each webhook's deliveries with every attempt, newest first, and the
+//! manual retry of a failed delivery.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+use crate::Role;
+use crate::access::{Access, require_token};
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::bindings::mainflux::webhooks::types::DueDelivery;
+use crate::delivery::{Delivery, Status};
+use crate::error::{Result, conflict, invalid, not_found};
+use crate::events::status_name;
+use crate::keys;
+use crate::page::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
+use crate::repo::{self, CommitFailure, Kv};
+use crate::webhook::Webhook;
+
+/// How many log entries one scan call asks for.
+const SCAN_CHUNK: u32 = 1024;
+
+/// A validated request for one page of a delivery log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogQuery {
+    /// Entries skipped before the page.
+    pub offset: u64,
+    /// Most entries on the page.
+    pub limit: u64,
+    /// Only deliveries in this status.
+    pub status: Option<Status>,
+}
+
+impl LogQuery {
+    /// Reads `offset`, `limit` and `status` from the query; other parameters are ignored.
+    pub fn from_query(params: &[(String, String)]) -> Result<Self> {
+        refuse_repeats(params)?;
+        let mut query = LogQuery {
+            offset: 0,
+            limit: DEFAULT_LIMIT,
+            status: None,
+        };
+        for (key, value) in params.iter().filter(|(_, value)| !value.is_empty()) {
+            match key.as_str() {
+                "offset" => query.offset = parse_offset(value)?,
+                "limit" => query.limit = parse_limit(value)?,
+                "status" => {
+                    query.status = Some(match value.as_str() {
+                        "pending" => Status::Pending,
+                        "delivered" => Status::Delivered,
+                        "failed" => Status::Failed,
+                        _ => return Err(invalid("status must be pending, delivered or failed")),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(query)
+    }
+}
+
+/// RFC 3339 time of a millisecond timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The JSON users see of a delivery.
+pub fn view(delivery: &Delivery) -> Value {
+    let attempts: Vec<Value> = delivery
+        .attempts
+        .iter()
+        .map(|attempt| {
+            let mut view = Map::new();
+            view.insert("at".into(), rfc3339(attempt.at_ms).into());
+            if let Some(code) = attempt.status_code {
+                view.insert("status_code".into(), code.into());
+            }
+            if let Some(error) = &attempt.error {
+                view.insert("error".into(), error.clone().into());
+            }
+            view.insert("duration_ms".into(), attempt.duration_ms.into());
+            if let Some(body) = &attempt.response_body {
+                view.insert("response_body".into(), body.clone().into());
+            }
+            Value::Object(view)
+        })
+        .collect();
+    let mut view = json!({
+        "id": delivery.id,
+        "webhook_id": delivery.webhook_id,
+        "message_id": delivery.message_id,
+        "status": status_name(delivery.status),
+        "attempts": attempts,
+        "created_at": rfc3339(delivery.created_ms),
+    });
+    if let (Status::Pending, Some(at)) = (delivery.status, delivery.next_attempt_ms) {
+        view["next_attempt_at"] = rfc3339(at).into();
+    }
+    view
+}
+
+/// The delivery log operations over a store and an identity service.
+pub struct DeliveryLog<'a> {
+    kv: &'a dyn Kv,
+    access: &'a dyn Access,
+    clock: fn() -> u64,
+}
+
+impl<'a> DeliveryLog<'a> {
+    /// Binds the operations to their capabilities and a clock.
+    pub fn new(kv: &'a dyn Kv, access: &'a dyn Access, clock: fn() -> u64) -> Self {
+        DeliveryLog { kv, access, clock }
+    }
+
+    fn webhook(&self, token: &str, webhook_id: &str, role: Role) -> Result<Webhook> {
+        require_token(token)?;
+        self.access.authenticate(token)?;
+        let (webhook, _) = repo::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
+        self.access.authorize_group(token, &webhook.group_id, role)?;
+        Ok(webhook)
+    }
+
+    /// A page of the webhook's deliveries, newest first, for a viewer of its group.
+    pub fn list(&self, token: &str, webhook_id: &str, params: &[(String, String)]) -> Result<String> {
+        let webhook = self.webhook(token, webhook_id, Role::Viewer)?;
+        let query = LogQuery::from_query(params)?;
+        let wanted = query.status.map(status_name);
+        let prefix = keys::log_prefix(&webhook.id);
+        let (mut total, mut page_ids) = (0u64, Vec::new());
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self
+                .kv
+                .scan(&prefix, after.as_deref(), SCAN_CHUNK, true)
+                .map_err(repo::store_error)?;
+            let full = chunk.len() as u32 == SCAN_CHUNK;
+            for entry in &chunk {
+                if wanted.is_some_and(|status| entry.value != status.as_bytes()) {
+                    continue;
+                }
+                if total >= query.offset && (page_ids.len() as u64) < query.limit {
+                    page_ids.push(keys::log_entry_id(&entry.key).unwrap_or_default().to_owned());
+                }
+                total += 1;
+            }
+            if !full {
+                break;
+            }
+            after = chunk.into_iter().last().map(|entry| entry.key);
+        }
+        let record_keys: Vec<Vec<u8>> = page_ids.iter().map(|id| keys::delivery(id)).collect();
+        let records = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let mut deliveries = Vec::with_capacity(records.len());
+        for bytes in records.into_iter().flatten() {
+            deliveries.push(view(&Delivery::decode(&bytes)?));
+        }
+        Ok(json!({
+            "total": total,
+            "offset": query.offset,
+            "limit": query.limit,
+            "deliveries": deliveries,
+        })
+        .to_string())
+    }
+
+    /// Makes a failed delivery of the webhook due now, for an editor of its group.
+    pub fn retry(&self, token: &str, webhook_id: &str, delivery_id: &str) -> Result<DueDelivery> {
+        let webhook = self.webhook(token, webhook_id, Role::Editor)?;
+        let key = keys::delivery(delivery_id);
+        let missing = || not_found("delivery not found");
+        let stored = self.kv.get(&key).map_err(repo::store_error)?.ok_or_else(missing)?;
+        let mut delivery = Delivery::decode(&stored)?;
+        if delivery.webhook_id != webhook.id {
+            return Err(missing());
+        }
+        if delivery.status != Status::Failed {
+            return Err(conflict(format!(
+                "only a failed delivery can be retried; this one is {}",
+                status_name(delivery.status)
+            )));
+        }
+        if self
+            .kv
+            .get(&keys::payload(&delivery.id))
+            .map_err(repo::store_error)?
+            .is_none()
+        {
+            return Err(conflict("this delivery's payload is no longer kept"));
+        }
+        let now = (self.clock)();
+        delivery.status = Status::Pending;
+        delivery.next_attempt_ms = Some(now);
+        let guards = vec![Condition::Equals(Entry {
+            key: key.clone(),
+            value: stored,
+        })];
+        let ops = vec![
+            Op::Put(Entry {
+                key: keys::due(now, &delivery.id),
+                value: delivery.webhook_id.clone().into_bytes(),
+            }),
+            Op::Put(Entry {
+                key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
+                value: status_name(Status::Pending).as_bytes().to_vec(),
+            }),
+            Op::Put(Entry {
+                key,
+                value: delivery.encode(),
+            }),
+        ];
+        match repo::commit(self.kv, &guards, &ops) {
+            Ok(()) => Ok(DueDelivery {
+                id: delivery.id,
+                webhook_id: delivery.webhook_id,
+            }),
+            Err(CommitFailure::Conflict(_)) => Err(conflict("the delivery changed meanwhile; try again")),
+            Err(CommitFailure::Store(e)) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<LogQuery> {
+        let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        LogQuery::from_query(&params)
+    }
+
+    #[test]
+    fn log_queries_follow_the_paging_rules() {
+        assert_eq!(
+            q(&[]).unwrap(),
+            LogQuery {
+                offset: 0,
+                limit: 10,
+                status: None
+            }
+        );
+        assert_eq!(
+            q(&[("status", "failed"), ("limit", "5")]).unwrap().status,
+            Some(Status::Failed)
+        );
+        for bad in [("status", "lost"), ("limit", "0"), ("limit", "201"), ("offset", "-1")] {
+            assert!(matches!(q(&[bad]), Err(crate::Error::Invalid(_))), "{bad:?}");
+        }
+        assert!(q(&[("status", "failed"), ("status", "pending")]).is_err());
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}
