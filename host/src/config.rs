@@ -103,6 +103,14 @@ pub struct ServeConfig {
     #[arg(long, env = "MF_WEBHOOKS_DELIVERY_TIMEOUT", value_name = "MF_WEBHOOKS_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
 
+    /// Delays before each retry of a failed delivery, comma-separated (e.g. 5s,5m,30m).
+    #[arg(long, env = "MF_WEBHOOKS_RETRY_SCHEDULE", value_name = "MF_WEBHOOKS_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = crate::settings::parse_schedule)]
+    pub retry_schedule: RetrySchedule,
+
+    /// How long deliveries and message ids are kept (e.g. 14d).
+    #[arg(long, env = "MF_WEBHOOKS_RETENTION", value_name = "MF_WEBHOOKS_RETENTION", default_value = "14d", value_parser = parse_duration)]
+    pub retention: Duration,
+
     /// Log level.
     #[arg(
         long,
@@ -151,6 +159,9 @@ impl ServeConfig {
         PathBuf::from("target").join(relative)
     }
 }
+
+/// A parsed retry schedule.
+pub type RetrySchedule = Vec<Duration>;
 
 /// Parses a size such as `64MiB`, `512KiB`, `1GiB`, `65536`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {

@@ -9,6 +9,7 @@
 //! - [`identity`]: the identity capability and its backends;
 //! - [`outbound`]: the pooled HTTP client and SSRF guard behind `wasi:http`;
 //! - [`ingress`] and [`dispatch`]: messages in, delivery attempts out;
+//! - [`settings`]: the operator's delivery settings, for the plugin's policy;
 //! - [`config`] and [`server`]: configuration, start-up and shutdown.
 #![deny(missing_docs)]
 
@@ -20,4 +21,5 @@ pub mod ingress;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
+pub mod settings;
 pub mod store;

@@ -10,6 +10,7 @@ use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::runtime::{Capabilities, Limits, Runtime};
+use crate::settings::DeliverySettings;
 use crate::store;
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -47,10 +48,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
             format!("cannot set up TLS for deliveries: {e}"),
         )
     })?;
+    let settings = Arc::new(DeliverySettings {
+        retry_schedule: config.retry_schedule.clone(),
+        retention: config.retention,
+    });
     let capabilities = Capabilities {
         store: kv,
         identity: registry.clone(),
         outbound,
+        settings,
     };
     let limits = Limits {
         memory_bytes: config.plugin_memory,

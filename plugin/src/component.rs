@@ -110,11 +110,16 @@ mod message_events {
     use crate::Error;
     use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Guest, Message};
     use crate::bindings::mainflux::webhooks::types::DueDelivery;
+    use crate::delivery::RetryPolicy;
     use crate::events::{Events, now_ms};
     use crate::outbound::wasi_http::WasiHttp;
 
     fn events() -> Events<'static> {
-        Events::new(&HostStore, &WasiHttp, now_ms)
+        let settings = crate::bindings::mainflux::webhooks::settings::delivery_settings();
+        let policy = RetryPolicy {
+            schedule_ms: settings.retry_schedule_ms,
+        };
+        Events::new(&HostStore, &WasiHttp, now_ms).with_policy(policy)
     }
 
     impl Guest for Plugin {

@@ -6,8 +6,65 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, internal};
 use crate::webhook::FORMAT_VERSION;
 
-/// Delays before each retry, in milliseconds; after the last one a delivery fails.
-pub const RETRY_DELAYS_MS: [u64; 5] = [1_000, 5_000, 30_000, 120_000, 600_000];
+/// The retry schedule when the host configures none: 5s, 5m, 30m, 2h, 5h, 10h, 10h.
+pub const DEFAULT_SCHEDULE_MS: [u64; 7] = [5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000];
+
+/// How far each scheduled delay may be moved either way, so retries of many deliveries that
+/// failed together do not all come back at once.
+pub const JITTER: f64 = 0.2;
+
+/// A `Retry-After` answer may stretch a delay to at most this many times the scheduled one.
+pub const RETRY_AFTER_CAP: u64 = 10;
+
+/// When retries happen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Delays before each retry, in milliseconds.
+    pub schedule_ms: Vec<u64>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            schedule_ms: DEFAULT_SCHEDULE_MS.to_vec(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// When the retry after `attempts` attempts is due, or `None` when retries are used up.
+    /// `unit` is a random number in [0, 1) for the jitter; `retry_after_ms` is the delay the
+    /// receiver asked for, honoured between the scheduled delay and ten times it.
+    pub fn next_attempt(&self, now_ms: u64, attempts: usize, unit: f64, retry_after_ms: Option<u64>) -> Option<u64> {
+        let scheduled = *self.schedule_ms.get(attempts.checked_sub(1)?)?;
+        let jittered = (scheduled as f64 * (1.0 - JITTER + 2.0 * JITTER * unit.clamp(0.0, 1.0))) as u64;
+        let delay = match retry_after_ms {
+            Some(asked) => asked.clamp(scheduled, scheduled.saturating_mul(RETRY_AFTER_CAP)),
+            None => jittered,
+        };
+        Some(now_ms.saturating_add(delay))
+    }
+}
+
+/// Reads a `Retry-After` value, delta-seconds or an HTTP date, as a delay from `now_ms`.
+pub fn retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+    Some(at_ms.saturating_sub(now_ms))
+}
+
+/// A random number in [0, 1), from the host's random source.
+pub fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,13 +212,6 @@ pub fn verdict(result: &AttemptResult) -> Verdict {
     }
 }
 
-/// When the retry after `attempts` attempts is due, or `None` when retries are used up.
-pub fn next_attempt(now_ms: u64, attempts: usize) -> Option<u64> {
-    RETRY_DELAYS_MS
-        .get(attempts.checked_sub(1)?)
-        .map(|delay| now_ms + delay)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,10 +233,39 @@ mod tests {
     }
 
     #[test]
-    fn retries_grow_then_stop() {
-        assert_eq!(next_attempt(0, 1), Some(1_000));
-        assert_eq!(next_attempt(0, 2), Some(5_000));
-        assert_eq!(next_attempt(0, RETRY_DELAYS_MS.len()), Some(600_000));
-        assert_eq!(next_attempt(0, RETRY_DELAYS_MS.len() + 1), None);
+    fn retries_follow_the_schedule_with_jitter_then_stop() {
+        let policy = RetryPolicy {
+            schedule_ms: vec![1_000, 10_000],
+        };
+        assert_eq!(policy.next_attempt(0, 1, 0.5, None), Some(1_000));
+        assert_eq!(policy.next_attempt(0, 1, 0.0, None), Some(800));
+        assert_eq!(policy.next_attempt(0, 1, 1.0, None), Some(1_200));
+        assert_eq!(policy.next_attempt(100, 2, 0.5, None), Some(10_100));
+        assert_eq!(policy.next_attempt(0, 3, 0.5, None), None);
+        assert_eq!(policy.next_attempt(0, 0, 0.5, None), None);
+        assert_eq!(RetryPolicy::default().schedule_ms.len(), 7);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_bounds() {
+        let policy = RetryPolicy {
+            schedule_ms: vec![1_000],
+        };
+        assert_eq!(policy.next_attempt(0, 1, 0.5, Some(3_000)), Some(3_000));
+        assert_eq!(
+            policy.next_attempt(0, 1, 0.5, Some(10)),
+            Some(1_000),
+            "never below the schedule"
+        );
+        assert_eq!(
+            policy.next_attempt(0, 1, 0.5, Some(60_000)),
+            Some(10_000),
+            "at most 10x"
+        );
+        assert_eq!(retry_after_ms("7", 0), Some(7_000));
+        assert_eq!(retry_after_ms("Thu, 01 Jan 1970 00:00:10 GMT", 4_000), Some(6_000));
+        assert_eq!(retry_after_ms("soon", 0), None);
+        let unit = random_unit();
+        assert!((0.0..1.0).contains(&unit));
     }
 }

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, DeliveryStatus, Message};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
-use crate::delivery::{Attempt, AttemptResult, DESTINATION_REFUSED, Delivery, Status, Verdict, next_attempt, verdict};
+use crate::delivery::{
+    Attempt, AttemptResult, DESTINATION_REFUSED, Delivery, RetryPolicy, Status, Verdict, random_unit, retry_after_ms,
+    verdict,
+};
 use crate::error::{Result, internal, invalid};
 use crate::keys;
 use crate::outbound::{Request, Sender};
@@ -32,12 +35,32 @@ pub struct Events<'a> {
     kv: &'a dyn Kv,
     sender: &'a dyn Sender,
     clock: fn() -> u64,
+    policy: RetryPolicy,
+    random: fn() -> f64,
 }
 
 impl<'a> Events<'a> {
-    /// Binds the operations to their capabilities and a clock.
+    /// Binds the operations to their capabilities and a clock, with the default retry policy.
     pub fn new(kv: &'a dyn Kv, sender: &'a dyn Sender, clock: fn() -> u64) -> Self {
-        Events { kv, sender, clock }
+        Events {
+            kv,
+            sender,
+            clock,
+            policy: RetryPolicy::default(),
+            random: random_unit,
+        }
+    }
+
+    /// Uses this retry policy.
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Draws the retry jitter from this source of numbers in [0, 1).
+    pub fn with_random(mut self, random: fn() -> f64) -> Self {
+        self.random = random;
+        self
     }
 
     /// Records one pending delivery per webhook of the thing, with the message id, in one
@@ -178,7 +201,17 @@ impl<'a> Events<'a> {
         for ((delivery, stored), result) in batch.into_iter().zip(results) {
             let result = result.expect("every delivery has a result");
             let removed = !webhooks.contains_key(&delivery.webhook_id);
-            let (updated, outcome) = apply(delivery, &result, removed, started, finished);
+            let retry = |attempts: usize, answer: &AttemptResult| {
+                let asked = match answer {
+                    AttemptResult::Answered(answer) => answer
+                        .retry_after
+                        .as_deref()
+                        .and_then(|value| retry_after_ms(value, finished)),
+                    _ => None,
+                };
+                self.policy.next_attempt(finished, attempts, (self.random)(), asked)
+            };
+            let (updated, outcome) = apply(delivery, &result, removed, started, finished, retry);
             outcomes.push(outcome);
             updates.push((updated, stored));
         }
@@ -331,6 +364,7 @@ fn apply(
     webhook_removed: bool,
     started: u64,
     finished: u64,
+    retry: impl Fn(usize, &AttemptResult) -> Option<u64>,
 ) -> (Delivery, AttemptOutcome) {
     let (status_code, error, response_body) = match result {
         AttemptResult::Answered(answer) => {
@@ -357,7 +391,7 @@ fn apply(
     (delivery.status, delivery.next_attempt_ms) = match verdict {
         Verdict::Delivered => (Status::Delivered, None),
         Verdict::Fail => (Status::Failed, None),
-        Verdict::Retry => match next_attempt(finished, delivery.attempts.len()) {
+        Verdict::Retry => match retry(delivery.attempts.len(), result) {
             Some(at) => (Status::Pending, Some(at)),
             None => (Status::Failed, None),
         },
@@ -409,6 +443,14 @@ mod tests {
         1_000_000
     }
 
+    fn events<'a>(kv: &'a MemoryKv, sender: &'a ScriptedSender) -> Events<'a> {
+        Events::new(kv, sender, clock)
+            .with_policy(RetryPolicy {
+                schedule_ms: vec![1_000, 5_000],
+            })
+            .with_random(|| 0.5)
+    }
+
     fn store_webhook(kv: &MemoryKv, id: &str, thing: &str, url: &str, headers: Value) {
         let webhook = Webhook {
             v: 1,
@@ -447,7 +489,7 @@ mod tests {
         store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
         store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
         store_webhook(&kv, "w3", "other", "http://c/200", json!({}));
-        let events = Events::new(&kv, &sender, clock);
+        let events = events(&kv, &sender);
         let accepted = events.on_message(message("t", None, b"\x00\xffbinary", None)).unwrap();
         assert!(!accepted.duplicate);
         let mut webhooks: Vec<_> = accepted.deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
@@ -475,7 +517,7 @@ mod tests {
         let kv = MemoryKv::default();
         let sender = ScriptedSender::default();
         store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
-        let events = Events::new(&kv, &sender, clock);
+        let events = events(&kv, &sender);
         let id = "7f1c1d2e-1111-4222-8333-444455556666";
         assert_eq!(
             events
@@ -507,7 +549,7 @@ mod tests {
             json!({"content-TYPE": "text/csv", "X-Key": "k"}),
         );
         store_webhook(&kv, "plain", "t", "http://b/200", json!({}));
-        let events = Events::new(&kv, &sender, clock);
+        let events = events(&kv, &sender);
         let ids: Vec<String> = events
             .on_message(message("t", None, b"x", Some("application/senml+json")))
             .unwrap()
@@ -547,7 +589,7 @@ mod tests {
         store_webhook(&kv, "gone", "t", "http://b/404", json!({}));
         store_webhook(&kv, "blocked", "t", "http://c/refused", json!({}));
         store_webhook(&kv, "down", "t", "http://d/down", json!({}));
-        let events = Events::new(&kv, &sender, clock);
+        let events = events(&kv, &sender);
         let deliveries = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
         let outcomes = events.deliver(&ids).unwrap();
@@ -571,7 +613,7 @@ mod tests {
         let sender = ScriptedSender::default();
         store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
         store_webhook(&kv, "w2", "u", "http://a/200", json!({}));
-        let events = Events::new(&kv, &sender, clock);
+        let events = events(&kv, &sender);
         let ids: Vec<String> = events
             .on_message(message("t", None, b"x", None))
             .unwrap()

@@ -202,6 +202,9 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     bindings::mainflux::webhooks::identity::add_to_linker::<_, HasSelf<crate::identity::IdentityCtx>>(linker, |s| {
         &mut s.identity
     })?;
+    bindings::mainflux::webhooks::settings::add_to_linker::<_, HasSelf<crate::settings::SettingsCtx>>(linker, |s| {
+        &mut s.settings
+    })?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::identity::{IdentityBackend, IdentityCtx};
 use crate::outbound::{OutboundClient, OutboundHooks};
+use crate::settings::{DeliverySettings, SettingsCtx};
 use crate::store::{KvBackend, StoreCtx};
 
 /// The capabilities every call is granted, shared by all calls.
@@ -22,6 +23,8 @@ pub struct Capabilities {
     pub identity: Arc<dyn IdentityBackend>,
     /// The pooled client behind `wasi:http/outgoing-handler`.
     pub outbound: Arc<OutboundClient>,
+    /// The operator's delivery settings behind `settings`.
+    pub settings: Arc<DeliverySettings>,
 }
 
 /// The data of one call's `wasmtime::Store`.
@@ -34,6 +37,7 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     pub(crate) store: StoreCtx,
     pub(crate) identity: IdentityCtx,
+    pub(crate) settings: SettingsCtx,
 }
 
 impl HostState {
@@ -49,6 +53,7 @@ impl HostState {
             deadline,
             store: StoreCtx::new(capabilities.store.clone()),
             identity: IdentityCtx::new(capabilities.identity.clone()),
+            settings: SettingsCtx::new(&capabilities.settings),
         }
     }
 }

@@ -16,6 +16,8 @@ use webhooks_tests::{
 
 /// The variable that lets the host deliver to loopback receivers.
 const ALLOW_PRIVATE: (&str, &str) = ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true");
+/// A retry schedule short enough for tests (each delay ±20%).
+const SHORT_SCHEDULE: (&str, &str) = ("MF_WEBHOOKS_RETRY_SCHEDULE", "1s,5s,30s,2m,10m");
 /// How long a delivery that should happen at once may take, with room for a busy machine.
 const PROMPTLY: Duration = Duration::from_secs(5);
 /// How long to wait before concluding that nothing more arrives.
@@ -29,7 +31,7 @@ const MESSAGE_ID: &str = "X-Message-Id";
 
 /// A host with the standard registry that may deliver to loopback receivers.
 async fn host_allowing_loopback() -> anyhow::Result<TestHost> {
-    TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await
+    TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE, SHORT_SCHEDULE]).await
 }
 
 /// The admin of a standard thing's group.

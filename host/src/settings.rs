@@ -1,0 +1,77 @@
+//! The `settings` capability: the operator's delivery settings, handed to the plugin's policy.
+
+use std::time::Duration;
+
+use crate::runtime::bindings::mainflux::webhooks::settings as wit;
+
+/// The delivery settings of SPEC.md section 7, as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySettings {
+    /// Delays before each retry.
+    pub retry_schedule: Vec<Duration>,
+    /// How long deliveries and message ids are kept.
+    pub retention: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            retry_schedule: parse_schedule("5s,5m,30m,2h,5h,10h,10h").expect("the default schedule parses"),
+            retention: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+/// Parses a retry schedule: comma-separated durations such as `5s,5m,30m`; empty means no
+/// retries.
+pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|part| {
+            humantime::parse_duration(part.trim())
+                .map_err(|e| format!("{:?} is not a duration such as 5s: {e}", part.trim()))
+        })
+        .collect()
+}
+
+/// The per-call state of the `settings` capability.
+pub struct SettingsCtx {
+    settings: wit::DeliveryPolicy,
+}
+
+impl SettingsCtx {
+    /// Grants these settings.
+    pub fn new(settings: &DeliverySettings) -> Self {
+        SettingsCtx {
+            settings: wit::DeliveryPolicy {
+                retry_schedule_ms: settings.retry_schedule.iter().map(|d| d.as_millis() as u64).collect(),
+                retention_ms: settings.retention.as_millis() as u64,
+            },
+        }
+    }
+}
+
+impl wit::Host for SettingsCtx {
+    async fn delivery_settings(&mut self) -> wit::DeliveryPolicy {
+        self.settings.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse() {
+        assert_eq!(
+            parse_schedule("1s, 2m").unwrap(),
+            vec![Duration::from_secs(1), Duration::from_secs(120)]
+        );
+        assert_eq!(parse_schedule("").unwrap(), Vec::<Duration>::new());
+        assert!(parse_schedule("1s,soon").is_err());
+        assert_eq!(DeliverySettings::default().retry_schedule.len(), 7);
+    }
+}
