@@ -14,7 +14,7 @@ use crate::error::{Result, internal, invalid};
 use crate::keys;
 use crate::outbound::{Request, Sender};
 use crate::repo::{self, CommitFailure, Kv};
-use crate::webhook::{FORMAT_VERSION, Webhook};
+use crate::webhook::{FORMAT_VERSION, Webhook, validate_secret};
 
 /// How often a commit is retried after concurrent writes changed what it read.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -73,7 +73,9 @@ impl<'a> Events<'a> {
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        let webhooks = repo::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
+        let mut webhooks = repo::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
+        // A disabled webhook gets nothing until a user enables it again.
+        webhooks.retain(|webhook| !webhook.disabled);
         if webhooks.is_empty() {
             return Ok(Accepted {
                 message_id,
@@ -178,16 +180,23 @@ impl<'a> Events<'a> {
 
         // Build every request, then send the ones that have somewhere to go.
         let mut results: Vec<Option<AttemptResult>> = vec![None; batch.len()];
+        let mut stopped = vec![false; batch.len()];
         let mut requests = Vec::with_capacity(batch.len());
         let mut sent = Vec::with_capacity(batch.len());
         for (index, ((delivery, _), payload)) in batch.iter().zip(payloads).enumerate() {
-            match (webhooks.get(&delivery.webhook_id), payload) {
+            let stop = match (webhooks.get(&delivery.webhook_id), payload) {
+                (Some(webhook), _) if webhook.disabled => Some("webhook disabled"),
                 (Some(webhook), Some(payload)) => {
-                    requests.push(request_for(webhook, delivery, payload));
+                    requests.push(request_for(webhook, delivery, payload, now / 1000));
                     sent.push(index);
+                    None
                 }
-                (None, _) => results[index] = Some(AttemptResult::Failed("webhook removed".into())),
+                (None, _) => Some("webhook removed"),
                 (_, None) => return Err(internal(format!("payload of delivery {} is missing", delivery.id))),
+            };
+            if let Some(reason) = stop {
+                results[index] = Some(AttemptResult::Failed(reason.into()));
+                stopped[index] = true;
             }
         }
         let started = (self.clock)();
@@ -198,9 +207,14 @@ impl<'a> Events<'a> {
 
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut updates = Vec::with_capacity(batch.len());
-        for ((delivery, stored), result) in batch.into_iter().zip(results) {
+        let mut gone: Vec<String> = Vec::new();
+        for (((delivery, stored), result), stop) in batch.into_iter().zip(results).zip(stopped) {
             let result = result.expect("every delivery has a result");
-            let removed = !webhooks.contains_key(&delivery.webhook_id);
+            if matches!(&result, AttemptResult::Answered(answer) if answer.status == 410)
+                && !gone.contains(&delivery.webhook_id)
+            {
+                gone.push(delivery.webhook_id.clone());
+            }
             let retry = |attempts: usize, answer: &AttemptResult| {
                 let asked = match answer {
                     AttemptResult::Answered(answer) => answer
@@ -211,12 +225,47 @@ impl<'a> Events<'a> {
                 };
                 self.policy.next_attempt(finished, attempts, (self.random)(), asked)
             };
-            let (updated, outcome) = apply(delivery, &result, removed, started, finished, retry);
+            let (updated, outcome) = apply(delivery, &result, stop, started, finished, retry);
             outcomes.push(outcome);
             updates.push((updated, stored));
         }
         self.record(updates)?;
+        for webhook_id in gone {
+            self.disable(
+                &webhook_id,
+                format!(
+                    "receiver answered 410 Gone at {}",
+                    crate::delivery_log::rfc3339(finished)
+                ),
+            )?;
+        }
         Ok(outcomes)
+    }
+
+    /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.
+    fn disable(&self, webhook_id: &str, reason: String) -> Result<()> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let Some((mut webhook, stored)) = repo::load_webhook(self.kv, webhook_id)? else {
+                return Ok(());
+            };
+            if webhook.disabled {
+                return Ok(());
+            }
+            webhook.disabled = true;
+            webhook.disabled_reason = Some(reason.clone());
+            let guards = [Condition::Equals(Entry {
+                key: keys::webhook(webhook_id),
+                value: stored,
+            })];
+            let mut ops = Vec::with_capacity(3);
+            repo::put_webhook(&mut ops, &webhook);
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(()),
+                Err(CommitFailure::Conflict(_)) => continue,
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(internal("the webhook kept changing while being disabled"))
     }
 
     /// Removes every webhook of a thing; answers how many.
@@ -333,8 +382,9 @@ pub fn status_name(status: Status) -> &'static str {
 }
 
 /// The request of one attempt: POST to the webhook's URL with its headers, the Content-Type
-/// rule of SPEC.md section 3, and the exact payload.
-pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>) -> Request {
+/// rule of SPEC.md section 3, the Standard Webhooks signature when the webhook has a secret,
+/// and the exact payload.
+pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>, now_secs: u64) -> Request {
     let mut headers: Vec<(String, String)> = webhook
         .headers
         .iter()
@@ -350,6 +400,19 @@ pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>) -> 
             content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()),
         ));
     }
+    if let Some(key) = webhook
+        .secret
+        .as_deref()
+        .and_then(|secret| validate_secret(secret).ok())
+    {
+        let timestamp = now_secs.to_string();
+        headers.push(("webhook-id".into(), delivery.id.clone()));
+        headers.push((
+            "webhook-signature".into(),
+            signature(&key, &delivery.id, &timestamp, &payload),
+        ));
+        headers.push(("webhook-timestamp".into(), timestamp));
+    }
     Request {
         url: webhook.url.clone(),
         headers,
@@ -357,11 +420,27 @@ pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>) -> 
     }
 }
 
+/// The Standard Webhooks signature: `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`.
+pub fn signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any size");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
 /// A delivery after an attempt with this result, and the outcome to report.
 fn apply(
     mut delivery: Delivery,
     result: &AttemptResult,
-    webhook_removed: bool,
+    stop: bool,
     started: u64,
     finished: u64,
     retry: impl Fn(usize, &AttemptResult) -> Option<u64>,
@@ -383,11 +462,7 @@ fn apply(
         duration_ms: finished.saturating_sub(started),
         response_body,
     });
-    let verdict = if webhook_removed {
-        Verdict::Fail
-    } else {
-        verdict(result)
-    };
+    let verdict = if stop { Verdict::Fail } else { verdict(result) };
     (delivery.status, delivery.next_attempt_ms) = match verdict {
         Verdict::Delivered => (Status::Delivered, None),
         Verdict::Fail => (Status::Failed, None),
@@ -461,6 +536,9 @@ mod tests {
             url: url.into(),
             headers: headers.as_object().cloned().unwrap_or_default(),
             metadata: Map::new(),
+            secret: None,
+            disabled: false,
+            disabled_reason: None,
         };
         let mut ops = Vec::new();
         repo::put_webhook(&mut ops, &webhook);
@@ -576,8 +654,47 @@ mod tests {
         bare.content_type = None;
         let plain = Webhook::decode(&kv.get(&keys::webhook("plain")).unwrap().unwrap()).unwrap();
         assert_eq!(
-            request_for(&plain, &bare, vec![]).headers,
+            request_for(&plain, &bare, vec![], 0).headers,
             [("Content-Type".to_string(), "application/json".to_string())]
+        );
+    }
+
+    #[test]
+    fn signatures_match_the_standard_webhooks_example() {
+        // The example of the Standard Webhooks specification's reference tests.
+        let key = validate_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn a_gone_receiver_disables_its_webhook_and_it_gets_nothing_more() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "gone", "t", "http://a/410", json!({}));
+        store_webhook(&kv, "fine", "t", "http://b/200", json!({}));
+        let events = events(&kv, &sender);
+        let ids: Vec<String> = events
+            .on_message(message("t", None, b"x", None))
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        events.deliver(&ids).unwrap();
+        let gone = Webhook::decode(&kv.get(&keys::webhook("gone")).unwrap().unwrap()).unwrap();
+        assert!(gone.disabled);
+        assert!(gone.disabled_reason.unwrap().starts_with("receiver answered 410 Gone"));
+        let next = events.on_message(message("t", None, b"y", None)).unwrap();
+        assert_eq!(
+            next.deliveries
+                .iter()
+                .map(|d| d.webhook_id.as_str())
+                .collect::<Vec<_>>(),
+            ["fine"]
         );
     }
 

@@ -284,6 +284,9 @@ mod tests {
             url: url.into(),
             headers: Map::new(),
             metadata: metadata.as_object().cloned().unwrap_or_default(),
+            secret: None,
+            disabled: false,
+            disabled_reason: None,
         }
     }
 

@@ -33,7 +33,34 @@ pub struct Webhook {
     /// Free-form attributes of the user's.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
+    /// The Standard Webhooks signing secret (`whsec_...`); write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Whether deliveries are stopped (a receiver answered 410 Gone, or a user said so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Why deliveries are stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
 }
+
+/// What a request says about a webhook's signing secret.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum SecretChange {
+    /// The field is absent: keep what is there.
+    #[default]
+    Keep,
+    /// Sign with this secret from now on.
+    Set(String),
+    /// `null`: stop signing.
+    Remove,
+}
+
+/// The reason recorded when a user disables a webhook.
+pub const DISABLED_BY_USER: &str = "disabled by a user";
+
+/// The smallest and largest secret, in decoded bytes.
+pub const SECRET_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 
 impl Webhook {
     /// Builds a new record from validated input.
@@ -47,6 +74,12 @@ impl Webhook {
             url: input.url,
             headers: input.headers,
             metadata: input.metadata,
+            secret: match input.secret {
+                SecretChange::Set(secret) => Some(secret),
+                SecretChange::Keep | SecretChange::Remove => None,
+            },
+            disabled: input.disabled == Some(true),
+            disabled_reason: (input.disabled == Some(true)).then(|| DISABLED_BY_USER.to_owned()),
         }
     }
 
@@ -84,15 +117,41 @@ impl Webhook {
         if !self.metadata.is_empty() {
             view.insert("metadata".into(), Value::Object(self.metadata.clone()));
         }
+        if self.secret.is_some() {
+            view.insert("signed".into(), true.into());
+        }
+        if self.disabled {
+            view.insert("disabled".into(), true.into());
+            if let Some(reason) = &self.disabled_reason {
+                view.insert("disabled_reason".into(), reason.clone().into());
+            }
+        }
         Value::Object(view)
     }
 
-    /// Replaces the fields a user may set.
+    /// Replaces the fields a user may set; the secret and the disabled flag change only when
+    /// the request names them.
     pub fn apply(&mut self, input: WebhookInput) {
         self.name = input.name;
         self.url = input.url;
         self.headers = input.headers;
         self.metadata = input.metadata;
+        match input.secret {
+            SecretChange::Keep => {}
+            SecretChange::Set(secret) => self.secret = Some(secret),
+            SecretChange::Remove => self.secret = None,
+        }
+        match input.disabled {
+            Some(false) => {
+                self.disabled = false;
+                self.disabled_reason = None;
+            }
+            Some(true) if !self.disabled => {
+                self.disabled = true;
+                self.disabled_reason = Some(DISABLED_BY_USER.to_owned());
+            }
+            _ => {}
+        }
     }
 }
 
@@ -107,6 +166,10 @@ pub struct WebhookInput {
     pub headers: Map<String, Value>,
     /// Any JSON object.
     pub metadata: Map<String, Value>,
+    /// The signing secret, if the request names one.
+    pub secret: SecretChange,
+    /// `disabled`, if the request names it.
+    pub disabled: Option<bool>,
 }
 
 impl WebhookInput {
@@ -139,13 +202,43 @@ impl WebhookInput {
             Some(Value::Object(metadata)) => metadata.clone(),
             Some(_) => return Err(invalid("metadata must be a JSON object")),
         };
+        let secret = match fields.get("secret") {
+            None => SecretChange::Keep,
+            Some(Value::Null) => SecretChange::Remove,
+            Some(Value::String(secret)) => {
+                validate_secret(secret)?;
+                SecretChange::Set(secret.clone())
+            }
+            Some(_) => return Err(invalid("secret must be a string")),
+        };
+        let disabled = match fields.get("disabled") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(disabled)) => Some(*disabled),
+            Some(_) => return Err(invalid("disabled must be true or false")),
+        };
         Ok(WebhookInput {
             name,
             url,
             headers,
             metadata,
+            secret,
+            disabled,
         })
     }
+}
+
+/// Checks that a secret is `whsec_` and the base64 of 24 to 64 bytes; answers those bytes.
+pub fn validate_secret(secret: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let refused = || invalid("secret must be whsec_ followed by the base64 of 24 to 64 random bytes");
+    let encoded = secret.strip_prefix("whsec_").ok_or_else(refused)?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| refused())?;
+    if !SECRET_BYTES.contains(&key.len()) {
+        return Err(refused());
+    }
+    Ok(key)
 }
 
 /// Checks the length rule of names.
@@ -315,6 +408,55 @@ mod tests {
         assert_invalid(base(json!({"X-A": "a\u{0}"})), "not allowed");
         assert_invalid(base(json!({"X-A": "1", "x-a": "2"})), "more than once");
         assert!(parse(base(json!({"X-A": "tab\tand ünïcode"}))).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_standard_webhooks_secrets_and_never_shown() {
+        let secret = format!("whsec_{}", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let input = parse(json!({"name": "n", "url": "http://h", "secret": secret})).unwrap();
+        assert_eq!(input.secret, SecretChange::Set(secret.clone()));
+        let record = Webhook::new("i".into(), "t".into(), "g".into(), input);
+        let view = record.view().to_string();
+        assert!(!view.contains("whsec_") && view.contains("\"signed\":true"), "{view}");
+        for bad in [
+            json!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            json!("whsec_!!"),
+            json!("whsec_c2hvcnQ="),
+            json!(7),
+        ] {
+            assert!(
+                parse(json!({"name": "n", "url": "http://h", "secret": bad})).is_err(),
+                "{bad}"
+            );
+        }
+        let long = format!(
+            "whsec_{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 65])
+        );
+        assert_invalid(json!({"name": "n", "url": "http://h", "secret": long}), "24 to 64");
+        let none = parse(json!({"name": "n", "url": "http://h", "secret": null})).unwrap();
+        assert_eq!(none.secret, SecretChange::Remove);
+    }
+
+    #[test]
+    fn disabling_is_kept_unless_named() {
+        let mut record = Webhook::new(
+            "i".into(),
+            "t".into(),
+            "g".into(),
+            parse(json!({"name": "n", "url": "http://h"})).unwrap(),
+        );
+        record.disabled = true;
+        record.disabled_reason = Some("receiver answered 410 Gone".into());
+        record.apply(parse(json!({"name": "n", "url": "http://h"})).unwrap());
+        assert!(record.disabled);
+        assert_eq!(record.view()["disabled_reason"], "receiver answered 410 Gone");
+        record.apply(parse(json!({"name": "n", "url": "http://h", "disabled": false})).unwrap());
+        assert!(!record.disabled && record.view().get("disabled").is_none());
+        assert_invalid(
+            json!({"name": "n", "url": "http://h", "disabled": "no"}),
+            "true or false",
+        );
     }
 
     #[test]
