@@ -74,6 +74,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     });
     tokio::spawn(apply_removals(runtime.clone(), removed_rx));
     let dispatcher = Dispatcher::start(runtime.clone(), DispatchConfig::default());
+    // Check often enough that nothing outlives the retention by more than a quarter of it.
+    let sweep = (config.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let _retention = Dispatcher::start_retention(runtime.clone(), sweep);
 
     let state = AppState {
         runtime,

@@ -135,6 +135,11 @@ mod message_events {
             events().deliver(&ids)
         }
 
+        fn expire(limit: u32) -> Result<u32, Error> {
+            let retention = crate::bindings::mainflux::webhooks::settings::delivery_settings().retention_ms;
+            events().expire(retention, limit)
+        }
+
         fn on_thing_removed(thing_id: String) -> Result<u32, Error> {
             events().on_thing_removed(&thing_id)
         }

@@ -86,7 +86,11 @@ impl<'a> Events<'a> {
         let now = message.received_ms;
         let seen_key = keys::message_id(&message.thing_id, &message_id);
         let guards = vec![Condition::Absent(seen_key.clone())];
-        let mut ops = Vec::with_capacity(1 + webhooks.len() * 3);
+        let mut ops = Vec::with_capacity(2 + webhooks.len() * 6);
+        ops.push(Op::Put(Entry {
+            key: keys::message_seen(now, &seen_key),
+            value: seen_key.clone(),
+        }));
         ops.push(Op::Put(Entry {
             key: seen_key,
             value: now.to_string().into_bytes(),
@@ -113,6 +117,14 @@ impl<'a> Events<'a> {
             ops.push(Op::Put(Entry {
                 key: keys::due(now, &delivery.id),
                 value: webhook.id.clone().into_bytes(),
+            }));
+            ops.push(Op::Put(Entry {
+                key: keys::created(now, &delivery.id),
+                value: webhook.id.clone().into_bytes(),
+            }));
+            ops.push(Op::Put(Entry {
+                key: keys::log_entry(&webhook.id, now, &delivery.id),
+                value: status_name(Status::Pending).as_bytes().to_vec(),
             }));
             ops.push(Op::Put(Entry {
                 key: keys::delivery(&delivery.id),
@@ -266,6 +278,62 @@ impl<'a> Events<'a> {
             }
         }
         Err(internal("the webhook kept changing while being disabled"))
+    }
+
+    /// Deletes up to `limit` deliveries, then up to `limit` remembered message ids, created
+    /// before `now - retention_ms`; answers how many of both.
+    pub fn expire(&self, retention_ms: u64, limit: u32) -> Result<u32> {
+        let cutoff = (self.clock)().saturating_sub(retention_ms);
+        let mut ops = Vec::new();
+        let mut count = 0;
+        let old = self
+            .kv
+            .scan(&keys::time_prefix(keys::CREATED), None, limit, false)
+            .map_err(repo::store_error)?;
+        let old: Vec<_> = old
+            .into_iter()
+            .take_while(|e| keys::index_time(&e.key).is_some_and(|at| at < cutoff))
+            .collect();
+        let ids: Vec<String> = old
+            .iter()
+            .filter_map(|e| keys::created_id(&e.key).map(str::to_owned))
+            .collect();
+        let records = self
+            .kv
+            .get_many(&ids.iter().map(|id| keys::delivery(id)).collect::<Vec<_>>())
+            .map_err(repo::store_error)?;
+        for ((entry, id), record) in old.iter().zip(&ids).zip(records) {
+            let webhook_id = String::from_utf8_lossy(&entry.value).into_owned();
+            let created_ms = keys::index_time(&entry.key).unwrap_or_default();
+            if let Some(bytes) = record
+                && let Ok(delivery) = Delivery::decode(&bytes)
+                && let Some(at) = delivery.next_attempt_ms
+            {
+                ops.push(Op::Delete(keys::due(at, id)));
+            }
+            ops.push(Op::Delete(keys::delivery(id)));
+            ops.push(Op::Delete(keys::payload(id)));
+            ops.push(Op::Delete(keys::log_entry(&webhook_id, created_ms, id)));
+            ops.push(Op::Delete(entry.key.clone()));
+            count += 1;
+        }
+        let seen = self
+            .kv
+            .scan(&keys::time_prefix(keys::MESSAGE_SEEN), None, limit, false)
+            .map_err(repo::store_error)?;
+        for entry in seen
+            .into_iter()
+            .take_while(|e| keys::index_time(&e.key).is_some_and(|at| at < cutoff))
+        {
+            ops.push(Op::Delete(entry.value));
+            ops.push(Op::Delete(entry.key));
+            count += 1;
+        }
+        if !ops.is_empty() {
+            // Deletes of absent keys are no error, so a race with a concurrent write is harmless.
+            self.kv.commit(&[], &ops).map_err(repo::store_error)?;
+        }
+        Ok(count)
     }
 
     /// Removes every webhook of a thing; answers how many.
@@ -574,6 +642,9 @@ mod tests {
         webhooks.sort();
         assert_eq!(webhooks, ["w1", "w2"]);
         assert_eq!(events.due(100).unwrap().len(), 2);
+        let logged = kv.scan(&keys::log_prefix("w1"), None, 10, false).unwrap();
+        assert_eq!(logged.len(), 1, "the delivery is in its webhook's log at once");
+        assert_eq!(logged[0].value, b"pending");
         let ids: Vec<String> = accepted.deliveries.iter().map(|d| d.id.clone()).collect();
         let outcomes = events.deliver(&ids).unwrap();
         assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
@@ -668,6 +739,37 @@ mod tests {
             signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn retention_deletes_old_deliveries_and_message_ids() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w", "t", "http://a/503", json!({}));
+        let events = events(&kv, &sender);
+        let id = "7f1c1d2e-1111-4222-8333-444455556666";
+        let delivery = events
+            .on_message(message("t", Some(id), b"x", None))
+            .unwrap()
+            .deliveries[0]
+            .id
+            .clone();
+        assert_eq!(events.expire(60_000, 100).unwrap(), 0, "nothing is old yet");
+        // Everything was created at clock(); a retention of 0 makes it old one ms later.
+        let later = Events::new(&kv, &sender, || clock() + 1);
+        assert_eq!(later.expire(0, 100).unwrap(), 2);
+        assert!(kv.get(&keys::delivery(&delivery)).unwrap().is_none());
+        assert!(events.due(100).unwrap().is_empty());
+        let leftovers: Vec<_> = kv
+            .map
+            .borrow()
+            .keys()
+            .filter(|k| !k.starts_with(b"w"))
+            .cloned()
+            .collect();
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+        // The message id is forgotten too: the same id is a new message again.
+        assert!(!events.on_message(message("t", Some(id), b"x", None)).unwrap().duplicate);
     }
 
     #[test]

@@ -123,6 +123,43 @@ pub fn log_entry_id(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(rest).ok()
 }
 
+/// The entry of a delivery in the creation-time index that retention reads; its value is the
+/// webhook id.
+pub fn created(created_ms: u64, id: &str) -> Vec<u8> {
+    key("dc", &[&format!("{created_ms:016x}"), id])
+}
+
+/// The entry of a remembered message id in the time index that retention reads; its value is
+/// the message-id key.
+pub fn message_seen(received_ms: u64, message_key: &[u8]) -> Vec<u8> {
+    let mut key = key("mt", &[&format!("{received_ms:016x}")]);
+    key.push(SEP);
+    key.extend_from_slice(message_key);
+    key
+}
+
+/// The prefix of a time index (`dc` or `mt`).
+pub fn time_prefix(tag: &str) -> Vec<u8> {
+    let mut key = tag.as_bytes().to_vec();
+    key.push(SEP);
+    key
+}
+
+/// The prefix of the whole message-id time index.
+pub const MESSAGE_SEEN: &str = "mt";
+/// The prefix of the whole creation-time index.
+pub const CREATED: &str = "dc";
+
+/// Reads the time back out of a time-index key (`dd`, `dc` or `mt`).
+pub fn index_time(key: &[u8]) -> Option<u64> {
+    due_time(key)
+}
+
+/// Reads the last part (the id) of a `dc` key.
+pub fn created_id(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(20..)?).ok()
+}
+
 /// The entry recording that a thing published a message id, for idempotent publishing.
 pub fn message_id(thing_id: &str, message_id: &str) -> Vec<u8> {
     key("mi", &[thing_id, message_id])

@@ -171,6 +171,39 @@ impl Dispatcher {
         }
     }
 
+    /// Deletes deliveries and message ids older than the retention, checking every `interval`.
+    pub fn start_retention(runtime: Arc<Runtime>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        const BATCH: u32 = 1000;
+        tokio::spawn(async move {
+            loop {
+                let result = runtime
+                    .call(|plugin, store| {
+                        Box::pin(async move { plugin.mainflux_webhooks_events().call_expire(store, BATCH).await })
+                    })
+                    .await;
+                let more = match result {
+                    Ok(Ok(count)) => {
+                        if count > 0 {
+                            tracing::info!(count, "expired deliveries and message ids past the retention");
+                        }
+                        count >= BATCH
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(?error, "expiring old deliveries failed");
+                        false
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "expiring old deliveries failed");
+                        false
+                    }
+                };
+                if !more {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+        })
+    }
+
     async fn poll_due(self: Arc<Self>) {
         const PAGE: u32 = 1024;
         loop {
