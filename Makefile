@@ -10,7 +10,7 @@ WASM_TARGET  := wasm32-wasip2
 HOST_BIN     := target/release/webhooks-host
 PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 
-.PHONY: build run test unit-test e2e-test lint bench wasm-target
+.PHONY: build run test lint bench wasm-target
 
 build: wasm-target
 	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
@@ -24,14 +24,11 @@ wasm-target:
 run: build
 	$(HOST_BIN) serve
 
-test: build unit-test e2e-test
-
-unit-test:
+# Plugin unit tests run natively; then the host's unit tests and the end-to-end suite, in one
+# invocation over the same packages as `build`, so no dependency is compiled twice.
+test: build
 	$(CARGO) test -p webhooks-plugin
-	$(CARGO) test --release -p webhooks-host -p webhooks-tests --lib
-
-e2e-test:
-	$(CARGO) test --release -p webhooks-tests --test e2e
+	$(CARGO) test --release -p webhooks-host -p webhooks-tests
 
 lint:
 	$(CARGO) fmt --all -- --check
