@@ -24,17 +24,7 @@ async fn list(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_list_deliveries(store, &token, &webhook_id, &query)
-                    .await
-            })
-        })
-        .await??;
+    let page = call_api!(app, call_list_deliveries(&token, &webhook_id, &query))??;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], page).into_response())
 }
 
@@ -43,17 +33,7 @@ async fn retry(
     PathParams((webhook_id, delivery_id)): PathParams<(String, String)>,
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
-    let due = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_retry_delivery(store, &token, &webhook_id, &delivery_id)
-                    .await
-            })
-        })
-        .await??;
+    let due = call_api!(app, call_retry_delivery(&token, &webhook_id, &delivery_id))??;
     app.dispatcher.enqueue(vec![due]);
     Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -1,6 +1,18 @@
 //! The REST layer: one module per API area, each exposing its `router()`; this module only
 //! mounts them, at the root and under `/svcwebhooks`, with the JSON 404 and 405 answers.
 
+/// Calls one export of the plugin's `api` interface in a fresh instance; the arguments are
+/// moved into the call.
+macro_rules! call_api {
+    ($app:expr, $method:ident($($arg:expr),*)) => {
+        $app.runtime
+            .call(move |plugin, store| {
+                Box::pin(async move { plugin.mainflux_webhooks_api().$method(store, $($arg),*).await })
+            })
+            .await
+    };
+}
+
 pub mod deliveries;
 pub mod error;
 pub mod health;

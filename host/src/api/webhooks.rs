@@ -32,17 +32,7 @@ async fn create(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let created = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_create_webhooks(store, &token, &thing_id, &body)
-                    .await
-            })
-        })
-        .await??;
+    let created = call_api!(app, call_create_webhooks(&token, &thing_id, &body))??;
     Ok(json(StatusCode::CREATED, created))
 }
 
@@ -52,17 +42,7 @@ async fn list_by_thing(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_list_thing_webhooks(store, &token, &thing_id, &query)
-                    .await
-            })
-        })
-        .await??;
+    let page = call_api!(app, call_list_thing_webhooks(&token, &thing_id, &query))??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -72,17 +52,7 @@ async fn list_by_group(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_list_group_webhooks(store, &token, &group_id, &query)
-                    .await
-            })
-        })
-        .await??;
+    let page = call_api!(app, call_list_group_webhooks(&token, &group_id, &query))??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -92,17 +62,7 @@ async fn search_by_thing(
     Bearer(token): Bearer,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let page = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_search_thing_webhooks(store, &token, &thing_id, &body)
-                    .await
-            })
-        })
-        .await??;
+    let page = call_api!(app, call_search_thing_webhooks(&token, &thing_id, &body))??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -112,17 +72,7 @@ async fn search_by_group(
     Bearer(token): Bearer,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let page = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_search_group_webhooks(store, &token, &group_id, &body)
-                    .await
-            })
-        })
-        .await??;
+    let page = call_api!(app, call_search_group_webhooks(&token, &group_id, &body))??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -131,17 +81,7 @@ async fn view(
     PathParams(id): PathParams<String>,
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
-    let webhook = app
-        .runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_view_webhook(store, &token, &id)
-                    .await
-            })
-        })
-        .await??;
+    let webhook = call_api!(app, call_view_webhook(&token, &id))??;
     Ok(json(StatusCode::OK, webhook))
 }
 
@@ -151,16 +91,7 @@ async fn update(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    app.runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_update_webhook(store, &token, &id, &body)
-                    .await
-            })
-        })
-        .await??;
+    call_api!(app, call_update_webhook(&token, &id, &body))??;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -169,15 +100,6 @@ async fn remove(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    app.runtime
-        .call(move |plugin, store| {
-            Box::pin(async move {
-                plugin
-                    .mainflux_webhooks_api()
-                    .call_remove_webhooks(store, &token, &body)
-                    .await
-            })
-        })
-        .await??;
+    call_api!(app, call_remove_webhooks(&token, &body))??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
