@@ -450,8 +450,8 @@ pub fn status_name(status: Status) -> &'static str {
 }
 
 /// The request of one attempt: POST to the webhook's URL with its headers, the Content-Type
-/// rule of SPEC.md section 3, the Standard Webhooks signature when the webhook has a secret,
-/// and the exact payload.
+/// rule of SPEC.md section 3, the delivery id as `webhook-id`, the Standard Webhooks signature
+/// when the webhook has a secret, and the exact payload.
 pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>, now_secs: u64) -> Request {
     let mut headers: Vec<(String, String)> = webhook
         .headers
@@ -468,13 +468,14 @@ pub fn request_for(webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>, now
             content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()),
         ));
     }
+    // Every attempt carries the delivery id, so receivers can drop duplicates.
+    headers.push(("webhook-id".into(), delivery.id.clone()));
     if let Some(key) = webhook
         .secret
         .as_deref()
         .and_then(|secret| validate_secret(secret).ok())
     {
         let timestamp = now_secs.to_string();
-        headers.push(("webhook-id".into(), delivery.id.clone()));
         headers.push((
             "webhook-signature".into(),
             signature(&key, &delivery.id, &timestamp, &payload),
@@ -726,7 +727,10 @@ mod tests {
         let plain = Webhook::decode(&kv.get(&keys::webhook("plain")).unwrap().unwrap()).unwrap();
         assert_eq!(
             request_for(&plain, &bare, vec![], 0).headers,
-            [("Content-Type".to_string(), "application/json".to_string())]
+            [
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("webhook-id".to_string(), bare.id.clone())
+            ]
         );
     }
 

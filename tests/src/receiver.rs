@@ -1,5 +1,5 @@
 //! A real HTTP receiver on a loopback port that records every request it gets, answering each
-//! path with a status and delay the test chooses.
+//! path with a status, delay, headers and body the test chooses.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,12 +50,16 @@ impl Received {
 }
 
 /// How the receiver answers a path.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Behaviour {
     /// The status it answers with.
     pub status: u16,
     /// How long it waits before answering.
     pub delay: Duration,
+    /// Extra headers of the answer, such as `Retry-After` or `Location`.
+    pub headers: Vec<(String, String)>,
+    /// The answer's body; `None` answers `ok`.
+    pub body: Option<Bytes>,
 }
 
 impl Default for Behaviour {
@@ -63,7 +67,37 @@ impl Default for Behaviour {
         Behaviour {
             status: 200,
             delay: Duration::ZERO,
+            headers: Vec::new(),
+            body: None,
         }
+    }
+}
+
+impl Behaviour {
+    /// Answers at once with this status and the body `ok`.
+    pub fn status(status: u16) -> Self {
+        Behaviour {
+            status,
+            ..Behaviour::default()
+        }
+    }
+
+    /// The same, answered after `delay`.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// The same, with one more header in the answer.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same, with this body instead of `ok`.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
     }
 }
 
@@ -194,7 +228,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let bare = path.split('?').next().unwrap_or_default().to_owned();
-    let behaviour = state.behaviours.lock().unwrap().get(&bare).copied().unwrap_or_default();
+    let behaviour = state.behaviours.lock().unwrap().get(&bare).cloned().unwrap_or_default();
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
     }
@@ -206,7 +240,16 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         at: Instant::now(),
     });
     state.arrived.notify_waiters();
-    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+    let body = behaviour.body.unwrap_or_else(|| Bytes::from_static(b"ok"));
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = hyper::StatusCode::from_u16(behaviour.status).unwrap_or(hyper::StatusCode::OK);
+    for (name, value) in &behaviour.headers {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
     Ok(response)
 }

@@ -15,19 +15,19 @@ use webhooks_tests::{
 };
 
 /// The variable that lets the host deliver to loopback receivers.
-const ALLOW_PRIVATE: (&str, &str) = ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true");
+pub(crate) const ALLOW_PRIVATE: (&str, &str) = ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true");
 /// A retry schedule short enough for tests (each delay ±20%).
 const SHORT_SCHEDULE: (&str, &str) = ("MF_WEBHOOKS_RETRY_SCHEDULE", "1s,5s,30s,2m,10m");
 /// How long a delivery that should happen at once may take, with room for a busy machine.
-const PROMPTLY: Duration = Duration::from_secs(5);
+pub(crate) const PROMPTLY: Duration = Duration::from_secs(5);
 /// How long to wait before concluding that nothing more arrives.
-const QUIET: Duration = Duration::from_millis(1500);
+pub(crate) const QUIET: Duration = Duration::from_millis(1500);
 /// How long a log line or registry edit may take to show.
 const LOG_BOUND: Duration = Duration::from_secs(5);
 /// The publish endpoint's body limit.
 const MIB: usize = 1 << 20;
 /// The header carrying a message's id.
-const MESSAGE_ID: &str = "X-Message-Id";
+pub(crate) const MESSAGE_ID: &str = "X-Message-Id";
 
 /// A host with the standard registry that may deliver to loopback receivers.
 async fn host_allowing_loopback() -> anyhow::Result<TestHost> {
@@ -40,7 +40,7 @@ fn admin_of(thing: &str) -> &'static str {
 }
 
 /// Creates one webhook (`{name, url, headers?}`) on a thing as its group's admin; answers its id.
-async fn add_webhook_with(host: &TestHost, thing: &str, item: Value) -> anyhow::Result<String> {
+pub(crate) async fn add_webhook_with(host: &TestHost, thing: &str, item: Value) -> anyhow::Result<String> {
     let created = host.create(thing, admin_of(thing), json!([item])).await?;
     Ok(created[0]["id"]
         .as_str()
@@ -49,28 +49,28 @@ async fn add_webhook_with(host: &TestHost, thing: &str, item: Value) -> anyhow::
 }
 
 /// Creates one webhook without headers on a thing; answers its id.
-async fn add_webhook(host: &TestHost, thing: &str, name: &str, url: &str) -> anyhow::Result<String> {
+pub(crate) async fn add_webhook(host: &TestHost, thing: &str, name: &str, url: &str) -> anyhow::Result<String> {
     add_webhook_with(host, thing, json!({"name": name, "url": url})).await
 }
 
 /// A publish request as the thing with this key, to a path such as `/messages`.
-fn as_thing(host: &TestHost, key: &str, path: &str) -> RequestBuilder {
+pub(crate) fn as_thing(host: &TestHost, key: &str, path: &str) -> RequestBuilder {
     host.request(Method::POST, path, "")
         .header(AUTHORIZATION, format!("Thing {key}"))
 }
 
 /// The answer to a publish.
 #[derive(Debug)]
-struct Answer {
-    status: StatusCode,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
     /// The `X-Message-Id` header of the answer.
-    message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// The JSON body (`Null` when empty); errors are checked to be `{"error": "..."}`.
-    body: Value,
+    pub(crate) body: Value,
 }
 
 /// Sends a publish request and reads its answer.
-async fn send(request: RequestBuilder) -> anyhow::Result<Answer> {
+pub(crate) async fn send(request: RequestBuilder) -> anyhow::Result<Answer> {
     let response = request.send().await?;
     let message_id = response
         .headers()
@@ -87,7 +87,7 @@ async fn send(request: RequestBuilder) -> anyhow::Result<Answer> {
 
 /// Publishes a payload to `/messages` as the thing with this key, expecting `202`; answers
 /// the message id.
-async fn publish(host: &TestHost, key: &str, payload: impl Into<Vec<u8>>) -> anyhow::Result<String> {
+pub(crate) async fn publish(host: &TestHost, key: &str, payload: impl Into<Vec<u8>>) -> anyhow::Result<String> {
     accepted(send(as_thing(host, key, "/messages").body(payload.into())).await?)
 }
 
@@ -100,7 +100,7 @@ fn accepted(answer: Answer) -> anyhow::Result<String> {
 }
 
 /// Whether `text` is a UUID in its canonical hyphenated form (any version, either case).
-fn is_uuid(text: &str) -> bool {
+pub(crate) fn is_uuid(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() == 36
         && bytes.iter().enumerate().all(|(i, b)| match i {
@@ -110,7 +110,7 @@ fn is_uuid(text: &str) -> bool {
 }
 
 /// A fresh random UUID v4 for `X-Message-Id`.
-fn fresh_message_id() -> String {
+pub(crate) fn fresh_message_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     // Every `RandomState` has its own random keys.
     let state = RandomState::new();
@@ -131,7 +131,7 @@ fn fresh_message_id() -> String {
 }
 
 /// A short description of requests for failure messages (bodies may be a MiB).
-fn summary(requests: &[Received]) -> Vec<String> {
+pub(crate) fn summary(requests: &[Received]) -> Vec<String> {
     requests
         .iter()
         .map(|r| {
@@ -149,7 +149,11 @@ fn summary(requests: &[Received]) -> Vec<String> {
 
 /// Waits [`QUIET`], then checks that exactly `count` requests arrived on `path` in all;
 /// answers them.
-async fn exactly_after_a_while(receiver: &Receiver, path: &str, count: usize) -> anyhow::Result<Vec<Received>> {
+pub(crate) async fn exactly_after_a_while(
+    receiver: &Receiver,
+    path: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Received>> {
     tokio::time::sleep(QUIET).await;
     let got = receiver.received_on(path);
     ensure!(
@@ -176,7 +180,7 @@ fn the_copy_of<'a>(requests: &'a [Received], payload: &[u8]) -> anyhow::Result<&
 }
 
 /// The bodies of requests, as text, sorted.
-fn bodies(requests: &[Received]) -> Vec<String> {
+pub(crate) fn bodies(requests: &[Received]) -> Vec<String> {
     let mut bodies: Vec<String> = requests
         .iter()
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
@@ -387,13 +391,7 @@ async fn each_webhook_of_the_publishing_thing_gets_one_copy_and_no_other_thing_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_receiver_does_not_delay_another_webhooks_deliveries() -> anyhow::Result<()> {
     let slow = Receiver::start().await?;
-    slow.set_behaviour(
-        "/slow",
-        Behaviour {
-            status: 200,
-            delay: Duration::from_secs(3),
-        },
-    );
+    slow.set_behaviour("/slow", Behaviour::status(200).after(Duration::from_secs(3)));
     let fast = Receiver::start().await?;
     let host = host_allowing_loopback().await?;
     add_webhook(&host, THING_1, "slow", &slow.url("/slow")).await?;
@@ -755,13 +753,7 @@ async fn a_thing_removed_from_the_registry_loses_its_webhooks() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_still_being_retried_is_resumed_after_a_restart() -> anyhow::Result<()> {
     let receiver = Receiver::start().await?;
-    receiver.set_behaviour(
-        "/in",
-        Behaviour {
-            status: 503,
-            delay: Duration::ZERO,
-        },
-    );
+    receiver.set_behaviour("/in", Behaviour::status(503));
     let mut host = host_allowing_loopback().await?;
     add_webhook(&host, THING_1, "in", &receiver.url("/in")).await?;
 
@@ -818,13 +810,7 @@ async fn a_message_for_a_receiver_that_is_down_arrives_once_it_is_up_even_across
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_503_twice_gets_the_message_on_the_third_attempt() -> anyhow::Result<()> {
     let receiver = Receiver::start().await?;
-    receiver.set_behaviour(
-        "/flaky",
-        Behaviour {
-            status: 503,
-            delay: Duration::ZERO,
-        },
-    );
+    receiver.set_behaviour("/flaky", Behaviour::status(503));
     let host = host_allowing_loopback().await?;
     add_webhook(&host, THING_1, "flaky", &receiver.url("/flaky")).await?;
 
@@ -854,13 +840,7 @@ async fn a_receiver_answering_404_or_another_final_status_gets_exactly_one_attem
     let host = host_allowing_loopback().await?;
     let finals = [("/missing", 404), ("/bad", 400), ("/moved", 302)];
     for (path, status) in finals {
-        receiver.set_behaviour(
-            path,
-            Behaviour {
-                status,
-                delay: Duration::ZERO,
-            },
-        );
+        receiver.set_behaviour(path, Behaviour::status(status));
         add_webhook(&host, THING_1, &format!("answers {status}"), &receiver.url(path)).await?;
     }
 

@@ -2,10 +2,12 @@
 //!
 //! One test binary with a module per area keeps build times down.
 
+mod crash;
 mod delivery;
 mod errors;
 mod health;
 mod paging;
 mod persistence;
 mod registry;
+mod reliability;
 mod webhooks;
