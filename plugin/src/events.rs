@@ -204,7 +204,9 @@ impl<'a> Events<'a> {
                     None
                 }
                 (None, _) => Some("webhook removed"),
-                (_, None) => return Err(internal(format!("payload of delivery {} is missing", delivery.id))),
+                // Only expiry removes a pending delivery's payload; fail this one rather than
+                // the whole batch, again and again.
+                (_, None) => Some("payload no longer kept"),
             };
             if let Some(reason) = stop {
                 results[index] = Some(AttemptResult::Failed(reason.into()));
