@@ -9,8 +9,10 @@ CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
 HOST_BIN     := target/release/webhooks-host
 PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
+# Test components: the plugin built with one difference each (tests/plugin-variants).
+VARIANTS     := tagged trap spin grow partial
 
-.PHONY: build run test lint bench wasm-target
+.PHONY: build run test lint bench wasm-target plugin-variants
 
 build: wasm-target
 	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
@@ -24,9 +26,19 @@ wasm-target:
 run: build
 	$(HOST_BIN) serve
 
+# Their own build folder: they use the plugin crate with its exports off, and in the shared
+# folder that build would overwrite the real plugin's component.
+plugin-variants: wasm-target
+	@mkdir -p target/plugin-variants
+	@for variant in $(VARIANTS); do \
+		$(CARGO) build --release -p plugin-variants --target $(WASM_TARGET) --target-dir target/variants \
+			--features $$variant || exit 1; \
+		cp target/variants/$(WASM_TARGET)/release/plugin_variants.wasm target/plugin-variants/$$variant.wasm; \
+	done
+
 # Plugin unit tests run natively; then the host's unit tests and the end-to-end suite, in one
 # invocation over the same packages as `build`, so no dependency is compiled twice.
-test: build
+test: build plugin-variants
 	$(CARGO) test -p webhooks-plugin
 	$(CARGO) test --release -p webhooks-host -p webhooks-tests
 

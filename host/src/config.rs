@@ -20,6 +20,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: REST API, plugin runtime, storage and identity.
     Serve(ServeConfig),
+    /// Say whether a component implements the webhooks world, and list what it imports and
+    /// exports, before swapping it in.
+    CheckPlugin(CheckPluginArgs),
+}
+
+/// The arguments of `webhooks-host check-plugin`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckPluginArgs {
+    /// The component (`.wasm`) to check.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// The level of detail of the logs.
@@ -135,6 +146,26 @@ pub struct ServeConfig {
     #[arg(long, env = "MF_WEBHOOKS_PLUGIN_MEMORY", value_name = "MF_WEBHOOKS_PLUGIN_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
     pub plugin_memory: usize,
 
+    /// Folder of compiled plugin code, keyed by the component's hash and the engine's settings,
+    /// so a restart does not compile again; empty turns the cache off.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_PLUGIN_CACHE",
+        value_name = "MF_WEBHOOKS_PLUGIN_CACHE",
+        default_value = "./data/plugin-cache"
+    )]
+    pub plugin_cache: PathBuf,
+
+    /// Bearer token of `PUT /admin/plugin`, which swaps the plugin without a restart; unset
+    /// turns the endpoint off.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_ADMIN_TOKEN",
+        value_name = "MF_WEBHOOKS_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
     /// Longest wall time of one plugin call (e.g. 10s).
     #[arg(long, env = "MF_WEBHOOKS_PLUGIN_DEADLINE", value_name = "MF_WEBHOOKS_PLUGIN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub plugin_deadline: Duration,
@@ -157,6 +188,16 @@ impl ServeConfig {
             }
         }
         PathBuf::from("target").join(relative)
+    }
+
+    /// The compile cache folder, unless turned off.
+    pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
+        (!self.plugin_cache.as_os_str().is_empty()).then(|| self.plugin_cache.clone())
+    }
+
+    /// The admin token, unless unset or empty.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref().filter(|token| !token.is_empty())
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use webhooks_host::config::{Cli, Command, LogFormat, LogLevel, ServeConfig};
+use webhooks_host::config::{CheckPluginArgs, Cli, Command, LogFormat, LogLevel, ServeConfig};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -24,8 +24,45 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(config) => serve(config),
+        Command::CheckPlugin(args) => check_plugin(&args),
     }
 }
+
+/// Reports on a component; exit 0 when it implements the world, 1 when not.
+fn check_plugin(args: &CheckPluginArgs) -> ExitCode {
+    use webhooks_host::runtime::{Limits, inspect};
+    let file = args.file.display();
+    let inspection = match inspect(&args.file, &Limits::default()) {
+        Ok(inspection) => inspection,
+        Err(error) => {
+            eprintln!("webhooks-host: {file}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &inspection.verdict {
+        Ok(()) => println!("ok: {file} implements the webhooks world ({})", WORLD),
+        Err(error) => println!("refused: {file}: {error}"),
+    }
+    println!("sha256: {}", inspection.sha256);
+    println!("size: {} bytes", inspection.size);
+    println!("compile: {:.0} ms", inspection.compile_time.as_secs_f64() * 1000.0);
+    println!("imports:");
+    for name in &inspection.imports {
+        println!("  {name}");
+    }
+    println!("exports:");
+    for name in &inspection.exports {
+        println!("  {name}");
+    }
+    if inspection.verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The world a plugin must implement.
+const WORLD: &str = "mainflux:webhooks/webhooks@0.1.0";
 
 fn serve(config: ServeConfig) -> ExitCode {
     init_logging(&config);

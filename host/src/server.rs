@@ -9,7 +9,7 @@ use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::outbound::{OutboundClient, OutboundConfig};
-use crate::runtime::{Capabilities, Limits, Runtime};
+use crate::runtime::{Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
 use crate::store;
 
@@ -64,16 +64,31 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         ..Limits::default()
     };
     let plugin_path = config.plugin_path();
-    let runtime = Runtime::new(&plugin_path, limits, capabilities)
+    let cache = CompileCache::new(config.plugin_cache_dir());
+    let runtime = Runtime::new(&plugin_path, limits, capabilities, cache)
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
-    tracing::info!(plugin = %plugin_path.display(), sha256 = %runtime.current().sha256, "plugin loaded");
+    let plugin = runtime.current();
+    tracing::info!(
+        plugin = %plugin_path.display(),
+        sha256 = %plugin.sha256,
+        cached = plugin.cached,
+        load_ms = plugin.load_time.as_millis() as u64,
+        "plugin loaded"
+    );
+    tokio::spawn(reload_on_hangup(runtime.clone(), plugin_path));
 
     let (removed_tx, removed_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = registry.watch(move |removed| {
         let _ = removed_tx.send(removed);
     });
     tokio::spawn(apply_removals(runtime.clone(), removed_rx));
-    let dispatcher = Dispatcher::start(runtime.clone(), DispatchConfig::default());
+    let dispatcher = Dispatcher::start(
+        runtime.clone(),
+        DispatchConfig {
+            attempt_timeout: config.delivery_timeout,
+            ..DispatchConfig::default()
+        },
+    );
     // Check often enough that nothing outlives the retention by more than a quarter of it.
     let sweep = (config.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let _retention = Dispatcher::start_retention(runtime.clone(), sweep);
@@ -83,6 +98,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         build: Arc::new(BuildInfo::current()),
         identity: registry,
         dispatcher,
+        admin_token: config.admin_token().map(Arc::from),
     };
     let address = format!("{}:{}", config.http_host, config.http_port);
     let listener = tokio::net::TcpListener::bind(&address)
@@ -149,6 +165,44 @@ async fn apply_removals(runtime: Arc<Runtime>, mut removed: tokio::sync::mpsc::U
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Swaps in the plugin file again on every `SIGHUP`; a file that fails to load is logged and
+/// the current version keeps serving.
+async fn reload_on_hangup(runtime: Arc<Runtime>, path: std::path::PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; plugin reloads only through the admin endpoint");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let requested = std::time::Instant::now();
+        let file = path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(file)).await;
+        let bytes = match read.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(plugin = %path.display(), %error, "SIGHUP: cannot read the plugin; the current one keeps serving");
+                continue;
+            }
+        };
+        match runtime.swap(bytes).await {
+            Ok((plugin, previous)) => tracing::info!(
+                plugin = %path.display(),
+                sha256 = %plugin.sha256,
+                previous = %previous.sha256,
+                cached = plugin.cached,
+                swap_ms = requested.elapsed().as_millis() as u64,
+                "SIGHUP: plugin swapped"
+            ),
+            Err(error) => {
+                tracing::error!(plugin = %path.display(), %error, "SIGHUP: plugin refused; the current one keeps serving")
             }
         }
     }

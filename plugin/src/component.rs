@@ -10,8 +10,8 @@ use crate::repo::Kv;
 use crate::service::Service;
 use crate::{Error, Role};
 
-/// The exported component.
-struct Plugin;
+/// The component: implements the `api` and `events` exports.
+pub struct Plugin;
 
 /// The `store` capability granted by the host.
 struct HostStore;
@@ -103,6 +103,7 @@ impl Guest for Plugin {
     }
 }
 
+#[cfg(feature = "export")]
 crate::bindings::export!(Plugin with_types_in crate::bindings);
 
 mod message_events {

@@ -22,7 +22,7 @@ pub mod service;
 pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
-mod component;
+pub mod component;
 
 /// Bindings generated from the `webhooks` world in `wit/`.
 #[allow(missing_docs, clippy::all)]

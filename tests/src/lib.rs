@@ -93,6 +93,15 @@ pub fn plugin_component() -> PathBuf {
         .join("wasm32-wasip2/release/webhooks_plugin.wasm")
 }
 
+/// A test build of the plugin (`tagged`, `trap`, `spin`, `grow`, `partial`), as
+/// `make plugin-variants` writes it under `target/plugin-variants/`.
+pub fn plugin_variant(name: &str) -> PathBuf {
+    profile_dir()
+        .parent()
+        .unwrap()
+        .join(format!("plugin-variants/{name}.wasm"))
+}
+
 /// A fresh folder under the system's temporary folder, removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -57,11 +57,13 @@ impl From<PluginError> for ApiError {
 impl From<CallError> for ApiError {
     #[track_caller]
     fn from(error: CallError) -> Self {
-        let status = match error {
+        let status = match &error {
             CallError::Deadline | CallError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CallError::Trap(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CallError::Trap { detail, .. } => {
+                tracing::error!(detail, "the plugin trapped");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
-        tracing::error!(%error, "plugin call failed");
         ApiError::new(status, error.to_string())
     }
 }

@@ -13,6 +13,7 @@ macro_rules! call_api {
     };
 }
 
+pub mod admin;
 pub mod deliveries;
 pub mod error;
 pub mod health;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub identity: Arc<dyn IdentityBackend>,
     /// Where accepted messages' deliveries go.
     pub dispatcher: Arc<Dispatcher>,
+    /// The token of the admin endpoints; `None` turns them off.
+    pub admin_token: Option<Arc<str>>,
 }
 
 /// The prefix under which the platform's gateway serves this API.
@@ -58,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(deliveries::router())
         .merge(messages::router())
         .merge(health::router())
+        .merge(admin::router())
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .merge(api.clone())

@@ -111,28 +111,36 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Reads a whole body within [`MAX_BODY_BYTES`].
 pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 1 MiB");
+    read_body_within(request, MAX_BODY_BYTES).await
+}
+
+/// Reads a whole body of at most `limit` bytes (else 413).
+pub async fn read_body_within(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {} MiB", limit >> 20),
+        )
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-            let mut limited = false;
-            while let Some(error) = cause {
-                limited |= error.is::<http_body_util::LengthLimitError>();
-                cause = error.source();
-            }
-            if limited {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("request body could not be read: {e}"))
-            }
-        })
+    axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        let mut limited = false;
+        while let Some(error) = cause {
+            limited |= error.is::<http_body_util::LengthLimitError>();
+            cause = error.source();
+        }
+        if limited {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("request body could not be read: {e}"))
+        }
+    })
 }

@@ -23,6 +23,9 @@ pub struct DispatchConfig {
     pub max_batches: usize,
     /// How often the due index is read for retries and for deliveries left from before a restart.
     pub poll_interval: Duration,
+    /// Longest wait for one attempt's answer; a batch's plugin call is granted this much on
+    /// top of its deadline, since its requests are in flight together.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -32,6 +35,7 @@ impl Default for DispatchConfig {
             per_webhook: 2,
             max_batches: 128,
             poll_interval: Duration::from_millis(500),
+            attempt_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -128,7 +132,7 @@ impl Dispatcher {
             let batch = ids.clone();
             let result = self
                 .runtime
-                .call(move |plugin, store| {
+                .call_waiting(self.config.attempt_timeout, move |plugin, store| {
                     Box::pin(async move { plugin.mainflux_webhooks_events().call_deliver(store, &batch).await })
                 })
                 .await;

@@ -2,22 +2,25 @@
 //! loaded plugin version, and a fresh store and instance for every call.
 
 pub mod bindings;
+mod cache;
+mod plugin;
 mod state;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
     UpdateDeadline,
 };
 
+pub use cache::CompileCache;
+pub use plugin::{Inspection, LoadError, Plugin};
 pub use state::{Capabilities, HostState};
 
-use bindings::{Webhooks, WebhooksPre};
+use bindings::Webhooks;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -27,7 +30,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Limits {
     /// Largest linear memory of one instance, in bytes.
     pub memory_bytes: usize,
-    /// Longest wall time of one call.
+    /// Longest wall time of one call, beside the time it is granted for outgoing requests.
     pub deadline: Duration,
     /// Instances that may exist at once.
     pub max_instances: u32,
@@ -43,20 +46,6 @@ impl Default for Limits {
     }
 }
 
-/// Why a plugin could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("cannot read {0}: {1}")]
-    Read(String, std::io::Error),
-    /// The bytes are not a component this engine can compile.
-    #[error("not a valid WebAssembly component: {0:#}")]
-    Compile(wasmtime::Error),
-    /// The component does not fit the `webhooks` world.
-    #[error("the component does not implement the webhooks world: {0:#}")]
-    World(wasmtime::Error),
-}
-
 /// Why a call into the plugin failed without an answer of its own.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -64,20 +53,16 @@ pub enum CallError {
     #[error("the plugin call exceeded its deadline")]
     Deadline,
     /// The plugin trapped, or ran out of memory.
-    #[error("the plugin call failed: {0}")]
-    Trap(String),
+    #[error("the plugin call failed: {reason}")]
+    Trap {
+        /// What went wrong, in a few words (the trap, without the guest's backtrace).
+        reason: String,
+        /// Everything wasmtime says, backtrace included, on one line, for the log.
+        detail: String,
+    },
     /// No instance could be created (for example, every pool slot is in use).
     #[error("no plugin instance could be created: {0}")]
     Instantiate(String),
-}
-
-/// One loaded version of the plugin, ready to instantiate.
-pub struct Plugin {
-    pre: WebhooksPre<HostState>,
-    /// Hex SHA-256 of the component's bytes.
-    pub sha256: String,
-    /// When this version was loaded.
-    pub loaded_at: SystemTime,
 }
 
 /// The engine, linker and current plugin version.
@@ -86,23 +71,31 @@ pub struct Runtime {
     linker: Linker<HostState>,
     limits: Limits,
     capabilities: Capabilities,
+    cache: CompileCache,
     current: RwLock<Arc<Plugin>>,
+    /// Held while a new version is loaded, so two swaps never race to install.
+    swapping: tokio::sync::Mutex<()>,
 }
 
 impl Runtime {
-    /// Builds the engine and linker and loads the plugin at `path`.
-    pub fn new(path: &Path, limits: Limits, capabilities: Capabilities) -> Result<Arc<Self>, LoadError> {
-        let engine = engine(&limits).map_err(LoadError::Compile)?;
-        let mut linker = Linker::new(&engine);
-        link(&mut linker).map_err(LoadError::World)?;
+    /// Builds the engine and linker and loads the plugin at `path`, through `cache`.
+    pub fn new(
+        path: &Path,
+        limits: Limits,
+        capabilities: Capabilities,
+        cache: CompileCache,
+    ) -> Result<Arc<Self>, LoadError> {
+        let (engine, linker) = engine_and_linker(&limits)?;
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.display().to_string(), e))?;
-        let plugin = load(&engine, &linker, &bytes)?;
+        let plugin = plugin::load(&engine, &linker, &cache, &bytes)?;
         let runtime = Arc::new(Runtime {
             engine,
             linker,
             limits,
             capabilities,
+            cache,
             current: RwLock::new(Arc::new(plugin)),
+            swapping: tokio::sync::Mutex::new(()),
         });
         runtime.start_epoch_ticker();
         Ok(runtime)
@@ -113,16 +106,37 @@ impl Runtime {
         self.current.read().expect("plugin lock poisoned").clone()
     }
 
-    /// Compiles, checks and installs a new plugin version; calls already running finish on the
-    /// version they started with.
-    pub fn swap(&self, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
-        let plugin = Arc::new(load(&self.engine, &self.linker, bytes)?);
-        *self.current.write().expect("plugin lock poisoned") = plugin.clone();
-        Ok(plugin)
+    /// Compiles (or maps from the cache) and checks `bytes`, then makes them the version new
+    /// calls use; calls already running finish on the version they started with. Answers the
+    /// new version and the one it replaced. A component that fails leaves the current one.
+    pub async fn swap(self: &Arc<Self>, bytes: Vec<u8>) -> Result<(Arc<Plugin>, Arc<Plugin>), LoadError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let runtime = self.clone();
+        // Compiling takes seconds of CPU: off the async workers.
+        let plugin =
+            tokio::task::spawn_blocking(move || plugin::load(&runtime.engine, &runtime.linker, &runtime.cache, &bytes))
+                .await
+                .map_err(|e| LoadError::Compile(format!("the compiler stopped: {e}")))??;
+        let plugin = Arc::new(plugin);
+        let previous = std::mem::replace(
+            &mut *self.current.write().expect("plugin lock poisoned"),
+            plugin.clone(),
+        );
+        Ok((plugin, previous))
     }
 
     /// Runs `call` against a fresh instance of the current plugin, within the call limits.
     pub async fn call<R, F>(&self, call: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+    {
+        self.call_waiting(Duration::ZERO, call).await
+    }
+
+    /// Like [`Runtime::call`], for a call that also waits on outgoing requests bounded by
+    /// `waiting` (a delivery batch, whose requests are in flight together): its deadline is
+    /// extended by that much, so a slow receiver is not taken for a runaway plugin.
+    pub async fn call_waiting<R, F>(&self, waiting: Duration, call: F) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
@@ -131,7 +145,8 @@ impl Runtime {
             .memory_size(self.limits.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let deadline = Instant::now() + self.limits.deadline;
+        let budget = self.limits.deadline + waiting;
+        let deadline = Instant::now() + budget;
         let mut store = Store::new(&self.engine, HostState::new(&self.capabilities, limits, deadline));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
@@ -143,17 +158,27 @@ impl Runtime {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let instance = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
-        call(&instance, &mut store)
-            .await
-            .map_err(|e| match e.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => CallError::Deadline,
-                _ => CallError::Trap(format!("{e:#}")),
-            })
+        let run = async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+            call(&instance, &mut store)
+                .await
+                .map_err(|e| match e.downcast_ref::<Trap>() {
+                    Some(Trap::Interrupt) => CallError::Deadline,
+                    _ => CallError::Trap {
+                        reason: e.root_cause().to_string(),
+                        detail: format!("{e:#}").replace('\n', " |"),
+                    },
+                })
+        };
+        // Epochs only interrupt guest code; this also bounds a call stuck inside a host import.
+        match tokio::time::timeout(budget + 10 * EPOCH_TICK, run).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Deadline),
+        }
     }
 
     fn start_epoch_ticker(self: &Arc<Self>) {
@@ -169,6 +194,21 @@ impl Runtime {
             })
             .expect("the epoch ticker thread starts");
     }
+}
+
+/// Compiles the component at `path` with the service's engine settings and reports what it
+/// imports and exports and whether it implements the world (`webhooks-host check-plugin`).
+pub fn inspect(path: &Path, limits: &Limits) -> Result<Inspection, LoadError> {
+    let (engine, linker) = engine_and_linker(limits)?;
+    let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.display().to_string(), e))?;
+    plugin::inspect(&engine, &linker, &bytes)
+}
+
+fn engine_and_linker(limits: &Limits) -> Result<(Engine, Linker<HostState>), LoadError> {
+    let engine = engine(limits).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    let mut linker = Linker::new(&engine);
+    link(&mut linker).map_err(|e| LoadError::World(format!("{e:#}")))?;
+    Ok((engine, linker))
 }
 
 fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
@@ -206,19 +246,4 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         &mut s.settings
     })?;
     Ok(())
-}
-
-fn load(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Result<Plugin, LoadError> {
-    let component = Component::new(engine, bytes).map_err(LoadError::Compile)?;
-    let instance_pre = linker.instantiate_pre(&component).map_err(LoadError::World)?;
-    let pre = WebhooksPre::new(instance_pre).map_err(LoadError::World)?;
-    Ok(Plugin {
-        pre,
-        sha256: hex(&Sha256::digest(bytes)),
-        loaded_at: SystemTime::now(),
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

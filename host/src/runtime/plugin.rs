@@ -1,0 +1,117 @@
+//! One version of the plugin: compiled (or mapped from the compile cache), checked against the
+//! `webhooks` world, and ready to instantiate.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use super::HostState;
+use super::bindings::WebhooksPre;
+use super::cache::{CompileCache, Origin};
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    /// The bytes are not a component this engine can compile.
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component does not fit the `webhooks` world.
+    #[error("the component does not implement the webhooks world: {0}")]
+    World(String),
+}
+
+/// One loaded version of the plugin, ready to instantiate.
+pub struct Plugin {
+    pub(super) pre: WebhooksPre<HostState>,
+    /// Hex SHA-256 of the component's bytes.
+    pub sha256: String,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// How long compiling (or mapping from the cache) and checking took.
+    pub load_time: Duration,
+    /// Whether the compiled code came from the compile cache.
+    pub cached: bool,
+}
+
+/// Compiles `bytes` (or maps them from `cache`) and checks them against the world; only a
+/// component that passes is written to the cache.
+pub(super) fn load(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    cache: &CompileCache,
+    bytes: &[u8],
+) -> Result<Plugin, LoadError> {
+    let started = Instant::now();
+    let sha256 = hex(&Sha256::digest(bytes));
+    let (component, origin) = cache
+        .component(engine, bytes, &sha256)
+        .map_err(|e| LoadError::Compile(one_line(&e)))?;
+    let pre = check(linker, &component)?;
+    if origin == Origin::Compiled {
+        cache.store(engine, &component, &sha256);
+    }
+    Ok(Plugin {
+        pre,
+        sha256,
+        loaded_at: SystemTime::now(),
+        load_time: started.elapsed(),
+        cached: origin == Origin::Cached,
+    })
+}
+
+/// Links `component` against the host's capabilities and finds every export of the world.
+pub(super) fn check(linker: &Linker<HostState>, component: &Component) -> Result<WebhooksPre<HostState>, LoadError> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| LoadError::World(one_line(&e)))?;
+    WebhooksPre::new(instance_pre).map_err(|e| LoadError::World(one_line(&e)))
+}
+
+/// What `check-plugin` tells an operator about a component.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Hex SHA-256 of the component's bytes.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// How long compiling took.
+    pub compile_time: Duration,
+    /// The component's imports, by name.
+    pub imports: Vec<String>,
+    /// The component's exports, by name.
+    pub exports: Vec<String>,
+    /// Whether it implements the world, and if not, why.
+    pub verdict: Result<(), LoadError>,
+}
+
+/// Compiles `bytes` and reports its imports, exports and whether it implements the world.
+pub(super) fn inspect(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Result<Inspection, LoadError> {
+    let started = Instant::now();
+    let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(one_line(&e)))?;
+    let compile_time = started.elapsed();
+    let kind = component.component_type();
+    let imports = kind.imports(engine).map(|(name, _)| name.to_owned()).collect();
+    let exports = kind.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    Ok(Inspection {
+        sha256: hex(&Sha256::digest(bytes)),
+        size: bytes.len(),
+        compile_time,
+        imports,
+        exports,
+        verdict: check(linker, &component).map(drop),
+    })
+}
+
+/// An error and its causes on one line, for logs and JSON answers.
+fn one_line(error: &wasmtime::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,15 @@
+//! Builds of the webhooks plugin that differ on purpose, for the runtime's swap and fault
+//! tests. Each cargo feature makes one component (the Makefile builds them all into
+//! `target/plugin-variants/<feature>.wasm`):
+//!
+//! - `tagged`: the real logic; list and view answers carry `"variant": "tagged"`.
+//! - `trap`, `spin`, `grow`: the real logic, except that every `deliver` call and any list
+//!   filtered by `name=fault` traps, never returns, or allocates without end. Every other call
+//!   works, so a test can show that good calls go on beside a faulty one.
+//! - `partial`: exports `api` but not `events`, so it does not implement the world.
+
+#[cfg(feature = "wrap")]
+mod wrapped;
+
+#[cfg(feature = "partial")]
+mod partial;
