@@ -48,6 +48,7 @@ lint:
 	$(CARGO) clippy -p webhooks-plugin --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p webhooks-plugin --all-targets -- -D warnings
 
-bench: build
+bench: build plugin-variants
 	target/release/bench list 100 2000
 	target/release/bench deliver 10000 1 3
+	target/release/bench runtime 20000

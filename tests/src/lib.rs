@@ -102,6 +102,11 @@ pub fn plugin_variant(name: &str) -> PathBuf {
         .join(format!("plugin-variants/{name}.wasm"))
 }
 
+/// The compile cache the suite's hosts share, in the build folder.
+pub fn shared_plugin_cache() -> PathBuf {
+    profile_dir().parent().unwrap().join("e2e-plugin-cache")
+}
+
 /// A fresh folder under the system's temporary folder, removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -194,6 +199,9 @@ impl TestHost {
             )
             .env("MF_WEBHOOKS_REGISTRY", self.registry_path())
             .env("MF_WEBHOOKS_PLUGIN", plugin_component())
+            // One compile cache for the whole suite: each host maps the plugin instead of
+            // compiling it again. Tests of the cache itself set their own.
+            .env("MF_WEBHOOKS_PLUGIN_CACHE", shared_plugin_cache())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         command
     }
@@ -230,7 +238,7 @@ impl TestHost {
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("host not healthy after 30 s; log:\n{}", self.log());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -298,6 +306,11 @@ impl TestHost {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id of the running host, to send it signals.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the host with SIGKILL, as a crash would.

@@ -7,6 +7,10 @@
 //! with K webhooks (default 1 and 3) pointing at a local receiver, and prints deliveries/s and
 //! publish-to-receipt latency, beside a native baseline: the same POSTs sent by a pooled hyper
 //! client to the same receiver in the same run.
+//!
+//! `bench runtime [CALLS]`: the plugin runtime's costs: a new store and instance per call
+//! (over CALLS calls, default 20,000), restart to healthy with and without the compile cache,
+//! swap time (request to the first call answered by the new version), and idle resident memory.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +18,7 @@ use anyhow::{Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use webhooks_tests::receiver::Receiver;
-use webhooks_tests::{EDITOR, THING_1, TestHost, VIEWER, standard_registry};
+use webhooks_tests::{EDITOR, THING_1, TempDir, TestHost, VIEWER, plugin_component, plugin_variant, standard_registry};
 
 /// Publishers (or native senders) in flight at once.
 const CONCURRENCY: usize = 32;
@@ -38,7 +42,11 @@ async fn main() -> Result<()> {
             }
             deliver(messages, &ks).await
         }
-        Some(other) => bail!("unknown benchmark {other:?}; try: list, deliver"),
+        Some("runtime") => {
+            let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+            runtime(calls).await
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; try: list, deliver, runtime"),
     }
 }
 
@@ -268,4 +276,199 @@ async fn native_run(receiver: &Receiver, requests: usize) -> Result<Run> {
         elapsed,
         latency: summarize(latencies),
     })
+}
+
+/// Starts of each kind measured; the table shows the median.
+const STARTS: usize = 5;
+/// Swaps of each kind measured.
+const SWAPS: usize = 6;
+
+async fn runtime(calls: usize) -> Result<()> {
+    println!(
+        "plugin runtime, plugin of {} bytes",
+        std::fs::metadata(plugin_component())?.len()
+    );
+    println!("| measure | median | min | max |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, mut samples: Vec<Duration>| {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            ms(samples[samples.len() / 2]),
+            ms(samples[0]),
+            ms(*samples.last().unwrap())
+        );
+    };
+
+    let per_call = instantiation(calls).await?;
+    println!(
+        "| new store + instance per call ({calls} calls, one at a time) | {:.1} µs | | |",
+        per_call.as_secs_f64() * 1e6
+    );
+
+    // Without the cache: a fresh, empty cache folder each start, so the plugin is compiled.
+    let mut cold = Vec::new();
+    for _ in 0..STARTS {
+        let cache = TempDir::new("bench-cache");
+        cold.push(time_start(cache.path()).await?.0);
+    }
+    row("restart to healthy, compiling the plugin", cold);
+    let cache = TempDir::new("bench-cache");
+    time_start(cache.path()).await?;
+    let mut warm = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..STARTS {
+        let (took, resident) = time_start(cache.path()).await?;
+        warm.push(took);
+        rss.push(resident);
+    }
+    row("restart to healthy, compiled plugin in the cache", warm);
+
+    let (compiled, cached) = swaps(cache.path()).await?;
+    row("swap, new version compiled (request → first call on it)", compiled);
+    row("swap, version in the cache (request → first call on it)", cached);
+
+    rss.sort();
+    println!(
+        "| idle resident memory after start-up (VmRSS) | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[0] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Mean cost of a call that only creates a store and an instance of the real plugin.
+async fn instantiation(calls: usize) -> Result<Duration> {
+    use webhooks_host::identity::registry::RegistryBackend;
+    use webhooks_host::outbound::{OutboundClient, OutboundConfig};
+    use webhooks_host::runtime::{Capabilities, CompileCache, Limits, Runtime};
+    use webhooks_host::settings::DeliverySettings;
+
+    let dir = TempDir::new("bench-runtime");
+    let registry = dir.path().join("registry.json");
+    std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
+    let capabilities = Capabilities {
+        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display()))?,
+        identity: std::sync::Arc::new(RegistryBackend::open(&registry)?),
+        outbound: OutboundClient::new(OutboundConfig::default())?,
+        settings: std::sync::Arc::new(DeliverySettings {
+            retry_schedule: vec![Duration::from_secs(5)],
+            retention: Duration::from_secs(3600),
+        }),
+    };
+    let cache = CompileCache::new(Some(dir.path().join("cache")));
+    let runtime = Runtime::new(&plugin_component(), Limits::default(), capabilities, cache)?;
+    let empty = || async { runtime.call(|_, _| Box::pin(async { Ok(()) })).await };
+    for _ in 0..1_000 {
+        empty().await?;
+    }
+    let started = Instant::now();
+    for _ in 0..calls {
+        empty().await?;
+    }
+    Ok(started.elapsed() / calls as u32)
+}
+
+/// Starts a host with this compile cache and answers the time to its first healthy answer and
+/// its resident memory a moment later, idle.
+async fn time_start(cache: &std::path::Path) -> Result<(Duration, u64)> {
+    let cache = cache.display().to_string();
+    let env = [
+        ("MF_WEBHOOKS_PLUGIN_CACHE", cache.as_str()),
+        ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+    ];
+    let started = Instant::now();
+    let mut host = TestHost::start_with(standard_registry(), &env).await?;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid().unwrap_or(0)))?;
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    host.stop()?;
+    Ok((took, rss))
+}
+
+/// Swaps between the real plugin and the `tagged` build: first each a version the cache has
+/// never seen (a custom section, which the runtime ignores, makes each one new), then with both
+/// in the cache; each sample runs from the swap request to the first list call answered by the
+/// new version.
+async fn swaps(cache: &std::path::Path) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    const TOKEN: &str = "bench-admin-token";
+    let cache = cache.display().to_string();
+    let env = [
+        ("MF_WEBHOOKS_PLUGIN_CACHE", cache.as_str()),
+        ("MF_WEBHOOKS_ADMIN_TOKEN", TOKEN),
+        ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+    ];
+    let mut host = TestHost::start_with(standard_registry(), &env).await?;
+    let components = [
+        std::fs::read(plugin_variant("tagged"))?,
+        std::fs::read(plugin_component())?,
+    ];
+    let swap = |bytes: Vec<u8>, tagged: bool| {
+        let host = &host;
+        async move {
+            let started = Instant::now();
+            let response = host
+                .request(Method::PUT, "/admin/plugin", TOKEN)
+                .body(bytes)
+                .send()
+                .await?;
+            if response.status() != StatusCode::OK {
+                bail!("swap answered {}: {}", response.status(), response.text().await?);
+            }
+            loop {
+                let (status, page) = host
+                    .call(Method::GET, &format!("/things/{THING_1}/webhooks"), VIEWER, None)
+                    .await?;
+                if status != StatusCode::OK {
+                    bail!("list answered {status} after a swap");
+                }
+                if page.get("variant").is_some() == tagged {
+                    return Ok::<_, anyhow::Error>(started.elapsed());
+                }
+            }
+        }
+    };
+    let mut compiled = Vec::new();
+    for round in 0..SWAPS {
+        let mut bytes = components[round % 2].clone();
+        append_custom_section(&mut bytes, &format!("bench-{round}-{}", std::process::id()));
+        compiled.push(swap(bytes, round % 2 == 0).await?);
+    }
+    // Both plain versions into the cache, then measured.
+    swap(components[0].clone(), true).await?;
+    swap(components[1].clone(), false).await?;
+    let mut cached = Vec::new();
+    for round in 0..SWAPS {
+        cached.push(swap(components[round % 2].clone(), round % 2 == 0).await?);
+    }
+    host.stop()?;
+    Ok((compiled, cached))
+}
+
+/// Appends a custom section named `name` to a component; it stays valid and gets a new hash.
+fn append_custom_section(bytes: &mut Vec<u8>, name: &str) {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut content = Vec::new();
+    leb128(name.len(), &mut content);
+    content.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    leb128(content.len(), bytes);
+    bytes.extend_from_slice(&content);
 }

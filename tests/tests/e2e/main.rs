@@ -10,4 +10,5 @@ mod paging;
 mod persistence;
 mod registry;
 mod reliability;
+mod runtime;
 mod webhooks;

@@ -1,0 +1,857 @@
+//! The plugin runtime (SPEC.md section 8): hot swaps through `PUT /admin/plugin` and `SIGHUP`
+//! under load without a failed request or a lost message, refusals that leave the old plugin
+//! serving, call limits (trap, deadline, memory) that fail one call and spare the others, a
+//! delivery whose call trapped retried later, the compile cache on disk, and `check-plugin`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use webhooks_tests::receiver::Receiver;
+use webhooks_tests::{
+    ADMIN, THING_1, TempDir, TestHost, eventually, host_binary, plugin_component, plugin_variant, read, run_to_exit,
+    standard_registry,
+};
+
+use crate::delivery::{ALLOW_PRIVATE, PROMPTLY, add_webhook, bodies, exactly_after_a_while, publish, summary};
+
+/// The admin token of the hosts here.
+const PLUGIN_ADMIN: &str = "plugin-admin-secret";
+/// The variable that turns `PUT /admin/plugin` on with [`PLUGIN_ADMIN`].
+const ADMIN_TOKEN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", PLUGIN_ADMIN);
+/// The exported interface a partial component lacks.
+const EVENTS: &str = "mainflux:webhooks/events@0.1.0";
+/// How long a swap, a signal or a log line may take to show, with room for a compilation on a
+/// busy machine.
+const SWAP_BOUND: Duration = Duration::from_secs(20);
+/// The `name` filter that sets off a fault build's fault in a list call.
+const FAULT_QUERY: &str = "?name=fault";
+
+// --- helpers ----------------------------------------------------------------------------------
+
+/// The bytes of a test build of the plugin (`tagged`, `trap`, `spin`, `grow`, `partial`).
+fn variant_bytes(name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = plugin_variant(name);
+    std::fs::read(&path).with_context(|| format!("reading {} (run `make plugin-variants`)", path.display()))
+}
+
+/// The bytes of the real plugin.
+fn real_bytes() -> anyhow::Result<Vec<u8>> {
+    let path = plugin_component();
+    std::fs::read(&path).with_context(|| format!("reading {} (run `make build`)", path.display()))
+}
+
+/// The hex SHA-256 of a file, computed by `sha256sum`, independently of the host.
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("running sha256sum")?;
+    ensure!(output.status.success(), "sha256sum {} failed", path.display());
+    let text = String::from_utf8(output.stdout)?;
+    Ok(text
+        .split_whitespace()
+        .next()
+        .context("sha256sum printed nothing")?
+        .to_owned())
+}
+
+/// `PUT /admin/plugin` with these bytes and this bearer token (none when empty).
+async fn put_plugin(host: &TestHost, token: &str, bytes: Vec<u8>) -> anyhow::Result<(StatusCode, Value)> {
+    let response = host
+        .request(Method::PUT, "/admin/plugin", token)
+        .body(bytes)
+        .send()
+        .await
+        .context("PUT /admin/plugin")?;
+    read(response).await
+}
+
+/// Swaps in a component through the admin endpoint, expecting `200` with the documented body
+/// naming its hash `sha256`; answers the body and how long the swap took, request to answer.
+async fn swap_in(host: &TestHost, bytes: Vec<u8>, sha256: &str) -> anyhow::Result<(Value, Duration)> {
+    let started = Instant::now();
+    let (status, body) = put_plugin(host, PLUGIN_ADMIN, bytes).await?;
+    let took = started.elapsed();
+    ensure!(status == StatusCode::OK, "the swap answered {status}: {body}");
+    ensure!(body["sha256"] == sha256, "the swap answered another hash: {body}");
+    ensure!(body["loaded_at"].is_string(), "loaded_at: {body}");
+    ensure!(body["previous_sha256"].is_string(), "previous_sha256: {body}");
+    ensure!(body["cached"].is_boolean(), "cached: {body}");
+    ensure!(body["load_ms"].is_number(), "load_ms: {body}");
+    Ok((body, took))
+}
+
+/// The hash of the plugin `/health` reports.
+async fn health_sha(host: &TestHost) -> anyhow::Result<String> {
+    let (status, body) = host.call(Method::GET, "/health", "", None).await?;
+    ensure!(status == StatusCode::OK, "/health answered {status}: {body}");
+    ensure!(
+        body["plugin"]["loaded_at"].is_string(),
+        "/health without plugin.loaded_at: {body}"
+    );
+    Ok(body["plugin"]["sha256"]
+        .as_str()
+        .with_context(|| format!("/health without plugin.sha256: {body}"))?
+        .to_owned())
+}
+
+/// `GET /things/THING_1/webhooks{query}` as the group's admin.
+async fn list(host: &TestHost, query: &str) -> anyhow::Result<(StatusCode, Value)> {
+    host.call(Method::GET, &format!("/things/{THING_1}/webhooks{query}"), ADMIN, None)
+        .await
+}
+
+/// Whether a list page came from the `tagged` build: `true` when the page and every webhook in
+/// it carry `"variant": "tagged"`, `false` when none does, an error when they disagree.
+fn is_tagged(page: &Value) -> anyhow::Result<bool> {
+    let tag_of = |value: &Value| -> anyhow::Result<bool> {
+        match value.get("variant") {
+            None => Ok(false),
+            Some(variant) if variant == "tagged" => Ok(true),
+            Some(other) => bail!("an unknown variant {other} in {page}"),
+        }
+    };
+    let tagged = tag_of(page)?;
+    let webhooks = page["webhooks"]
+        .as_array()
+        .with_context(|| format!("a list page without a webhooks array: {page}"))?;
+    for webhook in webhooks {
+        ensure!(tag_of(webhook)? == tagged, "a page mixing two plugin versions: {page}");
+    }
+    Ok(tagged)
+}
+
+/// Lists THING_1's webhooks, expecting `200` with `count` webhooks; answers whether the
+/// `tagged` build answered.
+async fn list_tagged(host: &TestHost, count: usize) -> anyhow::Result<bool> {
+    let (status, page) = list(host, "").await?;
+    ensure!(status == StatusCode::OK, "the list answered {status}: {page}");
+    let listed = page["webhooks"].as_array().map_or(0, Vec::len);
+    ensure!(listed == count, "{listed} webhooks listed, expected {count}: {page}");
+    is_tagged(&page)
+}
+
+/// The lines of the host's log that contain every one of `words`.
+fn log_lines_with(host: &TestHost, words: &[&str]) -> Vec<String> {
+    host.log()
+        .lines()
+        .filter(|line| words.iter().all(|word| line.contains(word)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the host's log has a line containing every one of `words`; answers it.
+async fn logged(host: &TestHost, words: &[&str], within: Duration) -> anyhow::Result<String> {
+    let mut found = String::new();
+    eventually(within, || {
+        let lines = log_lines_with(host, words);
+        found = lines.last().cloned().unwrap_or_default();
+        let result = if lines.is_empty() {
+            Err(anyhow::anyhow!("no log line with {words:?}; log:\n{}", host.log()))
+        } else {
+            Ok(())
+        };
+        async move { result }
+    })
+    .await?;
+    Ok(found)
+}
+
+/// A host with the standard registry, the admin endpoint on, and these extra variables.
+async fn admin_host(extra: &[(&str, &str)]) -> anyhow::Result<TestHost> {
+    let mut env = vec![ADMIN_TOKEN];
+    env.extend_from_slice(extra);
+    TestHost::start_with(standard_registry(), &env).await
+}
+
+// --- 1. hot swap under load -------------------------------------------------------------------
+
+/// Swaps made in the load test, alternating `tagged` and the real plugin.
+const SWAPS: usize = 10;
+/// Tasks listing webhooks at once during the swaps.
+const LISTERS: usize = 4;
+/// The receiver paths of THING_1's two webhooks in the load test.
+const LOAD_PATHS: [&str; 2] = ["/swap-a", "/swap-b"];
+
+/// How many list answers each version gave during the load test.
+#[derive(Default)]
+struct Seen {
+    tagged: AtomicUsize,
+    real: AtomicUsize,
+}
+
+impl Seen {
+    fn of(&self, tagged: bool) -> usize {
+        if tagged {
+            self.tagged.load(Ordering::SeqCst)
+        } else {
+            self.real.load(Ordering::SeqCst)
+        }
+    }
+}
+
+/// Lists THING_1's two webhooks until `stop`, checking each answer is `200` and wholly one
+/// version; answers how many calls it made.
+async fn keep_listing(host: Arc<TestHost>, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> anyhow::Result<usize> {
+    let mut calls = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let tagged = list_tagged(&host, LOAD_PATHS.len())
+            .await
+            .with_context(|| format!("list call {calls} during the swaps"))?;
+        let counter = if tagged { &seen.tagged } else { &seen.real };
+        counter.fetch_add(1, Ordering::SeqCst);
+        calls += 1;
+    }
+    Ok(calls)
+}
+
+/// Publishes distinct messages as THING_1 until `stop`, each expecting `202`; answers them.
+async fn keep_publishing(host: Arc<TestHost>, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<String>> {
+    let mut published = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let payload = format!("during the swaps #{}", published.len());
+        publish(&host, "key-1", payload.clone())
+            .await
+            .with_context(|| format!("publishing {payload:?} during the swaps"))?;
+        published.push(payload);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(published)
+}
+
+/// Ten hot swaps between two versions under list and publish load fail no request, lose no
+/// message, and each answer comes wholly from one version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let host = Arc::new(admin_host(&[ALLOW_PRIVATE]).await?);
+    for path in LOAD_PATHS {
+        add_webhook(&host, THING_1, path, &receiver.url(path)).await?;
+    }
+    let versions = [
+        (
+            "tagged",
+            variant_bytes("tagged")?,
+            sha256_of(&plugin_variant("tagged"))?,
+        ),
+        ("real", real_bytes()?, sha256_of(&plugin_component())?),
+    ];
+    ensure!(
+        health_sha(&host).await? == versions[1].2,
+        "the host did not start on the real plugin"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let listers: Vec<_> = (0..LISTERS)
+        .map(|_| tokio::spawn(keep_listing(host.clone(), stop.clone(), seen.clone())))
+        .collect();
+    let publisher = tokio::spawn(keep_publishing(host.clone(), stop.clone()));
+
+    let mut swap_times = Vec::new();
+    let swapping = async {
+        for turn in 0..SWAPS {
+            let (name, bytes, sha) = &versions[turn % 2];
+            let tagged = *name == "tagged";
+            let before = seen.of(tagged);
+            let (body, took) = swap_in(&host, bytes.clone(), sha)
+                .await
+                .with_context(|| format!("swap {turn} to {name}"))?;
+            println!(
+                "swap {turn} to {name}: {} ms request to answer (load_ms {}, cached {})",
+                took.as_millis(),
+                body["load_ms"],
+                body["cached"]
+            );
+            swap_times.push(took);
+            ensure!(health_sha(&host).await? == *sha, "/health after swap {turn} to {name}");
+            // A call made after the swap answered uses the new version.
+            ensure!(
+                list_tagged(&host, LOAD_PATHS.len()).await? == tagged,
+                "a list call after swap {turn} was not answered by {name}"
+            );
+            // Let the load see this version before the next swap.
+            eventually(SWAP_BOUND, || {
+                let now = seen.of(tagged);
+                async move {
+                    ensure!(now > before, "no list call of the load answered with {name}");
+                    Ok(())
+                }
+            })
+            .await?;
+        }
+        anyhow::Ok(())
+    };
+    let swapped = swapping.await;
+    stop.store(true, Ordering::SeqCst);
+    let mut calls = 0;
+    for lister in listers {
+        calls += lister.await??;
+    }
+    let published = publisher.await??;
+    swapped?;
+
+    let mut sorted: Vec<u128> = swap_times.iter().map(Duration::as_millis).collect();
+    sorted.sort_unstable();
+    println!(
+        "{SWAPS} swaps under load, request to answer (ms): {sorted:?}; {calls} list calls \
+         ({} tagged, {} real), {} messages published",
+        seen.of(true),
+        seen.of(false),
+        published.len()
+    );
+    ensure!(
+        seen.of(true) > 0 && seen.of(false) > 0,
+        "both versions answered the load"
+    );
+    ensure!(!published.is_empty(), "nothing was published during the swaps");
+
+    let mut expected = published.clone();
+    expected.sort();
+    for path in LOAD_PATHS {
+        let got = receiver
+            .wait_for(Some(path), published.len(), 6 * PROMPTLY)
+            .await
+            .with_context(|| format!("deliveries to {path}"))?;
+        let mut distinct = bodies(&got);
+        distinct.dedup();
+        ensure!(
+            distinct == expected,
+            "{path} got {} distinct payloads of {} published",
+            distinct.len(),
+            expected.len()
+        );
+        // Nothing failed, so nothing was sent twice either.
+        exactly_after_a_while(&receiver, path, published.len()).await?;
+    }
+    Ok(())
+}
+
+// --- 2. refused swaps -------------------------------------------------------------------------
+
+/// Components that do not implement the world, bodies that are no component, an empty body and
+/// a missing or wrong token are refused, and the old plugin keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
+    let host = admin_host(&[]).await?;
+    add_webhook(&host, THING_1, "still here", "https://example.com/hook").await?;
+    let original = health_sha(&host).await?;
+    ensure!(
+        original == sha256_of(&plugin_component())?,
+        "started on the real plugin"
+    );
+
+    let (status, body) = put_plugin(&host, PLUGIN_ADMIN, variant_bytes("partial")?).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "partial: {body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("does not implement the webhooks world") && error.contains(EVENTS),
+        "partial: {body}"
+    );
+
+    let mut garbage = b"\0asm but not really: ".to_vec();
+    garbage.extend((0..4096u32).map(|i| (i * 31 % 256) as u8));
+    for (what, bytes) in [("garbage", garbage), ("text", b"hello, plugin".to_vec())] {
+        let (status, body) = put_plugin(&host, PLUGIN_ADMIN, bytes).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a valid WebAssembly component"),
+            "{what}: {body}"
+        );
+    }
+
+    let (status, body) = put_plugin(&host, PLUGIN_ADMIN, Vec::new()).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "empty body: {body}");
+
+    // A good component with a bad token would show as a swap if the token were not checked.
+    let tagged = variant_bytes("tagged")?;
+    for (what, token) in [
+        ("wrong token", "not-the-admin-token"),
+        ("no token", ""),
+        ("a user's token", ADMIN),
+    ] {
+        let (status, body) = put_plugin(&host, token, tagged.clone()).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+    }
+    let response = host
+        .request(Method::PUT, "/admin/plugin", "")
+        .basic_auth("admin", Some(PLUGIN_ADMIN))
+        .body(tagged)
+        .send()
+        .await?;
+    let (status, body) = read(response).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "basic auth with the token: {body}");
+
+    assert_eq!(health_sha(&host).await?, original, "a refused swap changed the plugin");
+    assert!(!list_tagged(&host, 1).await?, "the real plugin still answers");
+    assert!(
+        !log_lines_with(&host, &["plugin swap refused"]).is_empty(),
+        "refusals are logged; log:\n{}",
+        host.log()
+    );
+    Ok(())
+}
+
+/// Without an admin token, or with an empty one, the admin endpoint does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_does_not_exist_without_an_admin_token() -> anyhow::Result<()> {
+    let tagged = variant_bytes("tagged")?;
+    let real = sha256_of(&plugin_component())?;
+    for env in [vec![], vec![("MF_WEBHOOKS_ADMIN_TOKEN", "")]] {
+        let host = TestHost::start_with(standard_registry(), &env).await?;
+        for token in ["", PLUGIN_ADMIN, ADMIN] {
+            let (status, body) = put_plugin(&host, token, tagged.clone()).await?;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{env:?}, token {token:?}: {body}");
+            assert_eq!(body["error"], "no such endpoint", "{env:?}, token {token:?}");
+        }
+        assert_eq!(health_sha(&host).await?, real, "{env:?}");
+    }
+    Ok(())
+}
+
+// --- 3. faulty plugins ------------------------------------------------------------------------
+
+/// What a fault test saw of its faulty call and the good call made beside it.
+struct Fault {
+    /// How long the faulty call took to be answered.
+    faulty_took: Duration,
+    /// How long the good call took.
+    good_took: Duration,
+    /// Whether the faulty call was still running when the good one was answered.
+    overlapped: bool,
+}
+
+/// Swaps in a fault build, checks its faulty list call fails with `status` and a JSON error
+/// and an ERROR line while a good call made meanwhile succeeds, then swaps the real plugin back
+/// and checks the same call answers `200`.
+async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: StatusCode) -> anyhow::Result<Fault> {
+    let host = Arc::new(admin_host(extra).await?);
+    add_webhook(&host, THING_1, "fault", "https://example.com/fault").await?;
+    add_webhook(&host, THING_1, "fine", "https://example.com/fine").await?;
+    let sha = sha256_of(&plugin_variant(variant))?;
+    swap_in(&host, variant_bytes(variant)?, &sha).await?;
+    assert_eq!(health_sha(&host).await?, sha);
+
+    let started = Instant::now();
+    let faulty = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let answer = list(&host, FAULT_QUERY).await;
+            (answer, started.elapsed())
+        }
+    });
+    // Give the faulty call time to reach the plugin, then make a good call beside it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let good_started = Instant::now();
+    let good = list_tagged(&host, 2).await.context("a good call beside the faulty one");
+    let good_took = good_started.elapsed();
+    let overlapped = !faulty.is_finished();
+    let (answer, took) = faulty.await?;
+    let (faulty_status, body) = answer.context("the faulty call")?;
+    println!(
+        "{variant}: faulty call {faulty_status} after {} ms; good call beside it {} ms (faulty still running: \
+         {overlapped})",
+        took.as_millis(),
+        good_took.as_millis()
+    );
+    assert!(!good?, "{variant} answers untagged");
+    assert_eq!(faulty_status, status, "{variant}: {body}");
+    // `read` has checked the JSON error shape; say what it was.
+    assert!(body["error"].is_string(), "{variant}: {body}");
+    logged(&host, &["ERROR", status.as_str()], SWAP_BOUND).await?;
+
+    // The host goes on: a good call, then the real plugin back and the same call fine.
+    assert!(!list_tagged(&host, 2).await?, "{variant}: a good call after the fault");
+    swap_in(&host, real_bytes()?, &sha256_of(&plugin_component())?).await?;
+    let (status, page) = list(&host, FAULT_QUERY).await?;
+    assert_eq!(status, StatusCode::OK, "the real plugin after {variant}: {page}");
+    assert_eq!(page["webhooks"].as_array().map(Vec::len), Some(1), "{page}");
+    Ok(Fault {
+        faulty_took: took,
+        good_took,
+        overlapped,
+    })
+}
+
+/// A plugin call that traps fails with `500` and a JSON error; other calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_call_answers_500_and_other_calls_go_on() -> anyhow::Result<()> {
+    faulty_call_fails_alone("trap", &[], StatusCode::INTERNAL_SERVER_ERROR).await?;
+    Ok(())
+}
+
+/// A plugin call that never returns is stopped at the deadline with `503`; a good call made
+/// while it spins answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_deadline_answers_503_and_does_not_hold_up_other_calls() -> anyhow::Result<()> {
+    let deadline = ("MF_WEBHOOKS_PLUGIN_DEADLINE", "1s");
+    let delivery = ("MF_WEBHOOKS_DELIVERY_TIMEOUT", "2s");
+    let fault = faulty_call_fails_alone("spin", &[deadline, delivery], StatusCode::SERVICE_UNAVAILABLE).await?;
+    assert!(
+        fault.overlapped,
+        "the good call was answered only after the spinning one was stopped ({:?})",
+        fault.good_took
+    );
+    assert!(
+        fault.faulty_took >= Duration::from_secs(1),
+        "the spinning call was stopped before its deadline, after {:?}",
+        fault.faulty_took
+    );
+    assert!(
+        fault.faulty_took < Duration::from_secs(5),
+        "the spinning call was answered only after {:?}",
+        fault.faulty_took
+    );
+    Ok(())
+}
+
+/// A plugin call that allocates past the memory limit fails with `500`; other calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_memory_limit_answers_500_and_other_calls_go_on() -> anyhow::Result<()> {
+    let memory = ("MF_WEBHOOKS_PLUGIN_MEMORY", "32MiB");
+    faulty_call_fails_alone("grow", &[memory], StatusCode::INTERNAL_SERVER_ERROR).await?;
+    Ok(())
+}
+
+// --- 4. a delivery whose call trapped -----------------------------------------------------------
+
+/// A delivery whose plugin call trapped stays pending and arrives, once, when a working plugin
+/// is swapped back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_call_trapped_is_retried_later_and_not_lost() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let host = admin_host(&[ALLOW_PRIVATE]).await?;
+    let webhook = add_webhook(&host, THING_1, "trapped", &receiver.url("/trapped")).await?;
+    swap_in(&host, variant_bytes("trap")?, &sha256_of(&plugin_variant("trap"))?).await?;
+
+    publish(&host, "key-1", "kept through a trap").await?;
+    logged(&host, &["ERROR", "delivery batch failed"], PROMPTLY).await?;
+    // Several polls bring the delivery back to the trapping plugin meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        receiver.count() == 0,
+        "the trapping plugin delivered: {:?}",
+        summary(&receiver.received())
+    );
+    let (status, page) = host
+        .call(Method::GET, &format!("/webhooks/{webhook}/deliveries"), ADMIN, None)
+        .await?;
+    ensure!(status == StatusCode::OK, "the delivery log answered {status}: {page}");
+    ensure!(
+        page["deliveries"][0]["status"] == "pending",
+        "the delivery is not pending while the plugin traps: {page:#}"
+    );
+
+    swap_in(&host, real_bytes()?, &sha256_of(&plugin_component())?).await?;
+    let got = receiver.wait_for(Some("/trapped"), 1, PROMPTLY).await?;
+    assert_eq!(bodies(&got), ["kept through a trap"]);
+    exactly_after_a_while(&receiver, "/trapped", 1).await?;
+    let (_, page) = host
+        .call(Method::GET, &format!("/webhooks/{webhook}/deliveries"), ADMIN, None)
+        .await?;
+    let deliveries = page["deliveries"].as_array().context("a deliveries array")?;
+    assert_eq!(deliveries.len(), 1, "{page:#}");
+    assert_eq!(deliveries[0]["status"], "delivered", "{page:#}");
+    assert_eq!(
+        deliveries[0]["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "a trapped call is no attempt: {page:#}"
+    );
+    Ok(())
+}
+
+// --- 5. SIGHUP --------------------------------------------------------------------------------
+
+/// Replaces a file by writing a temporary file beside it and renaming it over.
+fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("wasm.new");
+    std::fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("renaming over {}", path.display()))?;
+    Ok(())
+}
+
+/// Sends the host SIGHUP.
+fn hang_up(host: &TestHost) -> anyhow::Result<()> {
+    let pid = host.pid().context("the host is not running")?;
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    ensure!(status.success(), "kill -HUP {pid} failed");
+    Ok(())
+}
+
+/// SIGHUP swaps in the plugin file as it is now; a file that does not implement the world is
+/// logged and the old plugin keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_in_the_plugin_file_and_a_refused_one_leaves_the_old_serving() -> anyhow::Result<()> {
+    let folder = TempDir::new("sighup");
+    let file = folder.path().join("plugin.wasm");
+    std::fs::copy(plugin_component(), &file).context("copying the plugin")?;
+    let file_env = file.to_str().context("a UTF-8 path")?.to_owned();
+    let host = TestHost::start_with(standard_registry(), &[("MF_WEBHOOKS_PLUGIN", &file_env)]).await?;
+    add_webhook(&host, THING_1, "signalled", "https://example.com/hook").await?;
+    assert_eq!(health_sha(&host).await?, sha256_of(&plugin_component())?);
+    assert!(!list_tagged(&host, 1).await?);
+
+    replace_file(&file, &variant_bytes("tagged")?)?;
+    let tagged = sha256_of(&file)?;
+    hang_up(&host)?;
+    eventually(SWAP_BOUND, || async {
+        let now = health_sha(&host).await?;
+        ensure!(now == tagged, "/health still shows {now}");
+        Ok(())
+    })
+    .await?;
+    assert!(list_tagged(&host, 1).await?, "after SIGHUP the tagged build answers");
+    logged(&host, &["SIGHUP: plugin swapped", &tagged], SWAP_BOUND).await?;
+
+    replace_file(&file, &variant_bytes("partial")?)?;
+    hang_up(&host)?;
+    let line = logged(&host, &["SIGHUP: plugin refused"], SWAP_BOUND).await?;
+    assert!(line.contains(EVENTS), "the refusal names the missing export: {line}");
+    assert_eq!(health_sha(&host).await?, tagged, "a refused file replaced the plugin");
+    assert!(list_tagged(&host, 1).await?, "the tagged build still answers");
+    Ok(())
+}
+
+// --- 6. the compile cache ---------------------------------------------------------------------
+
+/// The `cached=` value of every "plugin loaded" line of the host's log, in order.
+fn load_origins(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("plugin loaded"))
+        .map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("cached="))
+                .unwrap_or("(no cached= field)")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The files in a folder, by name, sorted.
+fn files_in(folder: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = std::fs::read_dir(folder)
+        .with_context(|| format!("reading {}", folder.display()))?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// Whether a cache file's name is `<sha256>-<16 hex>.cwasm` for this component hash.
+fn is_cache_file_of(name: &str, sha256: &str) -> bool {
+    name.strip_prefix(sha256)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix(".cwasm"))
+        .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The first start compiles and fills the cache, a restart maps the cached code, and an
+/// unusable cache file is logged and compiled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_maps_the_cached_plugin_and_an_unusable_cache_file_is_compiled_again() -> anyhow::Result<()> {
+    let folder = TempDir::new("plugin-cache");
+    // Not there yet: the host creates it when it first writes.
+    let cache = folder.path().join("compiled");
+    let cache_env = cache.to_str().context("a UTF-8 path")?.to_owned();
+    let mut host = TestHost::start_with(standard_registry(), &[("MF_WEBHOOKS_PLUGIN_CACHE", &cache_env)]).await?;
+    let sha = sha256_of(&plugin_component())?;
+    assert_eq!(load_origins(&host.log()), ["false"], "the first start compiles");
+    let files = files_in(&cache)?;
+    assert!(
+        files.len() == 1 && is_cache_file_of(&files[0], &sha),
+        "one compiled plugin named after its hash {sha}: {files:?}"
+    );
+    let compiled = cache.join(&files[0]);
+
+    host.restart().await?;
+    assert_eq!(
+        load_origins(&host.log()),
+        ["false", "true"],
+        "a restart maps the cached code"
+    );
+    assert!(!list_tagged(&host, 0).await?, "the cached plugin serves");
+
+    host.stop()?;
+    std::fs::write(&compiled, b"this is not compiled code")?;
+    host.start_again().await?;
+    assert_eq!(
+        load_origins(&host.log()),
+        ["false", "true", "false"],
+        "an unusable cache file is compiled again"
+    );
+    let warning = logged(&host, &["WARN", "unusable compiled plugin in the cache"], PROMPTLY).await?;
+    assert!(warning.contains(&files[0]), "the warning names the file: {warning}");
+    assert!(!list_tagged(&host, 0).await?, "the recompiled plugin serves");
+    assert_eq!(
+        files_in(&cache)?,
+        files,
+        "the file is written again under the same name"
+    );
+
+    host.restart().await?;
+    assert_eq!(
+        load_origins(&host.log()),
+        ["false", "true", "false", "true"],
+        "the rewritten cache file is used"
+    );
+    Ok(())
+}
+
+/// A host started by hand in its own working folder, killed when dropped.
+struct HandStarted(Child);
+
+impl Drop for HandStarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the host's command in `working` with its output appended to its log, and waits
+/// until it is healthy.
+async fn start_in(host: &TestHost, working: &Path) -> anyhow::Result<HandStarted> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.log_path())?;
+    let child = host
+        .command()
+        .current_dir(working)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", host_binary().display()))?;
+    let mut started = HandStarted(child);
+    eventually(Duration::from_secs(30), || async {
+        health_sha(host).await?;
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("log:\n{}", host.log()))?;
+    ensure!(started.0.try_wait()?.is_none(), "the host exited; log:\n{}", host.log());
+    Ok(started)
+}
+
+/// An empty `MF_WEBHOOKS_PLUGIN_CACHE` turns the cache off: every start compiles and nothing
+/// is written, not even to the default folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_cache_setting_compiles_at_every_start_and_writes_nothing() -> anyhow::Result<()> {
+    let host = TestHost::prepare(standard_registry(), &[("MF_WEBHOOKS_PLUGIN_CACHE", "")])?;
+    // The default cache folder is relative to the working folder: run in an empty one.
+    let working = TempDir::new("no-cache");
+    for start in 0..2 {
+        let running = start_in(&host, working.path()).await?;
+        drop(running);
+        let origins = load_origins(&host.log());
+        assert_eq!(origins.len(), start + 1, "{}", host.log());
+        assert!(origins.iter().all(|o| o == "false"), "start {start}: {origins:?}");
+    }
+    assert_eq!(
+        files_in(working.path())?,
+        Vec::<String>::new(),
+        "the host wrote into its working folder"
+    );
+    Ok(())
+}
+
+// --- 7. check-plugin --------------------------------------------------------------------------
+
+/// Runs `webhooks-host check-plugin FILE`; answers its exit code, stdout and stderr.
+fn check_plugin(file: &Path) -> anyhow::Result<(Option<i32>, String, String)> {
+    let mut command = Command::new(host_binary());
+    command.arg("check-plugin").arg(file).env_remove("MF_WEBHOOKS_PLUGIN");
+    let output = run_to_exit(command, Duration::from_secs(60))?;
+    Ok((
+        output.status.code(),
+        String::from_utf8(output.stdout)?,
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+/// The indented names under a heading such as `imports:` in check-plugin's report.
+fn section(report: &str, heading: &str) -> Vec<String> {
+    report
+        .lines()
+        .skip_while(|line| *line != heading)
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .map(|line| line.trim().to_owned())
+        .collect()
+}
+
+/// check-plugin accepts a component implementing the world and reports its hash, imports and
+/// exports.
+#[test]
+fn check_plugin_accepts_the_real_plugin_and_lists_its_imports_and_exports() -> anyhow::Result<()> {
+    let file = plugin_component();
+    let (code, stdout, stderr) = check_plugin(&file)?;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.lines().next().is_some_and(|l| l.starts_with("ok: ")), "{stdout}");
+    let sha = sha256_of(&file)?;
+    assert!(stdout.lines().any(|l| l == format!("sha256: {sha}")), "{stdout}");
+    let imports = section(&stdout, "imports:");
+    assert!(imports.iter().any(|i| i == "mainflux:webhooks/store@0.1.0"), "{stdout}");
+    let exports = section(&stdout, "exports:");
+    for export in ["mainflux:webhooks/api@0.1.0", EVENTS] {
+        assert!(exports.iter().any(|e| e == export), "{export} not among {exports:?}");
+    }
+    Ok(())
+}
+
+/// check-plugin refuses a component lacking an export, naming it, with exit code 1.
+#[test]
+fn check_plugin_refuses_a_component_lacking_an_export_and_names_it() -> anyhow::Result<()> {
+    let file = plugin_variant("partial");
+    ensure!(file.exists(), "{} missing (run `make plugin-variants`)", file.display());
+    let (code, stdout, stderr) = check_plugin(&file)?;
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("refused: ") && first.contains(EVENTS), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("sha256: {}", sha256_of(&file).unwrap_or_default()))
+    );
+    assert_eq!(
+        section(&stdout, "exports:"),
+        ["mainflux:webhooks/api@0.1.0"],
+        "{stdout}"
+    );
+    assert!(section(&stdout, "imports:").len() > 0, "{stdout}");
+    Ok(())
+}
+
+/// check-plugin answers a file that is no component, or no file, with one line on stderr and
+/// exit code 1.
+#[test]
+fn check_plugin_reports_a_file_that_is_not_a_component_or_does_not_exist() -> anyhow::Result<()> {
+    let folder = TempDir::new("check-plugin");
+    let text = folder.path().join("notes.wasm");
+    std::fs::write(&text, "this is not WebAssembly")?;
+    let missing: PathBuf = folder.path().join("missing.wasm");
+    for (what, file) in [("not wasm", &text), ("missing", &missing)] {
+        let (code, stdout, stderr) = check_plugin(file)?;
+        assert_eq!(code, Some(1), "{what}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(stdout, "", "{what}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.starts_with("webhooks-host: "), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&*file.to_string_lossy()),
+            "{what} names the file: {stderr}"
+        );
+    }
+    Ok(())
+}
