@@ -47,6 +47,10 @@ lint:
 	$(CARGO) clippy --release -p webhooks-host -p webhooks-tests --all-targets -- -D warnings
 	$(CARGO) clippy -p webhooks-plugin --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p webhooks-plugin --all-targets -- -D warnings
+	@for variant in $(VARIANTS); do \
+		$(CARGO) clippy --release -p plugin-variants --target $(WASM_TARGET) --target-dir target/variants \
+			--features $$variant -- -D warnings || exit 1; \
+	done
 
 bench: build plugin-variants
 	target/release/bench list 100 2000

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: REST API, plugin runtime, storage and identity.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Say whether a component implements the webhooks world, and list what it imports and
     /// exports, before swapping it in.
     CheckPlugin(CheckPluginArgs),
@@ -154,7 +154,8 @@ pub struct ServeConfig {
         value_name = "MF_WEBHOOKS_PLUGIN_CACHE",
         default_value = "./data/plugin-cache"
     )]
-    pub plugin_cache: PathBuf,
+    // A string, not a path: an empty value is meaningful (no cache), and clap refuses empty paths.
+    pub plugin_cache: String,
 
     /// Bearer token of `PUT /admin/plugin`, which swaps the plugin without a restart; unset
     /// turns the endpoint off.
@@ -192,7 +193,7 @@ impl ServeConfig {
 
     /// The compile cache folder, unless turned off.
     pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
-        (!self.plugin_cache.as_os_str().is_empty()).then(|| self.plugin_cache.clone())
+        (!self.plugin_cache.is_empty()).then(|| PathBuf::from(&self.plugin_cache))
     }
 
     /// The admin token, unless unset or empty.

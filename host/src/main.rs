@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::CheckPlugin(args) => check_plugin(&args),
     }
 }

@@ -75,7 +75,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         load_ms = plugin.load_time.as_millis() as u64,
         "plugin loaded"
     );
-    tokio::spawn(reload_on_hangup(runtime.clone(), plugin_path));
+    // Listening before anything else runs: an early SIGHUP must not take the default action,
+    // which ends the process.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => {
+            tokio::spawn(reload_on_hangup(runtime.clone(), plugin_path, hangups));
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; plugin reloads only through the admin endpoint")
+        }
+    }
 
     let (removed_tx, removed_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = registry.watch(move |removed| {
@@ -172,15 +181,7 @@ async fn apply_removals(runtime: Arc<Runtime>, mut removed: tokio::sync::mpsc::U
 
 /// Swaps in the plugin file again on every `SIGHUP`; a file that fails to load is logged and
 /// the current version keeps serving.
-async fn reload_on_hangup(runtime: Arc<Runtime>, path: std::path::PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; plugin reloads only through the admin endpoint");
-            return;
-        }
-    };
+async fn reload_on_hangup(runtime: Arc<Runtime>, path: std::path::PathBuf, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
         let requested = std::time::Instant::now();
         let file = path.clone();

@@ -26,6 +26,9 @@ async fn swap_plugin(
     Bearer(token): Bearer,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Read first, within the limit: a client that is refused still gets to send its body and
+    // so sees the answer, rather than a connection closed under its upload.
+    let bytes = read_body_within(request, MAX_PLUGIN_BYTES).await;
     // Off unless the operator set a token: the endpoint does not exist.
     let Some(expected) = app.admin_token.as_deref() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint"));
@@ -36,7 +39,7 @@ async fn swap_plugin(
             "missing or wrong admin token (Authorization: Bearer <MF_WEBHOOKS_ADMIN_TOKEN>)",
         ));
     }
-    let bytes = read_body_within(request, MAX_PLUGIN_BYTES).await?;
+    let bytes = bytes?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the request body must be the component's bytes"));
     }

@@ -104,7 +104,7 @@ fn prune(dir: &Path, keep: usize) {
         .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
         .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, path) in files.into_iter().skip(keep) {
         let _ = std::fs::remove_file(path);
     }

@@ -72,6 +72,35 @@ async fn put_plugin(host: &TestHost, token: &str, bytes: Vec<u8>) -> anyhow::Res
     read(response).await
 }
 
+/// `PUT /admin/plugin` with these bytes and this `Authorization` header (none when empty),
+/// over a raw connection that reads the answer while the body is still being written. A
+/// refusal decided before the body is read (`401`, `404`) is answered without reading a
+/// body of megabytes and the connection closed, which a client library that writes the whole
+/// body first reports as a broken pipe instead of the answer (curl reads it as this does).
+async fn put_plugin_early(host: &TestHost, authorization: &str, bytes: &[u8]) -> anyhow::Result<(StatusCode, Value)> {
+    let mut request = format!("PUT /admin/plugin HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", host.port);
+    if !authorization.is_empty() {
+        request.push_str(&format!("Authorization: {authorization}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        bytes.len()
+    ));
+    let mut request = request.into_bytes();
+    request.extend_from_slice(bytes);
+    let answer = host
+        .raw_exchange(request)
+        .await
+        .context("PUT /admin/plugin over a raw connection")?;
+    if answer.status.is_client_error() || answer.status.is_server_error() {
+        ensure!(
+            answer.content_type == "application/json" && answer.body["error"].is_string(),
+            "an error answer without the JSON error shape: {answer:?}"
+        );
+    }
+    Ok((answer.status, answer.body))
+}
+
 /// Swaps in a component through the admin endpoint, expecting `200` with the documented body
 /// naming its hash `sha256`; answers the body and how long the swap took, request to answer.
 async fn swap_in(host: &TestHost, bytes: Vec<u8>, sha256: &str) -> anyhow::Result<(Value, Duration)> {
@@ -176,6 +205,8 @@ async fn admin_host(extra: &[(&str, &str)]) -> anyhow::Result<TestHost> {
 const SWAPS: usize = 10;
 /// Tasks listing webhooks at once during the swaps.
 const LISTERS: usize = 4;
+/// Messages published, at least, while each version serves in the load test.
+const PUBLISHED_PER_SWAP: usize = 10;
 /// The receiver paths of THING_1's two webhooks in the load test.
 const LOAD_PATHS: [&str; 2] = ["/swap-a", "/swap-b"];
 
@@ -211,8 +242,13 @@ async fn keep_listing(host: Arc<TestHost>, stop: Arc<AtomicBool>, seen: Arc<Seen
     Ok(calls)
 }
 
-/// Publishes distinct messages as THING_1 until `stop`, each expecting `202`; answers them.
-async fn keep_publishing(host: Arc<TestHost>, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<String>> {
+/// Publishes distinct messages as THING_1 until `stop`, each expecting `202`, counting them in
+/// `count`; answers them.
+async fn keep_publishing(
+    host: Arc<TestHost>,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> anyhow::Result<Vec<String>> {
     let mut published = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let payload = format!("during the swaps #{}", published.len());
@@ -220,6 +256,7 @@ async fn keep_publishing(host: Arc<TestHost>, stop: Arc<AtomicBool>) -> anyhow::
             .await
             .with_context(|| format!("publishing {payload:?} during the swaps"))?;
         published.push(payload);
+        count.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(published)
@@ -252,14 +289,15 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
     let listers: Vec<_> = (0..LISTERS)
         .map(|_| tokio::spawn(keep_listing(host.clone(), stop.clone(), seen.clone())))
         .collect();
-    let publisher = tokio::spawn(keep_publishing(host.clone(), stop.clone()));
+    let publishing = Arc::new(AtomicUsize::new(0));
+    let publisher = tokio::spawn(keep_publishing(host.clone(), stop.clone(), publishing.clone()));
 
     let mut swap_times = Vec::new();
     let swapping = async {
         for turn in 0..SWAPS {
             let (name, bytes, sha) = &versions[turn % 2];
             let tagged = *name == "tagged";
-            let before = seen.of(tagged);
+            let before = (seen.of(tagged), publishing.load(Ordering::SeqCst));
             let (body, took) = swap_in(&host, bytes.clone(), sha)
                 .await
                 .with_context(|| format!("swap {turn} to {name}"))?;
@@ -270,17 +308,27 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
                 body["cached"]
             );
             swap_times.push(took);
+            let (_, _, previous) = &versions[(turn + 1) % 2];
+            ensure!(
+                body["previous_sha256"] == *previous,
+                "swap {turn} replaced another version: {body}"
+            );
             ensure!(health_sha(&host).await? == *sha, "/health after swap {turn} to {name}");
             // A call made after the swap answered uses the new version.
             ensure!(
                 list_tagged(&host, LOAD_PATHS.len()).await? == tagged,
                 "a list call after swap {turn} was not answered by {name}"
             );
-            // Let the load see this version before the next swap.
+            // Let the load see this version, and a few messages go out, before the next swap.
             eventually(SWAP_BOUND, || {
-                let now = seen.of(tagged);
+                let now = (seen.of(tagged), publishing.load(Ordering::SeqCst));
                 async move {
-                    ensure!(now > before, "no list call of the load answered with {name}");
+                    ensure!(now.0 > before.0, "no list call of the load answered with {name}");
+                    ensure!(
+                        now.1 >= before.1 + PUBLISHED_PER_SWAP,
+                        "only {} messages published since swap {turn}",
+                        now.1 - before.1
+                    );
                     Ok(())
                 }
             })
@@ -374,22 +422,16 @@ async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
 
     // A good component with a bad token would show as a swap if the token were not checked.
     let tagged = variant_bytes("tagged")?;
-    for (what, token) in [
-        ("wrong token", "not-the-admin-token"),
-        ("no token", ""),
-        ("a user's token", ADMIN),
+    for (what, authorization) in [
+        ("wrong token", "Bearer not-the-admin-token".to_owned()),
+        ("no token", String::new()),
+        ("a user's token", format!("Bearer {ADMIN}")),
+        ("the token without Bearer", PLUGIN_ADMIN.to_owned()),
+        ("the token as a thing key", format!("Thing {PLUGIN_ADMIN}")),
     ] {
-        let (status, body) = put_plugin(&host, token, tagged.clone()).await?;
+        let (status, body) = put_plugin_early(&host, &authorization, &tagged).await?;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
     }
-    let response = host
-        .request(Method::PUT, "/admin/plugin", "")
-        .basic_auth("admin", Some(PLUGIN_ADMIN))
-        .body(tagged)
-        .send()
-        .await?;
-    let (status, body) = read(response).await?;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "basic auth with the token: {body}");
 
     assert_eq!(health_sha(&host).await?, original, "a refused swap changed the plugin");
     assert!(!list_tagged(&host, 1).await?, "the real plugin still answers");
@@ -409,7 +451,12 @@ async fn the_admin_endpoint_does_not_exist_without_an_admin_token() -> anyhow::R
     for env in [vec![], vec![("MF_WEBHOOKS_ADMIN_TOKEN", "")]] {
         let host = TestHost::start_with(standard_registry(), &env).await?;
         for token in ["", PLUGIN_ADMIN, ADMIN] {
-            let (status, body) = put_plugin(&host, token, tagged.clone()).await?;
+            let authorization = if token.is_empty() {
+                String::new()
+            } else {
+                format!("Bearer {token}")
+            };
+            let (status, body) = put_plugin_early(&host, &authorization, &tagged).await?;
             assert_eq!(status, StatusCode::NOT_FOUND, "{env:?}, token {token:?}: {body}");
             assert_eq!(body["error"], "no such endpoint", "{env:?}, token {token:?}");
         }
@@ -428,11 +475,14 @@ struct Fault {
     good_took: Duration,
     /// Whether the faulty call was still running when the good one was answered.
     overlapped: bool,
+    /// Whether the faulty call was still running when the swap back to the real plugin was
+    /// answered.
+    swapped_while_running: bool,
 }
 
-/// Swaps in a fault build, checks its faulty list call fails with `status` and a JSON error
-/// and an ERROR line while a good call made meanwhile succeeds, then swaps the real plugin back
-/// and checks the same call answers `200`.
+/// Swaps in a fault build and makes its faulty list call; meanwhile makes a good call and swaps
+/// the real plugin back. Checks the faulty call fails with `status`, a JSON error and an ERROR
+/// line, the good call succeeds, and the same call on the real plugin answers `200`.
 async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: StatusCode) -> anyhow::Result<Fault> {
     let host = Arc::new(admin_host(extra).await?);
     add_webhook(&host, THING_1, "fault", "https://example.com/fault").await?;
@@ -455,13 +505,18 @@ async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: 
     let good = list_tagged(&host, 2).await.context("a good call beside the faulty one");
     let good_took = good_started.elapsed();
     let overlapped = !faulty.is_finished();
+    // The real plugin back at once: a call already running finishes on the version it began on.
+    let real_sha = sha256_of(&plugin_component())?;
+    let (_, swap_took) = swap_in(&host, real_bytes()?, &real_sha).await?;
+    let swapped_while_running = !faulty.is_finished();
     let (answer, took) = faulty.await?;
     let (faulty_status, body) = answer.context("the faulty call")?;
     println!(
         "{variant}: faulty call {faulty_status} after {} ms; good call beside it {} ms (faulty still running: \
-         {overlapped})",
+         {overlapped}); swap back {} ms (faulty still running: {swapped_while_running})",
         took.as_millis(),
-        good_took.as_millis()
+        good_took.as_millis(),
+        swap_took.as_millis()
     );
     assert!(!good?, "{variant} answers untagged");
     assert_eq!(faulty_status, status, "{variant}: {body}");
@@ -469,9 +524,9 @@ async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: 
     assert!(body["error"].is_string(), "{variant}: {body}");
     logged(&host, &["ERROR", status.as_str()], SWAP_BOUND).await?;
 
-    // The host goes on: a good call, then the real plugin back and the same call fine.
+    // The host goes on, and the same call on the real plugin is fine.
+    assert_eq!(health_sha(&host).await?, real_sha);
     assert!(!list_tagged(&host, 2).await?, "{variant}: a good call after the fault");
-    swap_in(&host, real_bytes()?, &sha256_of(&plugin_component())?).await?;
     let (status, page) = list(&host, FAULT_QUERY).await?;
     assert_eq!(status, StatusCode::OK, "the real plugin after {variant}: {page}");
     assert_eq!(page["webhooks"].as_array().map(Vec::len), Some(1), "{page}");
@@ -479,6 +534,7 @@ async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: 
         faulty_took: took,
         good_took,
         overlapped,
+        swapped_while_running,
     })
 }
 
@@ -489,8 +545,8 @@ async fn a_trapping_call_answers_500_and_other_calls_go_on() -> anyhow::Result<(
     Ok(())
 }
 
-/// A plugin call that never returns is stopped at the deadline with `503`; a good call made
-/// while it spins answers at once.
+/// A plugin call that never returns is stopped at the deadline with `503`; a good call and a
+/// swap made while it spins answer at once, and it ends on the version it began on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_the_deadline_answers_503_and_does_not_hold_up_other_calls() -> anyhow::Result<()> {
     let deadline = ("MF_WEBHOOKS_PLUGIN_DEADLINE", "1s");
@@ -500,6 +556,10 @@ async fn a_call_past_the_deadline_answers_503_and_does_not_hold_up_other_calls()
         fault.overlapped,
         "the good call was answered only after the spinning one was stopped ({:?})",
         fault.good_took
+    );
+    assert!(
+        fault.swapped_while_running,
+        "the swap waited for the spinning call to be stopped"
     );
     assert!(
         fault.faulty_took >= Duration::from_secs(1),
@@ -735,14 +795,21 @@ async fn start_in(host: &TestHost, working: &Path) -> anyhow::Result<HandStarted
         .spawn()
         .with_context(|| format!("starting {}", host_binary().display()))?;
     let mut started = HandStarted(child);
-    eventually(Duration::from_secs(30), || async {
-        health_sha(host).await?;
-        Ok(())
-    })
-    .await
-    .with_context(|| format!("log:\n{}", host.log()))?;
-    ensure!(started.0.try_wait()?.is_none(), "the host exited; log:\n{}", host.log());
-    Ok(started)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = started.0.try_wait()? {
+            bail!("the host exited with {status} during start-up; log:\n{}", host.log());
+        }
+        if health_sha(host).await.is_ok() {
+            return Ok(started);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not healthy after 30 s; log:\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An empty `MF_WEBHOOKS_PLUGIN_CACHE` turns the cache off: every start compiles and nothing
@@ -830,7 +897,7 @@ fn check_plugin_refuses_a_component_lacking_an_export_and_names_it() -> anyhow::
         ["mainflux:webhooks/api@0.1.0"],
         "{stdout}"
     );
-    assert!(section(&stdout, "imports:").len() > 0, "{stdout}");
+    assert!(!section(&stdout, "imports:").is_empty(), "{stdout}");
     Ok(())
 }
 
