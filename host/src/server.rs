@@ -2,7 +2,7 @@
 //! at fault when something in the configuration is wrong.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::{self, AppState, BuildInfo};
 use crate::config::ServeConfig;
@@ -106,7 +106,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         runtime,
         build: Arc::new(BuildInfo::current()),
         identity: registry,
-        dispatcher,
+        dispatcher: dispatcher.clone(),
         admin_token: config.admin_token().map(Arc::from),
     };
     let address = format!("{}:{}", config.http_host, config.http_port);
@@ -115,21 +115,26 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
     tracing::info!(%address, "webhooks service listening");
 
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    // When the stop signal came: everything in flight gets SHUTDOWN_GRACE from then.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(None::<Instant>);
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
         stop_signal().await;
-        tracing::info!("stop signal received; finishing in-flight requests");
-        let _ = stopping_tx.send(true);
+        tracing::info!("stop signal received; finishing in-flight requests and deliveries");
+        let _ = stopping_tx.send(Some(Instant::now()));
     });
-    let mut stopping = stopping_rx;
+    let mut stopping = stopping_rx.clone();
     let forced = async move {
-        let _ = stopping.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        if let Ok(stopped) = stopping.wait_for(Option::is_some).await {
+            let deadline = stopped.expect("waited for it") + SHUTDOWN_GRACE;
+            tokio::time::sleep_until(deadline.into()).await;
+        }
     };
     tokio::select! {
         result = server => result.map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", e))?,
         () = forced => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
+    let stopped = stopping_rx.borrow().unwrap_or_else(Instant::now);
+    dispatcher.drain(stopped + SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -147,16 +152,23 @@ async fn apply_removals(runtime: Arc<Runtime>, mut removed: tokio::sync::mpsc::U
             loop {
                 let target = id.clone();
                 let result = runtime
-                    .call(move |plugin, store| {
-                        Box::pin(async move {
-                            let events = plugin.mainflux_webhooks_events();
-                            if is_thing {
-                                events.call_on_thing_removed(store, &target).await
-                            } else {
-                                events.call_on_group_removed(store, &target).await
-                            }
-                        })
-                    })
+                    .call(
+                        if is_thing {
+                            "events.on-thing-removed"
+                        } else {
+                            "events.on-group-removed"
+                        },
+                        move |plugin, store| {
+                            Box::pin(async move {
+                                let events = plugin.mainflux_webhooks_events();
+                                if is_thing {
+                                    events.call_on_thing_removed(store, &target).await
+                                } else {
+                                    events.call_on_group_removed(store, &target).await
+                                }
+                            })
+                        },
+                    )
                     .await;
                 match result {
                     Ok(Ok(count)) => {
@@ -193,7 +205,13 @@ async fn reload_on_hangup(runtime: Arc<Runtime>, path: std::path::PathBuf, mut h
                 continue;
             }
         };
-        match runtime.swap(bytes).await {
+        let swapped = runtime.swap(bytes).await;
+        let result = if swapped.is_ok() { "swapped" } else { "refused" };
+        crate::metrics::METRICS
+            .plugin_swaps
+            .with_label_values(&["sighup", result])
+            .inc();
+        match swapped {
             Ok((plugin, previous)) => tracing::info!(
                 plugin = %path.display(),
                 sha256 = %plugin.sha256,

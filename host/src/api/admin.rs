@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::error::ApiError;
 use super::request::{Bearer, read_body_within};
+use crate::metrics::METRICS;
 
 /// The largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
@@ -44,7 +45,10 @@ async fn swap_plugin(
         return Err(ApiError::bad_request("the request body must be the component's bytes"));
     }
     let requested = Instant::now();
-    match app.runtime.swap(bytes.to_vec()).await {
+    let swapped = app.runtime.swap(bytes.to_vec()).await;
+    let result = if swapped.is_ok() { "swapped" } else { "refused" };
+    METRICS.plugin_swaps.with_label_values(&["admin", result]).inc();
+    match swapped {
         Ok((plugin, previous)) => {
             tracing::info!(
                 sha256 = %plugin.sha256,

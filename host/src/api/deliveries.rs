@@ -24,7 +24,11 @@ async fn list(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(app, call_list_deliveries(&token, &webhook_id, &query))??;
+    let page = call_api!(
+        app,
+        "api.list-deliveries",
+        call_list_deliveries(&token, &webhook_id, &query)
+    )??;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], page).into_response())
 }
 
@@ -33,7 +37,11 @@ async fn retry(
     PathParams((webhook_id, delivery_id)): PathParams<(String, String)>,
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
-    let due = call_api!(app, call_retry_delivery(&token, &webhook_id, &delivery_id))??;
+    let due = call_api!(
+        app,
+        "api.retry-delivery",
+        call_retry_delivery(&token, &webhook_id, &delivery_id)
+    )??;
     app.dispatcher.enqueue(vec![due]);
     Ok(StatusCode::ACCEPTED.into_response())
 }

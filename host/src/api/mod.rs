@@ -1,12 +1,12 @@
 //! The REST layer: one module per API area, each exposing its `router()`; this module only
 //! mounts them, at the root and under `/svcwebhooks`, with the JSON 404 and 405 answers.
 
-/// Calls one export of the plugin's `api` interface in a fresh instance; the arguments are
-/// moved into the call.
+/// Calls one export of the plugin's `api` interface in a fresh instance, named for metrics;
+/// the arguments are moved into the call.
 macro_rules! call_api {
-    ($app:expr, $method:ident($($arg:expr),*)) => {
+    ($app:expr, $export:literal, $method:ident($($arg:expr),*)) => {
         $app.runtime
-            .call(move |plugin, store| {
+            .call($export, move |plugin, store| {
                 Box::pin(async move { plugin.mainflux_webhooks_api().$method(store, $($arg),*).await })
             })
             .await
@@ -18,6 +18,7 @@ pub mod deliveries;
 pub mod error;
 pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod request;
 pub mod webhooks;
 
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::router())
         .merge(health::router())
         .merge(admin::router())
+        .merge(metrics::router())
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .merge(api.clone())
@@ -85,13 +87,23 @@ async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route's template, not the path: ids would make one time series per webhook.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |matched| matched.as_str().to_owned());
     let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    tracing::info!(%method, path, status, micros = elapsed.as_micros() as u64, "request");
+    let metrics = &crate::metrics::METRICS;
+    metrics
+        .requests
+        .with_label_values(&[method.as_str(), &route, &status.to_string()])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[method.as_str(), &route])
+        .observe(elapsed.as_secs_f64());
     response
 }

@@ -32,7 +32,11 @@ async fn create(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let created = call_api!(app, call_create_webhooks(&token, &thing_id, &body))??;
+    let created = call_api!(
+        app,
+        "api.create-webhooks",
+        call_create_webhooks(&token, &thing_id, &body)
+    )??;
     Ok(json(StatusCode::CREATED, created))
 }
 
@@ -42,7 +46,11 @@ async fn list_by_thing(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(app, call_list_thing_webhooks(&token, &thing_id, &query))??;
+    let page = call_api!(
+        app,
+        "api.list-thing-webhooks",
+        call_list_thing_webhooks(&token, &thing_id, &query)
+    )??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -52,7 +60,11 @@ async fn list_by_group(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(app, call_list_group_webhooks(&token, &group_id, &query))??;
+    let page = call_api!(
+        app,
+        "api.list-group-webhooks",
+        call_list_group_webhooks(&token, &group_id, &query)
+    )??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -62,7 +74,11 @@ async fn search_by_thing(
     Bearer(token): Bearer,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(app, call_search_thing_webhooks(&token, &thing_id, &body))??;
+    let page = call_api!(
+        app,
+        "api.search-thing-webhooks",
+        call_search_thing_webhooks(&token, &thing_id, &body)
+    )??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -72,7 +88,11 @@ async fn search_by_group(
     Bearer(token): Bearer,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(app, call_search_group_webhooks(&token, &group_id, &body))??;
+    let page = call_api!(
+        app,
+        "api.search-group-webhooks",
+        call_search_group_webhooks(&token, &group_id, &body)
+    )??;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -81,7 +101,7 @@ async fn view(
     PathParams(id): PathParams<String>,
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
-    let webhook = call_api!(app, call_view_webhook(&token, &id))??;
+    let webhook = call_api!(app, "api.view-webhook", call_view_webhook(&token, &id))??;
     Ok(json(StatusCode::OK, webhook))
 }
 
@@ -91,7 +111,7 @@ async fn update(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    call_api!(app, call_update_webhook(&token, &id, &body))??;
+    call_api!(app, "api.update-webhook", call_update_webhook(&token, &id, &body))??;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -100,6 +120,6 @@ async fn remove(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    call_api!(app, call_remove_webhooks(&token, &body))??;
+    call_api!(app, "api.remove-webhooks", call_remove_webhooks(&token, &body))??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

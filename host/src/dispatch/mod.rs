@@ -3,11 +3,13 @@
 //! dead receiver never delays another webhook's deliveries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::metrics::METRICS;
 use crate::runtime::Runtime;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
 use crate::runtime::bindings::mainflux::webhooks::types::DueDelivery;
@@ -60,6 +62,8 @@ pub struct Dispatcher {
     config: DispatchConfig,
     queues: Mutex<Queues>,
     slots: Arc<Semaphore>,
+    /// Set on shutdown: no new batch starts; running ones finish.
+    stopping: AtomicBool,
 }
 
 impl Dispatcher {
@@ -71,13 +75,19 @@ impl Dispatcher {
             config,
             queues: Mutex::new(Queues::default()),
             slots: Arc::new(Semaphore::new(config.max_batches)),
+            stopping: AtomicBool::new(false),
         });
         tokio::spawn(dispatcher.clone().poll_due());
         dispatcher
     }
 
-    /// Queues deliveries to attempt now; ones already queued or running are ignored.
+    /// Queues deliveries to attempt now; ones already queued or running are ignored. After
+    /// [`Dispatcher::drain`] began, nothing is queued: the deliveries stay pending in the
+    /// store for the next start.
     pub fn enqueue(self: &Arc<Self>, deliveries: Vec<DueDelivery>) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let batches = {
             let mut queues = self.queues.lock().expect("dispatch queues poisoned");
             let mut touched = Vec::new();
@@ -94,6 +104,7 @@ impl Dispatcher {
                     }
                 }
             }
+            METRICS.pending_deliveries.set(queues.known.len() as i64);
             touched
                 .into_iter()
                 .flat_map(|webhook| self.take_batches(&mut queues, webhook))
@@ -127,18 +138,50 @@ impl Dispatcher {
         batches
     }
 
+    /// Stops starting batches and waits, until `deadline` at most, for the running ones to
+    /// record their outcomes. Whatever did not run stays pending in the store.
+    pub async fn drain(&self, deadline: Instant) {
+        self.stopping.store(true, Ordering::SeqCst);
+        loop {
+            let running: usize = {
+                let queues = self.queues.lock().expect("dispatch queues poisoned");
+                queues.webhooks.values().map(|queue| queue.running).sum()
+            };
+            if running == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(running, "delivery batches still running at the end of the grace period; their deliveries stay pending for the next start");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn run_batch(self: Arc<Self>, webhook: String, ids: Vec<String>) {
-        if let Ok(_slot) = self.slots.clone().acquire_owned().await {
+        // A batch queued before the stop, not yet started, is left for the next start.
+        let slot = if self.stopping.load(Ordering::SeqCst) {
+            None
+        } else {
+            self.slots.clone().acquire_owned().await.ok()
+        };
+        if let Some(_slot) = slot {
             let batch = ids.clone();
             let result = self
                 .runtime
-                .call_waiting(self.config.attempt_timeout, move |plugin, store| {
+                .call_waiting("events.deliver", self.config.attempt_timeout, move |plugin, store| {
                     Box::pin(async move { plugin.mainflux_webhooks_events().call_deliver(store, &batch).await })
                 })
                 .await;
             match result {
                 Ok(Ok(outcomes)) => {
                     for outcome in outcomes {
+                        let counted = match outcome.status {
+                            DeliveryStatus::Delivered => "delivered",
+                            DeliveryStatus::Pending => "retrying",
+                            DeliveryStatus::Failed => "failed",
+                        };
+                        METRICS.deliveries.with_label_values(&[counted]).inc();
                         match outcome.status {
                             DeliveryStatus::Delivered => {
                                 tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, "delivered")
@@ -162,7 +205,11 @@ impl Dispatcher {
             for id in &ids {
                 queues.known.remove(id);
             }
+            METRICS.pending_deliveries.set(queues.known.len() as i64);
             if let Some(queue) = queues.webhooks.get_mut(&webhook) {
+                if self.stopping.load(Ordering::SeqCst) {
+                    queue.ready.clear();
+                }
                 queue.running -= 1;
                 if queue.running == 0 && queue.ready.is_empty() {
                     queues.webhooks.remove(&webhook);
@@ -181,7 +228,7 @@ impl Dispatcher {
         tokio::spawn(async move {
             loop {
                 let result = runtime
-                    .call(|plugin, store| {
+                    .call("events.expire", |plugin, store| {
                         Box::pin(async move { plugin.mainflux_webhooks_events().call_expire(store, BATCH).await })
                     })
                     .await;
@@ -210,10 +257,10 @@ impl Dispatcher {
 
     async fn poll_due(self: Arc<Self>) {
         const PAGE: u32 = 1024;
-        loop {
+        while !self.stopping.load(Ordering::SeqCst) {
             let result = self
                 .runtime
-                .call(|plugin, store| {
+                .call("events.due", |plugin, store| {
                     Box::pin(async move { plugin.mainflux_webhooks_events().call_due(store, PAGE).await })
                 })
                 .await;

@@ -55,7 +55,7 @@ pub async fn accept(
             .unwrap_or(0),
     };
     let accepted = runtime
-        .call(move |plugin, store| {
+        .call("events.on-message", move |plugin, store| {
             Box::pin(async move { plugin.mainflux_webhooks_events().call_on_message(store, &message).await })
         })
         .await?

@@ -80,10 +80,15 @@ impl OutboundClient {
             return Err(HttpError::DestinationIpProhibited);
         }
         let timeout = self.config.request_timeout;
-        match tokio::time::timeout(timeout, self.exchange(request)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, self.exchange(request)).await {
             Ok(result) => result,
             Err(_) => Err(HttpError::HttpResponseTimeout),
-        }
+        };
+        crate::metrics::METRICS
+            .delivery_latency
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn exchange(&self, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, HttpError> {

@@ -20,6 +20,7 @@ pub use cache::CompileCache;
 pub use plugin::{Inspection, LoadError, Plugin};
 pub use state::{Capabilities, HostState};
 
+use crate::metrics::METRICS;
 use bindings::Webhooks;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
@@ -126,17 +127,39 @@ impl Runtime {
     }
 
     /// Runs `call` against a fresh instance of the current plugin, within the call limits.
-    pub async fn call<R, F>(&self, call: F) -> Result<R, CallError>
+    /// `export` names the export for metrics and logs (`api.view-webhook`, `events.deliver`).
+    pub async fn call<R, F>(&self, export: &'static str, call: F) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
-        self.call_waiting(Duration::ZERO, call).await
+        self.call_waiting(export, Duration::ZERO, call).await
     }
 
     /// Like [`Runtime::call`], for a call that also waits on outgoing requests bounded by
     /// `waiting` (a delivery batch, whose requests are in flight together): its deadline is
     /// extended by that much, so a slow receiver is not taken for a runaway plugin.
-    pub async fn call_waiting<R, F>(&self, waiting: Duration, call: F) -> Result<R, CallError>
+    pub async fn call_waiting<R, F>(&self, export: &'static str, waiting: Duration, call: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+    {
+        let started = Instant::now();
+        let result = self.run(waiting, call).await;
+        METRICS
+            .plugin_calls
+            .with_label_values(&[export])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            let kind = match error {
+                CallError::Deadline => "deadline",
+                CallError::Trap { .. } => "trap",
+                CallError::Instantiate(_) => "instantiate",
+            };
+            METRICS.plugin_failures.with_label_values(&[export, kind]).inc();
+        }
+        result
+    }
+
+    async fn run<R, F>(&self, waiting: Duration, call: F) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {

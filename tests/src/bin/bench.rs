@@ -360,7 +360,7 @@ async fn instantiation(calls: usize) -> Result<Duration> {
     };
     let cache = CompileCache::new(Some(dir.path().join("cache")));
     let runtime = Runtime::new(&plugin_component(), Limits::default(), capabilities, cache)?;
-    let empty = || async { runtime.call(|_, _| Box::pin(async { Ok(()) })).await };
+    let empty = || async { runtime.call("bench", |_, _| Box::pin(async { Ok(()) })).await };
     for _ in 0..1_000 {
         empty().await?;
     }
