@@ -2,24 +2,23 @@
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::put;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{Bearer, read_body_within};
+use super::routes::Routes;
 use crate::metrics::METRICS;
 
 /// The largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/plugin", put(swap_plugin))
+pub fn routes() -> Routes {
+    Routes::new().put("/admin/plugin", swap_plugin)
 }
 
 async fn swap_plugin(

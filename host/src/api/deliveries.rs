@@ -1,21 +1,20 @@
 //! The delivery log endpoints: a webhook's deliveries with their attempts, and the manual
 //! retry of a failed one.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{Bearer, PathParams, QueryPairs};
+use super::routes::Routes;
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/{id}/deliveries", get(list))
-        .route("/webhooks/{id}/deliveries/{delivery_id}/retry", post(retry))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/webhooks/{id}/deliveries", list)
+        .post("/webhooks/{id}/deliveries/{delivery_id}/retry", retry)
 }
 
 async fn list(

@@ -1,12 +1,11 @@
 //! `GET /health`: liveness, build identity and the loaded plugin's identity.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 
 use super::AppState;
+use super::routes::Routes;
 
 /// The build's identity, fixed at compile time.
 #[derive(Debug, Clone)]
@@ -33,8 +32,8 @@ impl BuildInfo {
 }
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+pub fn routes() -> Routes {
+    Routes::new().get("/health", health)
 }
 
 async fn health(State(app): State<AppState>) -> impl IntoResponse {

@@ -1,14 +1,13 @@
 //! The device-facing publish endpoint: `POST /messages[/{subtopic}]` as a thing.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::read_body;
+use super::routes::Routes;
 use crate::identity::IdentityError;
 use crate::ingress::{self, Incoming, IngressError};
 
@@ -16,10 +15,10 @@ use crate::ingress::{self, Incoming, IngressError};
 pub const MESSAGE_ID: &str = "x-message-id";
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/messages", post(publish))
-        .route("/messages/{*subtopic}", post(publish))
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/messages", publish)
+        .post("/messages/{*subtopic}", publish)
 }
 
 /// The thing key of `Authorization: Thing <key>`.

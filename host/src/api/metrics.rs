@@ -1,16 +1,14 @@
 //! `GET /metrics`: the service's metrics in Prometheus' text format.
 
-use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 
-use super::AppState;
+use super::routes::Routes;
 use crate::metrics::METRICS;
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn routes() -> Routes {
+    Routes::new().get("/metrics", metrics)
 }
 
 async fn metrics() -> impl IntoResponse {

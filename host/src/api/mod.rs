@@ -19,7 +19,9 @@ pub mod error;
 pub mod health;
 pub mod messages;
 pub mod metrics;
+pub mod openapi;
 pub mod request;
+pub mod routes;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -55,16 +57,21 @@ pub struct AppState {
 /// The prefix under which the platform's gateway serves this API.
 pub const GATEWAY_PREFIX: &str = "/svcwebhooks";
 
+/// Every route of the API, at the root.
+pub fn routes() -> routes::Routes {
+    routes::Routes::new()
+        .merge(webhooks::routes())
+        .merge(deliveries::routes())
+        .merge(messages::routes())
+        .merge(health::routes())
+        .merge(admin::routes())
+        .merge(metrics::routes())
+        .merge(openapi::routes())
+}
+
 /// The whole REST API.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(webhooks::router())
-        .merge(deliveries::router())
-        .merge(messages::router())
-        .merge(health::router())
-        .merge(admin::router())
-        .merge(metrics::router())
-        .method_not_allowed_fallback(method_not_allowed);
+    let api = routes().into_router().method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .merge(api.clone())
         .nest(GATEWAY_PREFIX, api)

@@ -1,25 +1,27 @@
 //! The webhook endpoints: each handler extracts the request's parts and makes one typed call
 //! into the plugin.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{Bearer, JsonBody, OptionalJsonBody, PathParams, QueryPairs};
+use super::routes::Routes;
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/things/{thing_id}/webhooks", post(create).get(list_by_thing))
-        .route("/things/{thing_id}/webhooks/search", post(search_by_thing))
-        .route("/groups/{group_id}/webhooks", get(list_by_group))
-        .route("/groups/{group_id}/webhooks/search", post(search_by_group))
-        .route("/webhooks", delete(remove).patch(remove))
-        .route("/webhooks/{id}", get(view).put(update))
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/things/{thing_id}/webhooks", create)
+        .get("/things/{thing_id}/webhooks", list_by_thing)
+        .post("/things/{thing_id}/webhooks/search", search_by_thing)
+        .get("/groups/{group_id}/webhooks", list_by_group)
+        .post("/groups/{group_id}/webhooks/search", search_by_group)
+        .delete("/webhooks", remove)
+        .patch("/webhooks", remove)
+        .get("/webhooks/{id}", view)
+        .put("/webhooks/{id}", update)
 }
 
 fn json(status: StatusCode, body: String) -> Response {

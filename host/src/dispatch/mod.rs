@@ -151,7 +151,10 @@ impl Dispatcher {
                 return;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(running, "delivery batches still running at the end of the grace period; their deliveries stay pending for the next start");
+                tracing::warn!(
+                    running,
+                    "delivery batches still running at the end of the grace period; their deliveries stay pending for the next start"
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
