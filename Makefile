@@ -12,7 +12,7 @@ PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 # Test components: the plugin built with one difference each (tests/plugin-variants).
 VARIANTS     := tagged trap spin grow partial
 
-.PHONY: build run test lint bench wasm-target plugin-variants
+.PHONY: build run test lint bench wasm-target plugin-variants fuzz-tools
 
 build: wasm-target
 	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
@@ -36,9 +36,16 @@ plugin-variants: wasm-target
 		cp target/variants/$(WASM_TARGET)/release/plugin_variants.wasm target/plugin-variants/$$variant.wasm; \
 	done
 
+# schemathesis (PyPI), for the fuzzing test of the OpenAPI description, in the build folder.
+SCHEMATHESIS_VERSION := 4.32.5
+fuzz-tools:
+	@test -x target/schemathesis/bin/schemathesis || { \
+		python3 -m venv target/schemathesis && \
+		target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==$(SCHEMATHESIS_VERSION)'; }
+
 # Plugin unit tests run natively; then the host's unit tests and the end-to-end suite, in one
 # invocation over the same packages as `build`, so no dependency is compiled twice.
-test: build plugin-variants
+test: build plugin-variants fuzz-tools
 	$(CARGO) test -p webhooks-plugin
 	$(CARGO) test --release -p webhooks-host -p webhooks-tests
 

@@ -5,6 +5,7 @@
 mod crash;
 mod delivery;
 mod errors;
+mod fuzz;
 mod health;
 mod paging;
 mod persistence;
