@@ -187,13 +187,13 @@ impl Dispatcher {
                         METRICS.deliveries.with_label_values(&[counted]).inc();
                         match outcome.status {
                             DeliveryStatus::Delivered => {
-                                tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, "delivered")
+                                tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, "delivered")
                             }
                             DeliveryStatus::Pending => {
-                                tracing::info!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, error = ?outcome.error, "attempt failed; will retry")
+                                tracing::info!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, error = outcome.error.as_deref(), "attempt failed; will retry")
                             }
                             DeliveryStatus::Failed => {
-                                tracing::warn!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = ?outcome.status_code, error = ?outcome.error, "delivery failed")
+                                tracing::warn!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, error = outcome.error.as_deref(), "delivery failed")
                             }
                         }
                     }

@@ -144,6 +144,12 @@ impl Runtime {
     {
         let started = Instant::now();
         let result = self.run(waiting, call).await;
+        tracing::debug!(
+            export,
+            micros = started.elapsed().as_micros() as u64,
+            ok = result.is_ok(),
+            "plugin call"
+        );
         METRICS
             .plugin_calls
             .with_label_values(&[export])

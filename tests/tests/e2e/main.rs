@@ -7,6 +7,7 @@ mod delivery;
 mod errors;
 mod fuzz;
 mod health;
+mod operations;
 mod paging;
 mod persistence;
 mod registry;
