@@ -26,20 +26,22 @@ async fn swap_plugin(
     Bearer(token): Bearer,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    // Read first, within the limit: a client that is refused still gets to send its body and
-    // so sees the answer, rather than a connection closed under its upload.
-    let bytes = read_body_within(request, MAX_PLUGIN_BYTES).await;
-    // Off unless the operator set a token: the endpoint does not exist.
-    let Some(expected) = app.admin_token.as_deref() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint"));
-    };
-    if !same_secret(&token, expected) {
-        return Err(ApiError::new(
+    let refusal = match app.admin_token.as_deref() {
+        // Off unless the operator set a token: the endpoint does not exist.
+        None => Some(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+        Some(expected) if !same_secret(&token, expected) => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token (Authorization: Bearer <MF_WEBHOOKS_ADMIN_TOKEN>)",
-        ));
+        )),
+        Some(_) => None,
+    };
+    if let Some(refusal) = refusal {
+        // Let a refused client finish sending, so it reads the answer instead of a connection
+        // closed under its upload, without keeping what it sends.
+        discard_body(request, MAX_PLUGIN_BYTES).await;
+        return Err(refusal);
     }
-    let bytes = bytes?;
+    let bytes = read_body_within(request, MAX_PLUGIN_BYTES).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the request body must be the component's bytes"));
     }
@@ -69,6 +71,19 @@ async fn swap_plugin(
         Err(error) => {
             tracing::warn!(%error, "plugin swap refused; the current plugin keeps serving");
             Err(ApiError::bad_request(error.to_string()))
+        }
+    }
+}
+
+/// Reads and drops a body, up to `limit` bytes.
+async fn discard_body(request: Request, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = request.into_body();
+    let mut seen = 0usize;
+    while seen <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |data| data.len()),
+            _ => return,
         }
     }
 }
