@@ -1,5 +1,7 @@
 //! A real HTTP receiver on a loopback port that records every request it gets, answering each
-//! path with a status, delay, headers and body the test chooses.
+//! path with a status, delay, headers and body the test chooses. A request is noted twice: as
+//! an arrival once its body is read, and as received when it is answered, after any delay, so
+//! a test can see a delivery while it is in flight.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -103,6 +105,9 @@ impl Behaviour {
 
 #[derive(Default)]
 struct State {
+    /// Requests read whole, answered or not yet.
+    arrivals: Mutex<Vec<Received>>,
+    /// Requests answered.
     received: Mutex<Vec<Received>>,
     behaviours: Mutex<HashMap<String, Behaviour>>,
     arrived: Notify,
@@ -161,6 +166,17 @@ impl Receiver {
         self.state.received.lock().unwrap().clone()
     }
 
+    /// Every request read so far, including those still waiting for their delayed answer.
+    pub fn arrivals(&self) -> Vec<Received> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `count` requests have been read, answered or not.
+    pub async fn wait_for_arrivals(&self, count: usize, within: Duration) -> Result<Vec<Received>> {
+        self.wait_until(count, within, "requests were read", || self.arrivals())
+            .await
+    }
+
     /// Everything received so far on a path (without query).
     pub fn received_on(&self, path: &str) -> Vec<Received> {
         self.received()
@@ -176,22 +192,31 @@ impl Receiver {
 
     /// Waits until at least `count` requests have arrived on `path` (None: anywhere).
     pub async fn wait_for(&self, path: Option<&str>, count: usize, within: Duration) -> Result<Vec<Received>> {
+        let what = format!("requests arrived on {path:?}");
+        self.wait_until(count, within, &what, || match path {
+            Some(path) => self.received_on(path),
+            None => self.received(),
+        })
+        .await
+    }
+
+    async fn wait_until(
+        &self,
+        count: usize,
+        within: Duration,
+        what: &str,
+        current: impl Fn() -> Vec<Received>,
+    ) -> Result<Vec<Received>> {
         let deadline = Instant::now() + within;
         loop {
             let arrived = self.state.arrived.notified();
-            let got = match path {
-                Some(path) => self.received_on(path),
-                None => self.received(),
-            };
+            let got = current();
             if got.len() >= count {
                 return Ok(got);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!(
-                    "{} of {count} requests arrived on {path:?} within {within:?}",
-                    got.len()
-                );
+                bail!("{} of {count} {what} within {within:?}", got.len());
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
         }
@@ -229,16 +254,20 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         .unwrap_or_default();
     let bare = path.split('?').next().unwrap_or_default().to_owned();
     let behaviour = state.behaviours.lock().unwrap().get(&bare).cloned().unwrap_or_default();
-    if !behaviour.delay.is_zero() {
-        tokio::time::sleep(behaviour.delay).await;
-    }
-    state.received.lock().unwrap().push(Received {
+    let mut request = Received {
         method,
         path,
         headers,
         body,
         at: Instant::now(),
-    });
+    };
+    state.arrivals.lock().unwrap().push(request.clone());
+    state.arrived.notify_waiters();
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+        request.at = Instant::now();
+    }
+    state.received.lock().unwrap().push(request);
     state.arrived.notify_waiters();
     let body = behaviour.body.unwrap_or_else(|| Bytes::from_static(b"ok"));
     let mut response = Response::new(Full::new(body));

@@ -4,26 +4,14 @@
 //! `--help` naming every variable with its default.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use webhooks_tests::receiver::{Behaviour, Receiver};
 use webhooks_tests::{
     ADMIN, EDITOR, GROUP_1, LONER, OTHER_ADMIN, THING_1, TestHost, VIEWER, eventually, host_binary, plugin_variant,
@@ -142,114 +130,6 @@ async fn deliveries_of(host: &TestHost, webhook: &str) -> anyhow::Result<Vec<Val
         .with_context(|| format!("a delivery log page without a deliveries array: {page}"))?;
     ensure!(page["total"] == list.len(), "total disagrees with the list: {page:#}");
     Ok(list.clone())
-}
-
-/// A receiver that notes each request as soon as it has arrived whole and answers `200` only
-/// after a delay: unlike [`Receiver`], which records a request as it answers, it shows a delivery
-/// while it is in flight.
-struct SlowReceiver {
-    addr: SocketAddr,
-    state: Arc<SlowState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-struct SlowState {
-    delay: Mutex<Duration>,
-    /// The bodies of the requests that arrived, in order.
-    arrived: Mutex<Vec<Bytes>>,
-    answered: AtomicUsize,
-    arrival: Notify,
-}
-
-impl SlowReceiver {
-    /// Starts one on a free loopback port, answering after `delay`.
-    async fn start(delay: Duration) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(SlowState {
-            delay: Mutex::new(delay),
-            arrived: Mutex::new(Vec::new()),
-            answered: AtomicUsize::new(0),
-            arrival: Notify::new(),
-        });
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| answer_slowly(state.clone(), request));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(SlowReceiver { addr, state, task })
-    }
-
-    /// The URL of a path on it.
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Answers requests that arrive from now on after `delay`.
-    fn set_delay(&self, delay: Duration) {
-        *self.state.delay.lock().unwrap() = delay;
-    }
-
-    /// The bodies of the requests that arrived so far, answered or not.
-    fn arrived(&self) -> Vec<Bytes> {
-        self.state.arrived.lock().unwrap().clone()
-    }
-
-    /// How many requests it has answered.
-    fn answered(&self) -> usize {
-        self.state.answered.load(Ordering::SeqCst)
-    }
-
-    /// Waits until at least `count` requests have arrived.
-    async fn wait_arrived(&self, count: usize, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let arrival = self.state.arrival.notified();
-            let got = self.arrived().len();
-            if got >= count {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("{got} of {count} requests arrived within {within:?}");
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrival).await;
-        }
-    }
-}
-
-impl Drop for SlowReceiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn answer_slowly(
-    state: Arc<SlowState>,
-    request: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let delay = *state.delay.lock().unwrap();
-    state.arrived.lock().unwrap().push(body);
-    state.arrival.notify_waiters();
-    tokio::time::sleep(delay).await;
-    state.answered.fetch_add(1, Ordering::SeqCst);
-    Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
 
 // --- the Prometheus text format, parsed -------------------------------------------------------
@@ -870,10 +750,11 @@ async fn a_debug_json_log_of_every_operation_is_json_lines_without_any_secret() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_an_in_flight_delivery_and_records_it_before_exiting_0() -> anyhow::Result<()> {
     let mut host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await?;
-    let receiver = SlowReceiver::start(IN_FLIGHT).await?;
+    let receiver = Receiver::start().await?;
+    receiver.set_behaviour("/slow", Behaviour::status(200).after(IN_FLIGHT));
     let webhook = add_webhook(&host, THING_1, "slow", &receiver.url("/slow")).await?;
     publish(&host, "key-1", "in flight at the stop").await?;
-    receiver.wait_arrived(1, PROMPTLY).await?;
+    receiver.wait_for_arrivals(1, PROMPTLY).await?;
 
     let signalled = Instant::now();
     signal(&host, "TERM")?;
@@ -890,7 +771,7 @@ async fn sigterm_finishes_an_in_flight_delivery_and_records_it_before_exiting_0(
     })
     .await?;
     assert_eq!(
-        receiver.answered(),
+        receiver.count(),
         0,
         "the receiver answered before the host stopped listening"
     );
@@ -899,7 +780,7 @@ async fn sigterm_finishes_an_in_flight_delivery_and_records_it_before_exiting_0(
     let took = signalled.elapsed();
     assert_eq!(code, Some(0), "the exit code after SIGTERM");
     assert!(took < GRACE + EXIT_SLACK, "the host took {took:?} to exit");
-    assert_eq!(receiver.answered(), 1, "the host exited before the receiver answered");
+    assert_eq!(receiver.count(), 1, "the host exited before the receiver answered");
 
     host.start_again().await?;
     let list = deliveries_of(&host, &webhook).await?;
@@ -914,8 +795,8 @@ async fn sigterm_finishes_an_in_flight_delivery_and_records_it_before_exiting_0(
     );
     tokio::time::sleep(QUIET).await;
     assert_eq!(
-        receiver.arrived(),
-        [Bytes::from_static(b"in flight at the stop")],
+        bodies(&receiver.arrivals()),
+        ["in flight at the stop"],
         "the receiver got the message once"
     );
     Ok(())
@@ -988,10 +869,11 @@ async fn a_delivery_outlasting_the_grace_period_does_not_hold_the_exit_and_is_de
         &[ALLOW_PRIVATE, ("MF_WEBHOOKS_DELIVERY_TIMEOUT", "60s")],
     )
     .await?;
-    let receiver = SlowReceiver::start(Duration::from_secs(40)).await?;
+    let receiver = Receiver::start().await?;
+    receiver.set_behaviour("/stuck", Behaviour::status(200).after(Duration::from_secs(40)));
     let webhook = add_webhook(&host, THING_1, "stuck", &receiver.url("/stuck")).await?;
     publish(&host, "key-1", "outlasts the grace period").await?;
-    receiver.wait_arrived(1, PROMPTLY).await?;
+    receiver.wait_for_arrivals(1, PROMPTLY).await?;
 
     let signalled = Instant::now();
     let code = wait_for_exit(&mut host)?;
@@ -1005,11 +887,11 @@ async fn a_delivery_outlasting_the_grace_period_does_not_hold_the_exit_and_is_de
         took > GRACE - Duration::from_secs(1),
         "the host gave up on the in-flight delivery after {took:?}, before the grace period ended"
     );
-    assert_eq!(receiver.answered(), 0);
+    assert_eq!(receiver.count(), 0);
 
-    receiver.set_delay(Duration::ZERO);
+    receiver.set_behaviour("/stuck", Behaviour::status(200));
     host.start_again().await?;
-    receiver.wait_arrived(2, PROMPTLY).await?;
+    receiver.wait_for_arrivals(2, PROMPTLY).await?;
     eventually(PROMPTLY, || async {
         let list = deliveries_of(&host, &webhook).await?;
         ensure!(
