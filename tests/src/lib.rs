@@ -102,6 +102,12 @@ pub fn plugin_variant(name: &str) -> PathBuf {
         .join(format!("plugin-variants/{name}.wasm"))
 }
 
+/// The bytes of a test build of the plugin (see [`plugin_variant`]).
+pub fn plugin_variant_bytes(name: &str) -> Result<Vec<u8>> {
+    let path = plugin_variant(name);
+    std::fs::read(&path).with_context(|| format!("reading {} (run `make plugin-variants`)", path.display()))
+}
+
 /// The compile cache the suite's hosts share, in the build folder.
 pub fn shared_plugin_cache() -> PathBuf {
     profile_dir().parent().unwrap().join("e2e-plugin-cache")
@@ -286,6 +292,18 @@ impl TestHost {
             request = request.json(&body);
         }
         let response = request.send().await?;
+        read(response).await
+    }
+
+    /// `PUT /admin/plugin` with these component bytes and this bearer token (none when
+    /// empty); answers the status and the parsed body.
+    pub async fn put_plugin(&self, token: &str, bytes: Vec<u8>) -> Result<(StatusCode, Value)> {
+        let response = self
+            .request(Method::PUT, "/admin/plugin", token)
+            .body(bytes)
+            .send()
+            .await
+            .context("PUT /admin/plugin")?;
         read(response).await
     }
 

@@ -14,8 +14,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use webhooks_tests::receiver::{Behaviour, Receiver};
 use webhooks_tests::{
-    ADMIN, EDITOR, GROUP_1, LONER, OTHER_ADMIN, THING_1, TestHost, VIEWER, eventually, host_binary, plugin_variant,
-    read, run_to_exit, standard_registry,
+    ADMIN, EDITOR, GROUP_1, LONER, OTHER_ADMIN, THING_1, TestHost, VIEWER, eventually, host_binary,
+    plugin_variant_bytes, run_to_exit, standard_registry,
 };
 
 use crate::delivery::{ALLOW_PRIVATE, PROMPTLY, QUIET, add_webhook, add_webhook_with, as_thing, bodies, publish, send};
@@ -72,23 +72,6 @@ async fn post(
     status: StatusCode,
 ) -> anyhow::Result<Value> {
     expect(host, Method::POST, path, token, body, status).await
-}
-
-/// `PUT /admin/plugin` with these bytes and this bearer token.
-async fn put_plugin(host: &TestHost, token: &str, bytes: Vec<u8>) -> anyhow::Result<(StatusCode, Value)> {
-    let response = host
-        .request(Method::PUT, "/admin/plugin", token)
-        .body(bytes)
-        .send()
-        .await
-        .context("PUT /admin/plugin")?;
-    read(response).await
-}
-
-/// The bytes of a test build of the plugin (`tagged`, `partial`, ...).
-fn variant_bytes(name: &str) -> anyhow::Result<Vec<u8>> {
-    let path = plugin_variant(name);
-    std::fs::read(&path).with_context(|| format!("reading {} (run `make plugin-variants`)", path.display()))
 }
 
 /// Sends the host a signal (`TERM`, `HUP`) without waiting for anything.
@@ -436,13 +419,13 @@ async fn metrics_count_requests_by_route_and_status_the_delivery_plugin_calls_an
     receiver.wait_for(Some("/counted"), 1, PROMPTLY).await?;
 
     // A refused swap and a good one.
-    let (status, body) = put_plugin(&host, OPS_ADMIN, variant_bytes("partial")?).await?;
+    let (status, body) = host.put_plugin(OPS_ADMIN, plugin_variant_bytes("partial")?).await?;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
         "the partial build was not refused: {body}"
     );
-    let (status, body) = put_plugin(&host, OPS_ADMIN, variant_bytes("tagged")?).await?;
+    let (status, body) = host.put_plugin(OPS_ADMIN, plugin_variant_bytes("tagged")?).await?;
     assert_eq!(status, StatusCode::OK, "the tagged build was not swapped in: {body}");
 
     // The outcome is counted once the plugin has recorded it, just after the receiver answered.
@@ -685,11 +668,11 @@ async fn a_debug_json_log_of_every_operation_is_json_lines_without_any_secret() 
     receiver.wait_for(Some("/broken"), 5, PROMPTLY).await?;
 
     // Swaps: a wrong admin token, a refused build, a good one; then SIGHUP; then SIGTERM.
-    let (status, body) = put_plugin(&host, WRONG_ADMIN, variant_bytes("tagged")?).await?;
+    let (status, body) = host.put_plugin(WRONG_ADMIN, plugin_variant_bytes("tagged")?).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let (status, body) = put_plugin(&host, OPS_ADMIN, variant_bytes("partial")?).await?;
+    let (status, body) = host.put_plugin(OPS_ADMIN, plugin_variant_bytes("partial")?).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = put_plugin(&host, OPS_ADMIN, variant_bytes("tagged")?).await?;
+    let (status, body) = host.put_plugin(OPS_ADMIN, plugin_variant_bytes("tagged")?).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     signal(&host, "HUP")?;
     logged(&host, &["SIGHUP"], PROMPTLY).await?;

@@ -14,8 +14,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use webhooks_tests::receiver::Receiver;
 use webhooks_tests::{
-    ADMIN, THING_1, TempDir, TestHost, eventually, host_binary, plugin_component, plugin_variant, read, run_to_exit,
-    standard_registry,
+    ADMIN, THING_1, TempDir, TestHost, eventually, host_binary, plugin_component, plugin_variant, plugin_variant_bytes,
+    run_to_exit, standard_registry,
 };
 
 use crate::delivery::{ALLOW_PRIVATE, PROMPTLY, add_webhook, bodies, exactly_after_a_while, publish, summary};
@@ -33,12 +33,6 @@ const SWAP_BOUND: Duration = Duration::from_secs(20);
 const FAULT_QUERY: &str = "?name=fault";
 
 // --- helpers ----------------------------------------------------------------------------------
-
-/// The bytes of a test build of the plugin (`tagged`, `trap`, `spin`, `grow`, `partial`).
-fn variant_bytes(name: &str) -> anyhow::Result<Vec<u8>> {
-    let path = plugin_variant(name);
-    std::fs::read(&path).with_context(|| format!("reading {} (run `make plugin-variants`)", path.display()))
-}
 
 /// The bytes of the real plugin.
 fn real_bytes() -> anyhow::Result<Vec<u8>> {
@@ -61,22 +55,10 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
         .to_owned())
 }
 
-/// `PUT /admin/plugin` with these bytes and this bearer token (none when empty).
-async fn put_plugin(host: &TestHost, token: &str, bytes: Vec<u8>) -> anyhow::Result<(StatusCode, Value)> {
-    let response = host
-        .request(Method::PUT, "/admin/plugin", token)
-        .body(bytes)
-        .send()
-        .await
-        .context("PUT /admin/plugin")?;
-    read(response).await
-}
-
 /// `PUT /admin/plugin` with these bytes and this `Authorization` header (none when empty),
-/// over a raw connection that reads the answer while the body is still being written. A
-/// refusal decided before the body is read (`401`, `404`) is answered without reading a
-/// body of megabytes and the connection closed, which a client library that writes the whole
-/// body first reports as a broken pipe instead of the answer (curl reads it as this does).
+/// over a raw connection that reads the answer while the body is still being written, so an
+/// answer sent before the whole upload was read (as a refusal may be) is seen, not a broken
+/// pipe.
 async fn put_plugin_early(host: &TestHost, authorization: &str, bytes: &[u8]) -> anyhow::Result<(StatusCode, Value)> {
     let mut request = format!("PUT /admin/plugin HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", host.port);
     if !authorization.is_empty() {
@@ -105,7 +87,7 @@ async fn put_plugin_early(host: &TestHost, authorization: &str, bytes: &[u8]) ->
 /// naming its hash `sha256`; answers the body and how long the swap took, request to answer.
 async fn swap_in(host: &TestHost, bytes: Vec<u8>, sha256: &str) -> anyhow::Result<(Value, Duration)> {
     let started = Instant::now();
-    let (status, body) = put_plugin(host, PLUGIN_ADMIN, bytes).await?;
+    let (status, body) = host.put_plugin(PLUGIN_ADMIN, bytes).await?;
     let took = started.elapsed();
     ensure!(status == StatusCode::OK, "the swap answered {status}: {body}");
     ensure!(body["sha256"] == sha256, "the swap answered another hash: {body}");
@@ -274,7 +256,7 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
     let versions = [
         (
             "tagged",
-            variant_bytes("tagged")?,
+            plugin_variant_bytes("tagged")?,
             sha256_of(&plugin_variant("tagged"))?,
         ),
         ("real", real_bytes()?, sha256_of(&plugin_component())?),
@@ -395,7 +377,7 @@ async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
         "started on the real plugin"
     );
 
-    let (status, body) = put_plugin(&host, PLUGIN_ADMIN, variant_bytes("partial")?).await?;
+    let (status, body) = host.put_plugin(PLUGIN_ADMIN, plugin_variant_bytes("partial")?).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "partial: {body}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(
@@ -406,7 +388,7 @@ async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
     let mut garbage = b"\0asm but not really: ".to_vec();
     garbage.extend((0..4096u32).map(|i| (i * 31 % 256) as u8));
     for (what, bytes) in [("garbage", garbage), ("text", b"hello, plugin".to_vec())] {
-        let (status, body) = put_plugin(&host, PLUGIN_ADMIN, bytes).await?;
+        let (status, body) = host.put_plugin(PLUGIN_ADMIN, bytes).await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
         assert!(
             body["error"]
@@ -417,11 +399,11 @@ async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
         );
     }
 
-    let (status, body) = put_plugin(&host, PLUGIN_ADMIN, Vec::new()).await?;
+    let (status, body) = host.put_plugin(PLUGIN_ADMIN, Vec::new()).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "empty body: {body}");
 
     // A good component with a bad token would show as a swap if the token were not checked.
-    let tagged = variant_bytes("tagged")?;
+    let tagged = plugin_variant_bytes("tagged")?;
     for (what, authorization) in [
         ("wrong token", "Bearer not-the-admin-token".to_owned()),
         ("no token", String::new()),
@@ -446,7 +428,7 @@ async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
 /// Without an admin token, or with an empty one, the admin endpoint does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_does_not_exist_without_an_admin_token() -> anyhow::Result<()> {
-    let tagged = variant_bytes("tagged")?;
+    let tagged = plugin_variant_bytes("tagged")?;
     let real = sha256_of(&plugin_component())?;
     for env in [vec![], vec![("MF_WEBHOOKS_ADMIN_TOKEN", "")]] {
         let host = TestHost::start_with(standard_registry(), &env).await?;
@@ -488,7 +470,7 @@ async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: 
     add_webhook(&host, THING_1, "fault", "https://example.com/fault").await?;
     add_webhook(&host, THING_1, "fine", "https://example.com/fine").await?;
     let sha = sha256_of(&plugin_variant(variant))?;
-    swap_in(&host, variant_bytes(variant)?, &sha).await?;
+    swap_in(&host, plugin_variant_bytes(variant)?, &sha).await?;
     assert_eq!(health_sha(&host).await?, sha);
 
     let started = Instant::now();
@@ -591,7 +573,12 @@ async fn a_delivery_whose_call_trapped_is_retried_later_and_not_lost() -> anyhow
     let receiver = Receiver::start().await?;
     let host = admin_host(&[ALLOW_PRIVATE]).await?;
     let webhook = add_webhook(&host, THING_1, "trapped", &receiver.url("/trapped")).await?;
-    swap_in(&host, variant_bytes("trap")?, &sha256_of(&plugin_variant("trap"))?).await?;
+    swap_in(
+        &host,
+        plugin_variant_bytes("trap")?,
+        &sha256_of(&plugin_variant("trap"))?,
+    )
+    .await?;
 
     publish(&host, "key-1", "kept through a trap").await?;
     logged(&host, &["ERROR", "delivery batch failed"], PROMPTLY).await?;
@@ -663,7 +650,7 @@ async fn sighup_swaps_in_the_plugin_file_and_a_refused_one_leaves_the_old_servin
     assert_eq!(health_sha(&host).await?, sha256_of(&plugin_component())?);
     assert!(!list_tagged(&host, 1).await?);
 
-    replace_file(&file, &variant_bytes("tagged")?)?;
+    replace_file(&file, &plugin_variant_bytes("tagged")?)?;
     let tagged = sha256_of(&file)?;
     hang_up(&host)?;
     eventually(SWAP_BOUND, || async {
@@ -675,7 +662,7 @@ async fn sighup_swaps_in_the_plugin_file_and_a_refused_one_leaves_the_old_servin
     assert!(list_tagged(&host, 1).await?, "after SIGHUP the tagged build answers");
     logged(&host, &["SIGHUP: plugin swapped", &tagged], SWAP_BOUND).await?;
 
-    replace_file(&file, &variant_bytes("partial")?)?;
+    replace_file(&file, &plugin_variant_bytes("partial")?)?;
     hang_up(&host)?;
     let line = logged(&host, &["SIGHUP: plugin refused"], SWAP_BOUND).await?;
     assert!(line.contains(EVENTS), "the refusal names the missing export: {line}");
