@@ -85,6 +85,15 @@ pub struct ServeConfig {
     )]
     pub db_url: String,
 
+    /// Most pooled connections to PostgreSQL (unused with SQLite).
+    #[arg(long, env = "MF_WEBHOOKS_DB_POOL", value_name = "MF_WEBHOOKS_DB_POOL", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub db_pool: u16,
+
+    /// NATS server whose JetStream subject `webhooks` (stream `mainflux`) is consumed as
+    /// durable queue consumer `webhooks`, e.g. nats://127.0.0.1:4222; empty: no broker.
+    #[arg(long, env = "MF_BROKER_URL", value_name = "MF_BROKER_URL", default_value = "")]
+    pub broker_url: String,
+
     /// Path of the identity registry file (users, groups, things), re-read when it changes.
     #[arg(
         long,

@@ -35,7 +35,9 @@ fn fault(variable: &'static str, message: impl ToString) -> StartupError {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
-    let kv = store::open(&config.db_url).map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
+    let kv = store::open(&config.db_url, usize::from(config.db_pool))
+        .await
+        .map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
     let registry = Arc::new(RegistryBackend::open(&config.registry).map_err(|e| fault("MF_WEBHOOKS_REGISTRY", e))?);
     let outbound = OutboundClient::new(OutboundConfig {
         allow_private: config.allow_private_destinations,
@@ -51,6 +53,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let settings = Arc::new(DeliverySettings {
         retry_schedule: config.retry_schedule.clone(),
         retention: config.retention,
+        claim_lease: crate::settings::claim_lease(config.plugin_deadline, config.delivery_timeout),
     });
     let capabilities = Capabilities {
         store: kv,

@@ -11,6 +11,19 @@ pub struct DeliverySettings {
     pub retry_schedule: Vec<Duration>,
     /// How long deliveries and message ids are kept.
     pub retention: Duration,
+    /// How long a claim on a delivery being attempted holds (see [`claim_lease`]).
+    pub claim_lease: Duration,
+}
+
+/// Margin of a claim over the longest an attempt may take, for clock differences between
+/// hosts sharing a store.
+pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
+/// The claim lease for attempts bounded by this plugin deadline and delivery timeout: a batch's
+/// plugin call may run for both together (see `Runtime::call_waiting`), and a claim must
+/// outlive it.
+pub fn claim_lease(plugin_deadline: Duration, delivery_timeout: Duration) -> Duration {
+    plugin_deadline + delivery_timeout + CLAIM_MARGIN
 }
 
 impl Default for DeliverySettings {
@@ -18,6 +31,7 @@ impl Default for DeliverySettings {
         DeliverySettings {
             retry_schedule: parse_schedule("5s,5m,30m,2h,5h,10h,10h").expect("the default schedule parses"),
             retention: Duration::from_secs(14 * 24 * 3600),
+            claim_lease: claim_lease(Duration::from_secs(10), Duration::from_secs(15)),
         }
     }
 }
@@ -40,6 +54,7 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
 /// The per-call state of the `settings` capability.
 pub struct SettingsCtx {
     settings: wit::DeliveryPolicy,
+    claim_lease_ms: u64,
 }
 
 impl SettingsCtx {
@@ -50,6 +65,7 @@ impl SettingsCtx {
                 retry_schedule_ms: settings.retry_schedule.iter().map(|d| d.as_millis() as u64).collect(),
                 retention_ms: settings.retention.as_millis() as u64,
             },
+            claim_lease_ms: settings.claim_lease.as_millis() as u64,
         }
     }
 }
@@ -57,6 +73,10 @@ impl SettingsCtx {
 impl wit::Host for SettingsCtx {
     async fn delivery_settings(&mut self) -> wit::DeliveryPolicy {
         self.settings.clone()
+    }
+
+    async fn claim_lease_ms(&mut self) -> u64 {
+        self.claim_lease_ms
     }
 }
 

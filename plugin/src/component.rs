@@ -120,7 +120,9 @@ mod message_events {
         let policy = RetryPolicy {
             schedule_ms: settings.retry_schedule_ms,
         };
-        Events::new(&HostStore, &WasiHttp, now_ms).with_policy(policy)
+        Events::new(&HostStore, &WasiHttp, now_ms)
+            .with_policy(policy)
+            .with_lease(crate::bindings::mainflux::webhooks::settings::claim_lease_ms())
     }
 
     impl Guest for Plugin {

@@ -37,7 +37,11 @@ pub struct Events<'a> {
     clock: fn() -> u64,
     policy: RetryPolicy,
     random: fn() -> f64,
+    lease_ms: u64,
 }
+
+/// How long a claim holds when the host names no lease.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
 
 impl<'a> Events<'a> {
     /// Binds the operations to their capabilities and a clock, with the default retry policy.
@@ -48,7 +52,14 @@ impl<'a> Events<'a> {
             clock,
             policy: RetryPolicy::default(),
             random: random_unit,
+            lease_ms: DEFAULT_LEASE_MS,
         }
+    }
+
+    /// Claims deliveries for this long while attempting them.
+    pub fn with_lease(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms;
+        self
     }
 
     /// Uses this retry policy.
@@ -183,6 +194,7 @@ impl<'a> Events<'a> {
                 batch.push((delivery, bytes));
             }
         }
+        let batch = self.claim(batch, now)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -254,6 +266,52 @@ impl<'a> Events<'a> {
             )?;
         }
         Ok(outcomes)
+    }
+
+    /// Takes the deliveries of a batch for one attempt: each one's next attempt moves to the end
+    /// of the lease, guarded by the record as read, so a host sharing the store that read the
+    /// same due deliveries skips them, and a host that dies mid-attempt leaves them due again
+    /// when the lease ends. Answers the deliveries this call won, as now stored.
+    fn claim(&self, mut batch: Vec<(Delivery, Vec<u8>)>, now: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
+        let until = now.saturating_add(self.lease_ms);
+        for _ in 0..COMMIT_ATTEMPTS {
+            if batch.is_empty() {
+                return Ok(batch);
+            }
+            let mut guards = Vec::with_capacity(batch.len());
+            let mut ops = Vec::with_capacity(batch.len() * 3);
+            let mut claimed = Vec::with_capacity(batch.len());
+            for (delivery, stored) in &batch {
+                guards.push(Condition::Equals(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: stored.clone(),
+                }));
+                if let Some(at) = delivery.next_attempt_ms {
+                    ops.push(Op::Delete(keys::due(at, &delivery.id)));
+                }
+                let mut taken = delivery.clone();
+                taken.next_attempt_ms = Some(until);
+                let bytes = taken.encode();
+                ops.push(Op::Put(Entry {
+                    key: keys::due(until, &delivery.id),
+                    value: delivery.webhook_id.clone().into_bytes(),
+                }));
+                ops.push(Op::Put(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: bytes.clone(),
+                }));
+                claimed.push((taken, bytes));
+            }
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(claimed),
+                // Someone else claimed or finished that one since it was read: leave it to them.
+                Err(CommitFailure::Conflict(index)) => {
+                    batch.remove(index);
+                }
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(internal("deliveries kept changing while being claimed"))
     }
 
     /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.
@@ -776,6 +834,94 @@ mod tests {
         assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
         // The message id is forgotten too: the same id is a new message again.
         assert!(!events.on_message(message("t", Some(id), b"x", None)).unwrap().duplicate);
+    }
+
+    /// Plays a second host sharing the store: while the first host's requests are in flight,
+    /// it tries to attempt the same deliveries.
+    struct RivalSender<'a> {
+        rival: &'a Events<'a>,
+        ids: Vec<String>,
+        rival_attempted: RefCell<Vec<AttemptOutcome>>,
+    }
+
+    impl Sender for RivalSender<'_> {
+        fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult> {
+            let outcomes = self.rival.deliver(&self.ids).unwrap();
+            self.rival_attempted.borrow_mut().extend(outcomes);
+            requests
+                .iter()
+                .map(|_| AttemptResult::Answered(crate::delivery::Answer::status(200)))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_claimed_delivery_is_attempted_by_one_host_only_until_its_lease_ends() {
+        let kv = MemoryKv::default();
+        let quiet = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
+        let ids: Vec<String> = events(&kv, &quiet)
+            .on_message(message("t", None, b"x", None))
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+
+        // While host A's attempt is in flight, host B reads the same ids and finds them claimed.
+        let rival_sender = ScriptedSender::default();
+        let rival = events(&kv, &rival_sender).with_lease(10_000);
+        let sender = RivalSender {
+            rival: &rival,
+            ids: ids.clone(),
+            rival_attempted: RefCell::new(Vec::new()),
+        };
+        let host_a = Events::new(&kv, &sender, clock).with_lease(10_000);
+        let outcomes = host_a.deliver(&ids).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            sender.rival_attempted.borrow().is_empty(),
+            "the rival attempted nothing"
+        );
+        assert!(rival_sender.sent.borrow().is_empty());
+        for id in &ids {
+            let delivery = delivery(&kv, id);
+            assert_eq!(delivery.status, Status::Delivered);
+            assert_eq!(delivery.attempts.len(), 1);
+        }
+        assert!(
+            kv.scan(&keys::due_prefix(), None, 10, false).unwrap().is_empty(),
+            "no claim is left in the due index"
+        );
+
+        // A host that dies after claiming leaves the delivery due again when the lease ends.
+        let ids: Vec<String> = events(&kv, &quiet)
+            .on_message(message("t", None, b"y", None))
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let batch = ids
+            .iter()
+            .map(|id| {
+                let stored = kv.get(&keys::delivery(id)).unwrap().unwrap();
+                (Delivery::decode(&stored).unwrap(), stored)
+            })
+            .collect();
+        let claimed = events(&kv, &quiet).with_lease(10_000).claim(batch, clock()).unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(
+            events(&kv, &quiet).due(10).unwrap().is_empty(),
+            "claimed deliveries are not due"
+        );
+        assert!(events(&kv, &quiet).deliver(&ids).unwrap().is_empty());
+        let after_lease = Events::new(&kv, &quiet, || clock() + 10_000).with_lease(10_000);
+        assert_eq!(after_lease.due(10).unwrap().len(), 2, "due again once the lease ended");
+        let outcomes = after_lease.deliver(&ids).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
     }
 
     #[test]

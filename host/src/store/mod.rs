@@ -2,6 +2,9 @@
 //! guarded by compare-and-set conditions, behind one trait with one module per backend.
 
 mod capability;
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
@@ -72,21 +75,22 @@ pub enum OpenError {
     /// The URL names no backend this host has.
     #[error("unknown storage scheme in {0:?}; expected sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB")]
     UnknownScheme(String),
-    /// The backend is known but is not built into this host yet.
-    #[error("the {0} backend is not available in this build")]
-    Unsupported(&'static str),
     /// The backend refused to open.
     #[error("{0}")]
     Backend(String),
 }
 
-/// Opens the backend a storage URL names (`sqlite://PATH`).
-pub fn open(url: &str) -> Result<Arc<dyn KvBackend>, OpenError> {
+/// Opens the backend a storage URL names: `sqlite://PATH`, or
+/// `postgres://USER:PASS@HOST:PORT/DB` with at most `connections` pooled connections.
+pub async fn open(url: &str, connections: usize) -> Result<Arc<dyn KvBackend>, OpenError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         let store = sqlite::SqliteStore::open(path).map_err(|e| OpenError::Backend(e.to_string()))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Err(OpenError::Unsupported("postgres"))
+        let store = postgres::PostgresStore::open(url, connections)
+            .await
+            .map_err(OpenError::Backend)?;
+        Ok(Arc::new(store))
     } else {
         Err(OpenError::UnknownScheme(url.to_owned()))
     }

@@ -350,12 +350,13 @@ async fn instantiation(calls: usize) -> Result<Duration> {
     let registry = dir.path().join("registry.json");
     std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
     let capabilities = Capabilities {
-        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display()))?,
+        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display())).await?,
         identity: std::sync::Arc::new(RegistryBackend::open(&registry)?),
         outbound: OutboundClient::new(OutboundConfig::default())?,
         settings: std::sync::Arc::new(DeliverySettings {
             retry_schedule: vec![Duration::from_secs(5)],
             retention: Duration::from_secs(3600),
+            ..DeliverySettings::default()
         }),
     };
     let cache = CompileCache::new(Some(dir.path().join("cache")));
