@@ -12,7 +12,7 @@ PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 # Test components: the plugin built with one difference each (tests/plugin-variants).
 VARIANTS     := tagged trap spin grow partial
 
-.PHONY: build run test lint bench wasm-target plugin-variants fuzz-tools
+.PHONY: build run test test-suites lint bench wasm-target plugin-variants fuzz-tools
 
 build: wasm-target
 	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
@@ -43,11 +43,18 @@ fuzz-tools:
 		python3 -m venv target/schemathesis && \
 		target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==$(SCHEMATHESIS_VERSION)'; }
 
-# Plugin unit tests run natively; then the host's unit tests and the end-to-end suite, in one
-# invocation over the same packages as `build`, so no dependency is compiled twice.
+# Plugin unit tests run natively; the rest runs beside throwaway PostgreSQL and NATS servers
+# (tests/services installs, starts and stops them).
 test: build plugin-variants fuzz-tools
 	$(CARGO) test -p webhooks-plugin
+	tests/services run target/services -- $(MAKE) --no-print-directory test-suites
+
+# The host's unit tests, the end-to-end suite on SQLite and the multi-host tests, in one
+# invocation over the same packages as `build`, so no dependency is compiled twice; then the
+# end-to-end suite again on PostgreSQL.
+test-suites:
 	$(CARGO) test --release -p webhooks-host -p webhooks-tests
+	WEBHOOKS_TEST_STORE=postgres $(CARGO) test --release -p webhooks-tests --test e2e
 
 lint:
 	$(CARGO) fmt --all -- --check

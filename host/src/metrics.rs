@@ -30,6 +30,8 @@ pub struct Metrics {
     pub plugin_failures: IntCounterVec,
     /// Plugin swaps, by trigger (`admin`, `sighup`) and result (`swapped`, `refused`).
     pub plugin_swaps: IntCounterVec,
+    /// Broker messages handled, by outcome (`acked`, `duplicate`, `terminated`, `retried`).
+    pub broker_messages: IntCounterVec,
 }
 
 /// The process's metrics.
@@ -104,6 +106,14 @@ impl Metrics {
             "Plugin swaps, by trigger (admin, sighup) and result (swapped, refused).",
             &["trigger", "result"],
         );
+        let broker_messages = counter(
+            "webhooks_broker_messages_total",
+            "Broker messages handled, by outcome: acked (deliveries recorded), duplicate (seen before, acked), terminated (malformed or refused, never redelivered) or retried (handed back for redelivery).",
+            &["outcome"],
+        );
+        for outcome in ["acked", "duplicate", "terminated", "retried"] {
+            broker_messages.with_label_values(&[outcome]);
+        }
         // Every known series from the start, so a dashboard shows zeros rather than gaps.
         for outcome in ["delivered", "retrying", "failed"] {
             deliveries.with_label_values(&[outcome]);
@@ -123,6 +133,7 @@ impl Metrics {
             plugin_calls,
             plugin_failures,
             plugin_swaps,
+            broker_messages,
         }
     }
 

@@ -8,6 +8,7 @@ use crate::api::{self, AppState, BuildInfo};
 use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::identity::registry::{RegistryBackend, Removed};
+use crate::ingress;
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::runtime::{Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
@@ -101,6 +102,21 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
             ..DispatchConfig::default()
         },
     );
+    // When the stop signal came: everything in flight gets SHUTDOWN_GRACE from then.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let broker = if config.broker_url.is_empty() {
+        None
+    } else {
+        let consumer = ingress::broker::start(
+            &config.broker_url,
+            runtime.clone(),
+            dispatcher.clone(),
+            stopping_rx.clone(),
+        )
+        .await
+        .map_err(|e| fault("MF_BROKER_URL", e))?;
+        Some(consumer)
+    };
     // Check often enough that nothing outlives the retention by more than a quarter of it.
     let sweep = (config.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let _retention = Dispatcher::start_retention(runtime.clone(), sweep);
@@ -118,8 +134,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
     tracing::info!(%address, "webhooks service listening");
 
-    // When the stop signal came: everything in flight gets SHUTDOWN_GRACE from then.
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(None::<Instant>);
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
         stop_signal().await;
         tracing::info!("stop signal received; finishing in-flight requests and deliveries");
@@ -137,6 +151,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         () = forced => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     let stopped = stopping_rx.borrow().unwrap_or_else(Instant::now);
+    if let Some(consumer) = broker {
+        let _ = tokio::time::timeout_at((stopped + SHUTDOWN_GRACE).into(), consumer).await;
+    }
     dispatcher.drain(stopped + SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests that read like prose: start the real `webhooks-host` binary
 //! with the real plugin on a loopback port, talk to it over HTTP, stop and restart it.
 
+pub mod broker;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};
@@ -151,9 +152,46 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The store backend the suite runs against: `WEBHOOKS_TEST_STORE=postgres` for PostgreSQL
+/// (with `WEBHOOKS_TEST_POSTGRES`, as `tests/services` sets), else SQLite.
+pub fn postgres_suite() -> bool {
+    std::env::var("WEBHOOKS_TEST_STORE").is_ok_and(|store| store == "postgres")
+}
+
+/// The URL of a new, empty database on the test PostgreSQL server (`WEBHOOKS_TEST_POSTGRES`).
+pub fn postgres_database() -> Result<String> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let admin = std::env::var("WEBHOOKS_TEST_POSTGRES")
+        .context("WEBHOOKS_TEST_POSTGRES is not set: run the tests through tests/services (make test)")?;
+    let name = format!(
+        "e2e_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros()
+    );
+    let output = Command::new("psql")
+        .arg(&admin)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .context("running psql")?;
+    if !output.status.success() {
+        bail!("creating database {name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let base = admin
+        .rsplit_once('/')
+        .context("WEBHOOKS_TEST_POSTGRES names a database")?
+        .0;
+    Ok(format!("{base}/{name}"))
+}
+
 /// A running `webhooks-host serve` with its own database, registry file and port.
 pub struct TestHost {
     child: Option<Child>,
+    /// Its storage URL: a SQLite file in its folder, or its own PostgreSQL database when the
+    /// suite runs on PostgreSQL (see [`postgres_suite`]).
+    pub db_url: String,
     /// Its folder: database, registry, log.
     pub dir: TempDir,
     /// Its port on 127.0.0.1.
@@ -181,8 +219,14 @@ impl TestHost {
     pub fn prepare(registry: Value, env: &[(&str, &str)]) -> Result<Self> {
         let dir = TempDir::new("host");
         std::fs::write(dir.path().join("registry.json"), serde_json::to_vec_pretty(&registry)?)?;
+        let db_url = if postgres_suite() {
+            postgres_database()?
+        } else {
+            format!("sqlite://{}", dir.path().join("webhooks.db").display())
+        };
         Ok(TestHost {
             child: None,
+            db_url,
             dir,
             port: free_port(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -199,10 +243,7 @@ impl TestHost {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("MF_WEBHOOKS_HTTP_HOST", "127.0.0.1")
             .env("MF_WEBHOOKS_HTTP_PORT", self.port.to_string())
-            .env(
-                "MF_WEBHOOKS_DB_URL",
-                format!("sqlite://{}", self.dir.path().join("webhooks.db").display()),
-            )
+            .env("MF_WEBHOOKS_DB_URL", &self.db_url)
             .env("MF_WEBHOOKS_REGISTRY", self.registry_path())
             .env("MF_WEBHOOKS_PLUGIN", plugin_component())
             // One compile cache for the whole suite: each host maps the plugin instead of

@@ -1,6 +1,8 @@
-//! Where messages come in: the device-facing publish endpoint (and, later, the broker). Each
+//! Where messages come in: the device-facing publish endpoint and the broker. Each
 //! message is handed to the plugin, which records its deliveries; only then is it
 //! acknowledged, and its deliveries go to the dispatcher.
+
+pub mod broker;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

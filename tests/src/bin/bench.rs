@@ -350,7 +350,7 @@ async fn instantiation(calls: usize) -> Result<Duration> {
     let registry = dir.path().join("registry.json");
     std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
     let capabilities = Capabilities {
-        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display())).await?,
+        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display()), 1).await?,
         identity: std::sync::Arc::new(RegistryBackend::open(&registry)?),
         outbound: OutboundClient::new(OutboundConfig::default())?,
         settings: std::sync::Arc::new(DeliverySettings {

@@ -132,6 +132,10 @@ async fn every_accepted_message_reaches_both_webhooks_although_the_host_is_kille
             ALLOW_PRIVATE,
             ("MF_WEBHOOKS_RETRY_SCHEDULE", "1s,1s,2s,5s,10s,10s,10s"),
             ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+            // Attempts claimed by a killed host come back when their claim lapses: deadline +
+            // timeout + 5 s, 9 s here.
+            ("MF_WEBHOOKS_DELIVERY_TIMEOUT", "2s"),
+            ("MF_WEBHOOKS_PLUGIN_DEADLINE", "2s"),
         ],
     )
     .await?;
