@@ -69,4 +69,5 @@ lint:
 bench: build plugin-variants
 	target/release/bench list 100 2000
 	target/release/bench deliver 10000 1 3
+	tests/services run target/services -- target/release/bench scale 10000 2
 	target/release/bench runtime 20000

@@ -138,6 +138,10 @@ mod message_events {
             events().deliver(&ids)
         }
 
+        fn release(ids: Vec<String>) -> Result<u32, Error> {
+            events().release(&ids)
+        }
+
         fn expire(limit: u32) -> Result<u32, Error> {
             let retention = crate::bindings::mainflux::webhooks::settings::delivery_settings().retention_ms;
             events().expire(retention, limit)

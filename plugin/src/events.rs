@@ -314,6 +314,56 @@ impl<'a> Events<'a> {
         Err(internal("deliveries kept changing while being claimed"))
     }
 
+    /// Makes each pending delivery of the list whose next attempt lies ahead (a claim) due
+    /// now; answers how many.
+    pub fn release(&self, ids: &[String]) -> Result<u32> {
+        let now = (self.clock)();
+        let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
+        let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let mut claimed: Vec<(Delivery, Vec<u8>)> = Vec::new();
+        for bytes in stored.into_iter().flatten() {
+            let delivery = Delivery::decode(&bytes)?;
+            if delivery.status == Status::Pending && delivery.next_attempt_ms.is_some_and(|at| at > now) {
+                claimed.push((delivery, bytes));
+            }
+        }
+        for _ in 0..COMMIT_ATTEMPTS {
+            if claimed.is_empty() {
+                return Ok(0);
+            }
+            let mut guards = Vec::with_capacity(claimed.len());
+            let mut ops = Vec::with_capacity(claimed.len() * 3);
+            for (delivery, stored) in &claimed {
+                guards.push(Condition::Equals(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: stored.clone(),
+                }));
+                if let Some(at) = delivery.next_attempt_ms {
+                    ops.push(Op::Delete(keys::due(at, &delivery.id)));
+                }
+                let mut released = delivery.clone();
+                released.next_attempt_ms = Some(now);
+                ops.push(Op::Put(Entry {
+                    key: keys::due(now, &delivery.id),
+                    value: delivery.webhook_id.clone().into_bytes(),
+                }));
+                ops.push(Op::Put(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: released.encode(),
+                }));
+            }
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(claimed.len() as u32),
+                // Its attempt finished meanwhile: the recorded outcome stands.
+                Err(CommitFailure::Conflict(index)) => {
+                    claimed.remove(index);
+                }
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(internal("deliveries kept changing while being released"))
+    }
+
     /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.
     fn disable(&self, webhook_id: &str, reason: String) -> Result<()> {
         for _ in 0..COMMIT_ATTEMPTS {
@@ -917,6 +967,23 @@ mod tests {
             "claimed deliveries are not due"
         );
         assert!(events(&kv, &quiet).deliver(&ids).unwrap().is_empty());
+        // A stopping host gives its claims back: due again at once.
+        assert_eq!(events(&kv, &quiet).release(&ids).unwrap(), 2);
+        assert_eq!(events(&kv, &quiet).due(10).unwrap().len(), 2);
+        assert_eq!(events(&kv, &quiet).release(&ids).unwrap(), 0, "nothing left to release");
+        let claimed = events(&kv, &quiet)
+            .with_lease(10_000)
+            .claim(
+                ids.iter()
+                    .map(|id| {
+                        let stored = kv.get(&keys::delivery(id)).unwrap().unwrap();
+                        (Delivery::decode(&stored).unwrap(), stored)
+                    })
+                    .collect(),
+                clock(),
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
         let after_lease = Events::new(&kv, &quiet, || clock() + 10_000).with_lease(10_000);
         assert_eq!(after_lease.due(10).unwrap().len(), 2, "due again once the lease ended");
         let outcomes = after_lease.deliver(&ids).unwrap();

@@ -155,9 +155,30 @@ impl Dispatcher {
                     running,
                     "delivery batches still running at the end of the grace period; their deliveries stay pending for the next start"
                 );
+                self.release_claims().await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Gives back the claims of the attempts abandoned at shutdown, so their deliveries are due
+    /// at once for the next start or another host, not when the claims lapse.
+    async fn release_claims(&self) {
+        let ids: Vec<String> = {
+            let queues = self.queues.lock().expect("dispatch queues poisoned");
+            queues.known.iter().cloned().collect()
+        };
+        let result = self
+            .runtime
+            .call("events.release", move |plugin, store| {
+                Box::pin(async move { plugin.mainflux_webhooks_events().call_release(store, &ids).await })
+            })
+            .await;
+        match result {
+            Ok(Ok(released)) => tracing::info!(released, "claims of abandoned attempts given back"),
+            Ok(Err(error)) => tracing::error!(?error, "giving back claims failed; they lapse on their own"),
+            Err(error) => tracing::error!(%error, "giving back claims failed; they lapse on their own"),
         }
     }
 

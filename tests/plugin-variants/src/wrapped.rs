@@ -116,6 +116,10 @@ impl events::Guest for Variant {
         <Real as events::Guest>::deliver(ids)
     }
 
+    fn release(ids: Vec<String>) -> Result<u32, Error> {
+        <Real as events::Guest>::release(ids)
+    }
+
     fn expire(limit: u32) -> Result<u32, Error> {
         <Real as events::Guest>::expire(limit)
     }

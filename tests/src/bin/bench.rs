@@ -8,6 +8,11 @@
 //! publish-to-receipt latency, beside a native baseline: the same POSTs sent by a pooled hyper
 //! client to the same receiver in the same run.
 //!
+//! `bench scale [MESSAGES] [K]`: end-to-end deliveries/s and publish-to-receipt latency of
+//! MESSAGES messages (default 10,000) to a thing with K webhooks (default 2) on SQLite, on
+//! PostgreSQL, and on PostgreSQL with two hosts (publishing over HTTP to both, then through NATS
+//! JetStream). Needs `WEBHOOKS_TEST_POSTGRES` (`make bench` runs it inside `tests/services`).
+//!
 //! `bench runtime [CALLS]`: the plugin runtime's costs: a new store and instance per call
 //! (over CALLS calls, default 20,000), restart to healthy with and without the compile cache,
 //! swap time (request to the first call answered by the new version), and idle resident memory.
@@ -17,8 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use webhooks_tests::broker::NatsServer;
 use webhooks_tests::receiver::Receiver;
-use webhooks_tests::{EDITOR, THING_1, TempDir, TestHost, VIEWER, plugin_component, plugin_variant, standard_registry};
+use webhooks_tests::{
+    EDITOR, THING_1, TempDir, TestHost, VIEWER, plugin_component, plugin_variant, postgres_database, standard_registry,
+};
 
 /// Publishers (or native senders) in flight at once.
 const CONCURRENCY: usize = 32;
@@ -42,11 +50,16 @@ async fn main() -> Result<()> {
             }
             deliver(messages, &ks).await
         }
+        Some("scale") => {
+            let messages = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10_000);
+            let k = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(2);
+            scale(messages, k).await
+        }
         Some("runtime") => {
             let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             runtime(calls).await
         }
-        Some(other) => bail!("unknown benchmark {other:?}; try: list, deliver, runtime"),
+        Some(other) => bail!("unknown benchmark {other:?}; try: list, deliver, scale, runtime"),
     }
 }
 
@@ -159,7 +172,7 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
             .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
             .collect();
         host.create(THING_1, EDITOR, json!(hooks)).await?;
-        let service = service_run(&host, &receiver, messages, k).await?;
+        let service = service_run(&[&host], &receiver, messages, k).await?;
         let native = native_run(&receiver, messages * k).await?;
         let rate = |run: &Run| run.deliveries as f64 / run.elapsed.as_secs_f64();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -178,15 +191,18 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
     Ok(())
 }
 
-async fn service_run(host: &TestHost, receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
+/// Publishes `messages` messages over HTTP, spread over `hosts`, and waits for their `k`
+/// deliveries each.
+async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
-    let url = host.url("/messages/bench");
+    let urls: std::sync::Arc<Vec<String>> =
+        std::sync::Arc::new(hosts.iter().map(|h| h.url("/messages/bench")).collect());
     let started = Instant::now();
     let mut sent_at = vec![started; messages];
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        let (client, urls, next) = (client.clone(), urls.clone(), next.clone());
         publishers.push(tokio::spawn(async move {
             let mut times = Vec::new();
             loop {
@@ -196,7 +212,7 @@ async fn service_run(host: &TestHost, receiver: &Receiver, messages: usize, k: u
                 }
                 let begun = Instant::now();
                 let response = client
-                    .post(&url)
+                    .post(&urls[index % urls.len()])
                     .header("Authorization", "Thing key-1")
                     .header("Content-Type", "application/octet-stream")
                     .body(payload(index as u64))
@@ -214,7 +230,7 @@ async fn service_run(host: &TestHost, receiver: &Receiver, messages: usize, k: u
             sent_at[index] = begun;
         }
     }
-    let received = receiver.wait_for(None, messages * k, Duration::from_secs(600)).await?;
+    let received = wait_for_count(receiver, messages * k, Duration::from_secs(600)).await?;
     let elapsed = received.iter().map(|r| r.at).max().unwrap_or(started) - started;
     let latencies = received
         .iter()
@@ -225,6 +241,121 @@ async fn service_run(host: &TestHost, receiver: &Receiver, messages: usize, k: u
         elapsed,
         latency: summarize(latencies),
     })
+}
+
+/// Waits for `count` requests by polling the receiver's count (reading every request each
+/// time would cost the bench process as much as the service under test), then answers them.
+async fn wait_for_count(
+    receiver: &Receiver,
+    count: usize,
+    within: Duration,
+) -> Result<Vec<webhooks_tests::receiver::Received>> {
+    let deadline = Instant::now() + within;
+    while receiver.count() < count {
+        if Instant::now() > deadline {
+            bail!("{} of {count} requests arrived within {within:?}", receiver.count());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(receiver.received())
+}
+
+/// Publishes `messages` messages for `THING_1` through JetStream, with up to 512
+/// acknowledgements outstanding, and waits for their `k` deliveries each.
+async fn broker_run(nats: &NatsServer, receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
+    use webhooks_host::ingress::broker::{SUBJECT, WebhookMessage};
+    let context = nats.jetstream().await?;
+    let started = Instant::now();
+    let mut sent_at = Vec::with_capacity(messages);
+    let mut waiting = Vec::new();
+    for index in 0..messages {
+        let bytes = prost::Message::encode_to_vec(&WebhookMessage {
+            thing_id: THING_1.to_owned(),
+            payload: payload(index as u64),
+            created: 0,
+        });
+        sent_at.push(Instant::now());
+        waiting.push(context.publish(SUBJECT, bytes.into()).await?);
+        if waiting.len() >= 512 {
+            for ack in waiting.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in waiting {
+        ack.await?;
+    }
+    let received = wait_for_count(receiver, messages * k, Duration::from_secs(600)).await?;
+    let elapsed = received.iter().map(|r| r.at).max().unwrap_or(started) - started;
+    let latencies = received
+        .iter()
+        .map(|r| r.at.saturating_duration_since(sent_at[index_of(&r.body)]))
+        .collect();
+    Ok(Run {
+        deliveries: received.len(),
+        elapsed,
+        latency: summarize(latencies),
+    })
+}
+
+/// The same load on each store and number of hosts.
+async fn scale(messages: usize, k: usize) -> Result<()> {
+    println!(
+        "{messages} messages of {PAYLOAD_BYTES} B to a thing with {k} webhooks, {CONCURRENCY} HTTP publishers \
+         in flight, receiver, PostgreSQL and NATS on the same machine"
+    );
+    println!("| store | hosts | ingress | deliveries | deliveries/s | p50 / p99 publish→receipt |");
+    println!("|---|---|---|---|---|---|");
+    for (store, hosts, via_broker) in [
+        ("SQLite", 1, false),
+        ("PostgreSQL", 1, false),
+        ("PostgreSQL", 2, false),
+        ("PostgreSQL", 2, true),
+    ] {
+        let receiver = Receiver::start().await?;
+        let nats = if via_broker {
+            Some(NatsServer::start().await?)
+        } else {
+            None
+        };
+        let database = if store == "PostgreSQL" {
+            Some(postgres_database()?)
+        } else {
+            None
+        };
+        let mut env = vec![
+            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+        ];
+        if let Some(database) = &database {
+            env.push(("MF_WEBHOOKS_DB_URL", database));
+        }
+        if let Some(nats) = &nats {
+            env.push(("MF_BROKER_URL", &nats.url));
+        }
+        let mut started = Vec::new();
+        for _ in 0..hosts {
+            started.push(TestHost::start_with(standard_registry(), &env).await?);
+        }
+        let hooks: Vec<_> = (0..k)
+            .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
+            .collect();
+        started[0].create(THING_1, EDITOR, json!(hooks)).await?;
+        let run = match &nats {
+            Some(nats) => broker_run(nats, &receiver, messages, k).await?,
+            None => service_run(&started.iter().collect::<Vec<_>>(), &receiver, messages, k).await?,
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {store} | {hosts} | {} | {} | {:.0} | {:.1} / {:.1} ms |",
+            if via_broker { "NATS JetStream" } else { "HTTP" },
+            run.deliveries,
+            run.deliveries as f64 / run.elapsed.as_secs_f64(),
+            ms(run.latency.p50),
+            ms(run.latency.p99),
+        );
+    }
+    Ok(())
 }
 
 async fn native_run(receiver: &Receiver, requests: usize) -> Result<Run> {
