@@ -85,6 +85,59 @@ pub struct ServeConfig {
     )]
     pub db_url: String,
 
+    /// The platform's things service, HOST:PORT; when set, identity comes from it over gRPC
+    /// instead of the registry file.
+    #[arg(
+        long,
+        env = "MF_THINGS_AUTH_GRPC_URL",
+        value_name = "MF_THINGS_AUTH_GRPC_URL",
+        default_value = ""
+    )]
+    pub things_grpc_url: String,
+
+    /// Time limit of one call to the things service (e.g. 1s).
+    #[arg(long, env = "MF_THINGS_AUTH_GRPC_TIMEOUT", value_name = "MF_THINGS_AUTH_GRPC_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub things_grpc_timeout: Duration,
+
+    /// Speak TLS to the things service.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_CLIENT_TLS",
+        value_name = "MF_WEBHOOKS_CLIENT_TLS",
+        default_value = "false",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub client_tls: bool,
+
+    /// PEM file of the CA certificates the things service is verified with; empty: the web PKI roots.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_CA_CERTS",
+        value_name = "MF_WEBHOOKS_CA_CERTS",
+        default_value = ""
+    )]
+    pub ca_certs: String,
+
+    /// The platform's Redis event stream, redis://HOST:PORT/DB; its thing.remove and
+    /// group.remove events remove webhooks. Empty: not followed.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_ES_URL",
+        value_name = "MF_WEBHOOKS_ES_URL",
+        default_value = ""
+    )]
+    pub es_url: String,
+
+    /// The key the event stream's cursor is kept under in Redis.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_EVENT_CONSUMER",
+        value_name = "MF_WEBHOOKS_EVENT_CONSUMER",
+        default_value = "webhooks"
+    )]
+    pub event_consumer: String,
+
     /// Most pooled connections to PostgreSQL (unused with SQLite).
     #[arg(long, env = "MF_WEBHOOKS_DB_POOL", value_name = "MF_WEBHOOKS_DB_POOL", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub db_pool: u16,

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use crate::api::{self, AppState, BuildInfo};
 use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::identity::IdentityBackend;
+use crate::identity::event_stream::{self, Owner};
 use crate::identity::registry::{RegistryBackend, Removed};
+use crate::identity::things::{ThingsConfig, ThingsService};
 use crate::ingress;
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::runtime::{Capabilities, CompileCache, Limits, Runtime};
@@ -39,7 +42,37 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let kv = store::open(&config.db_url, usize::from(config.db_pool))
         .await
         .map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
-    let registry = Arc::new(RegistryBackend::open(&config.registry).map_err(|e| fault("MF_WEBHOOKS_REGISTRY", e))?);
+    // The platform's things service when configured, else the registry file.
+    let (identity, registry): (Arc<dyn IdentityBackend>, Option<Arc<RegistryBackend>>) = if config
+        .things_grpc_url
+        .is_empty()
+    {
+        let registry = Arc::new(RegistryBackend::open(&config.registry).map_err(|e| fault("MF_WEBHOOKS_REGISTRY", e))?);
+        (registry.clone(), Some(registry))
+    } else {
+        let ca_certs = if config.ca_certs.is_empty() {
+            None
+        } else {
+            Some(
+                std::fs::read(&config.ca_certs)
+                    .map_err(|e| fault("MF_WEBHOOKS_CA_CERTS", format!("cannot read {}: {e}", config.ca_certs)))?,
+            )
+        };
+        let things = ThingsService::new(&ThingsConfig {
+            address: config.things_grpc_url.clone(),
+            timeout: config.things_grpc_timeout,
+            tls: config.client_tls,
+            ca_certs,
+        })
+        .map_err(|e| fault("MF_THINGS_AUTH_GRPC_URL", e))?;
+        tracing::info!(address = %config.things_grpc_url, tls = config.client_tls, "identity from the platform's things service");
+        (Arc::new(things), None)
+    };
+    let event_stream = if config.es_url.is_empty() {
+        None
+    } else {
+        Some(event_stream::client(&config.es_url).map_err(|e| fault("MF_WEBHOOKS_ES_URL", e))?)
+    };
     let outbound = OutboundClient::new(OutboundConfig {
         allow_private: config.allow_private_destinations,
         request_timeout: config.delivery_timeout,
@@ -58,7 +91,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     });
     let capabilities = Capabilities {
         store: kv,
-        identity: registry.clone(),
+        identity: identity.clone(),
         outbound,
         settings,
     };
@@ -90,11 +123,20 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         }
     }
 
-    let (removed_tx, removed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = registry.watch(move |removed| {
-        let _ = removed_tx.send(removed);
+    let _watcher = registry.map(|registry| {
+        let (removed_tx, removed_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(apply_removals(runtime.clone(), removed_rx));
+        registry.watch(move |removed| {
+            let _ = removed_tx.send(removed);
+        })
     });
-    tokio::spawn(apply_removals(runtime.clone(), removed_rx));
+    if let Some(client) = event_stream {
+        tokio::spawn(event_stream::follow(
+            client,
+            config.event_consumer.clone(),
+            runtime.clone(),
+        ));
+    }
     let dispatcher = Dispatcher::start(
         runtime.clone(),
         DispatchConfig {
@@ -124,7 +166,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let state = AppState {
         runtime,
         build: Arc::new(BuildInfo::current()),
-        identity: registry,
+        identity,
         dispatcher: dispatcher.clone(),
         admin_token: config.admin_token().map(Arc::from),
     };
@@ -163,50 +205,18 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
 /// plugin has done it.
 async fn apply_removals(runtime: Arc<Runtime>, mut removed: tokio::sync::mpsc::UnboundedReceiver<Removed>) {
     while let Some(Removed { things, groups }) = removed.recv().await {
-        let calls = things
+        let owners = things
             .into_iter()
-            .map(|id| (true, id))
-            .chain(groups.into_iter().map(|id| (false, id)));
-        for (is_thing, id) in calls {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                let target = id.clone();
-                let result = runtime
-                    .call(
-                        if is_thing {
-                            "events.on-thing-removed"
-                        } else {
-                            "events.on-group-removed"
-                        },
-                        move |plugin, store| {
-                            Box::pin(async move {
-                                let events = plugin.mainflux_webhooks_events();
-                                if is_thing {
-                                    events.call_on_thing_removed(store, &target).await
-                                } else {
-                                    events.call_on_group_removed(store, &target).await
-                                }
-                            })
-                        },
-                    )
-                    .await;
-                match result {
-                    Ok(Ok(count)) => {
-                        let kind = if is_thing { "thing" } else { "group" };
-                        tracing::info!(
-                            kind,
-                            id,
-                            removed = count,
-                            "removed from the registry: its webhooks are removed"
-                        );
-                        break;
-                    }
-                    Ok(Err(error)) => tracing::error!(?error, id, "removing webhooks failed; retrying"),
-                    Err(error) => tracing::error!(%error, id, "removing webhooks failed; retrying"),
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
+            .map(|id| (Owner::Thing, id))
+            .chain(groups.into_iter().map(|id| (Owner::Group, id)));
+        for (owner, id) in owners {
+            let count = event_stream::remove_webhooks_of(&runtime, owner, &id).await;
+            tracing::info!(
+                ?owner,
+                id,
+                removed = count,
+                "removed from the registry: its webhooks are removed"
+            );
         }
     }
 }

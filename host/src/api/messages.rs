@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::request::read_body;
 use super::routes::Routes;
-use crate::identity::IdentityError;
+use crate::identity::{IdentityError, KeyKind};
 use crate::ingress::{self, Incoming, IngressError};
 
 /// The header carrying a publisher's message id.
@@ -21,12 +21,19 @@ pub fn routes() -> Routes {
         .post("/messages/{*subtopic}", publish)
 }
 
-/// The thing key of `Authorization: Thing <key>`.
-fn thing_key(headers: &HeaderMap) -> Option<String> {
+/// The device key of `Authorization: Thing <key>` or `Authorization: External <key>`.
+fn thing_key(headers: &HeaderMap) -> Option<(String, KeyKind)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.split_once(' ')?;
     let key = key.trim();
-    (scheme.eq_ignore_ascii_case("thing") && !key.is_empty()).then(|| key.to_owned())
+    let kind = if scheme.eq_ignore_ascii_case("thing") {
+        KeyKind::Internal
+    } else if scheme.eq_ignore_ascii_case("external") {
+        KeyKind::External
+    } else {
+        return None;
+    };
+    (!key.is_empty()).then(|| (key.to_owned(), kind))
 }
 
 async fn publish(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
@@ -36,13 +43,13 @@ async fn publish(State(app): State<AppState>, request: Request) -> Result<Respon
         .path()
         .split_once("/messages")
         .map(|(_, rest)| rest.trim_start_matches('/').to_owned());
-    let key = thing_key(&headers).ok_or_else(|| {
+    let (key, kind) = thing_key(&headers).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing thing key: use Authorization: Thing <key>",
         )
     })?;
-    let thing_id = app.identity.identify_thing(&key).await.map_err(|e| match e {
+    let thing_id = app.identity.identify_thing(&key, kind).await.map_err(|e| match e {
         IdentityError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
         _ => ApiError::new(StatusCode::UNAUTHORIZED, "unknown thing key"),
     })?;

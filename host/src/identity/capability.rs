@@ -31,6 +31,7 @@ fn to_wit(error: IdentityError) -> Error {
         IdentityError::Unauthenticated(m) => Error::Unauthenticated(m),
         IdentityError::Forbidden(m) => Error::Forbidden(m),
         IdentityError::NotFound(m) => Error::NotFound(m),
+        IdentityError::Invalid(m) => Error::Invalid(m),
         IdentityError::Unavailable(m) => Error::Unavailable(m),
     }
 }

@@ -2,14 +2,16 @@
 //! one trait with one module per backend.
 
 mod capability;
+pub mod event_stream;
 pub mod registry;
+pub mod things;
 
 pub use capability::IdentityCtx;
 
 use crate::store::BoxFuture;
 
 /// A user's role in a group, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// May view and list.
@@ -32,12 +34,24 @@ pub enum IdentityError {
     /// The thing or group does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The identity service found the request malformed.
+    #[error("{0}")]
+    Invalid(String),
     /// The identity service could not answer.
     #[error("{0}")]
     Unavailable(String),
 }
 
-/// A source of identity: the registry file, later the platform's services.
+/// Which of the platform's two forms of device key a publisher used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// `Authorization: Thing <key>`.
+    Internal,
+    /// `Authorization: External <key>`.
+    External,
+}
+
+/// A source of identity: the registry file, or the platform's things service.
 pub trait IdentityBackend: Send + Sync + 'static {
     /// The id of the user a token belongs to.
     fn authenticate(&self, token: &str) -> BoxFuture<'_, Result<String, IdentityError>>;
@@ -45,6 +59,6 @@ pub trait IdentityBackend: Send + Sync + 'static {
     fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> BoxFuture<'_, Result<String, IdentityError>>;
     /// Checks the token's role in the group.
     fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> BoxFuture<'_, Result<(), IdentityError>>;
-    /// The thing a device key belongs to.
-    fn identify_thing(&self, key: &str) -> BoxFuture<'_, Result<String, IdentityError>>;
+    /// The thing a device key of this kind belongs to.
+    fn identify_thing(&self, key: &str, kind: KeyKind) -> BoxFuture<'_, Result<String, IdentityError>>;
 }

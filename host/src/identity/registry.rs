@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{IdentityBackend, IdentityError, Role};
+use super::{IdentityBackend, IdentityError, KeyKind, Role};
 use crate::store::BoxFuture;
 
 /// How often the file is checked for changes; SPEC.md promises a change within 2 seconds.
@@ -314,12 +314,13 @@ impl IdentityBackend for RegistryBackend {
         Box::pin(std::future::ready(result))
     }
 
-    fn identify_thing(&self, key: &str) -> BoxFuture<'_, Result<String, IdentityError>> {
-        let result = self
-            .current()
-            .thing_by_key(key)
-            .map(str::to_owned)
-            .ok_or_else(|| IdentityError::Unauthenticated("unknown thing key".into()));
+    fn identify_thing(&self, key: &str, kind: KeyKind) -> BoxFuture<'_, Result<String, IdentityError>> {
+        // The registry holds the platform's internal keys only.
+        let result = match kind {
+            KeyKind::Internal => self.current().thing_by_key(key).map(str::to_owned),
+            KeyKind::External => None,
+        }
+        .ok_or_else(|| IdentityError::Unauthenticated("unknown thing key".into()));
         Box::pin(std::future::ready(result))
     }
 }
