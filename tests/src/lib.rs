@@ -3,6 +3,8 @@
 
 pub mod broker;
 pub mod receiver;
+pub mod redis_server;
+pub mod things_service;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

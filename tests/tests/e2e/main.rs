@@ -10,6 +10,7 @@ mod health;
 mod operations;
 mod paging;
 mod persistence;
+mod platform;
 mod registry;
 mod reliability;
 mod runtime;

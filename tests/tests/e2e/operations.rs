@@ -916,7 +916,9 @@ async fn sigint_stops_the_host_like_sigterm_with_exit_0() -> anyhow::Result<()> 
 
 /// Every `MF_WEBHOOKS_*` variable of SPEC.md section 1 and the README, with its default
 /// (`None`: no default).
-const DOCUMENTED: [(&str, Option<&str>); 17] = [
+const DOCUMENTED: [(&str, Option<&str>); 19] = [
+    ("MF_THINGS_AUTH_GRPC_URL", None),
+    ("MF_THINGS_AUTH_GRPC_TIMEOUT", Some("1s")),
     ("MF_WEBHOOKS_DB_POOL", Some("16")),
     ("MF_BROKER_URL", None),
     ("MF_WEBHOOKS_HTTP_PORT", Some("9021")),

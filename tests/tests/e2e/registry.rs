@@ -299,6 +299,33 @@ async fn a_plugin_that_is_not_a_component_stops_start_up_naming_mf_webhooks_plug
 }
 
 #[tokio::test]
+async fn bad_platform_settings_stop_start_up_naming_their_variable() -> anyhow::Result<()> {
+    assert_start_up_fails_naming(
+        &[("MF_THINGS_AUTH_GRPC_URL", "not a host:port")],
+        "MF_THINGS_AUTH_GRPC_URL",
+    )?;
+    assert_start_up_fails_naming(
+        &[
+            ("MF_THINGS_AUTH_GRPC_URL", "127.0.0.1:1"),
+            ("MF_THINGS_AUTH_GRPC_TIMEOUT", "soon"),
+        ],
+        "MF_THINGS_AUTH_GRPC_TIMEOUT",
+    )?;
+    let folder = webhooks_tests::TempDir::new("ca");
+    let missing = folder.path().join("missing-ca.pem");
+    assert_start_up_fails_naming(
+        &[
+            ("MF_THINGS_AUTH_GRPC_URL", "127.0.0.1:1"),
+            ("MF_WEBHOOKS_CLIENT_TLS", "true"),
+            ("MF_WEBHOOKS_CA_CERTS", missing.to_str().unwrap()),
+        ],
+        "MF_WEBHOOKS_CA_CERTS",
+    )?;
+    assert_start_up_fails_naming(&[("MF_WEBHOOKS_CLIENT_TLS", "perhaps")], "MF_WEBHOOKS_CLIENT_TLS")?;
+    assert_start_up_fails_naming(&[("MF_WEBHOOKS_ES_URL", "http://not-redis")], "MF_WEBHOOKS_ES_URL")
+}
+
+#[tokio::test]
 async fn a_port_that_is_not_a_number_stops_start_up_naming_mf_webhooks_http_port() -> anyhow::Result<()> {
     assert_start_up_fails_naming(&[("MF_WEBHOOKS_HTTP_PORT", "notaport")], "MF_WEBHOOKS_HTTP_PORT")
 }
