@@ -243,9 +243,21 @@ impl ThingsServer {
         Self::start_on(0, Fixture::standard()).await
     }
 
+    /// Starts a service with the standard fixture on a free loopback port, speaking TLS with
+    /// this PEM certificate chain and key.
+    pub async fn start_tls(certificate: &[u8], key: &[u8]) -> Result<Self> {
+        let tls =
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(certificate, key));
+        Self::serve(0, Fixture::standard(), Some(tls)).await
+    }
+
     /// Starts a service with this fixture on this loopback port (0 for any), on the current
     /// tokio runtime.
     pub async fn start_on(port: u16, fixture: Fixture) -> Result<Self> {
+        Self::serve(port, fixture, None).await
+    }
+
+    async fn serve(port: u16, fixture: Fixture, tls: Option<tonic::transport::ServerTlsConfig>) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .with_context(|| format!("binding the things service to 127.0.0.1:{port}"))?;
@@ -256,9 +268,13 @@ impl ThingsServer {
         });
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = ThingsGrpc(shared.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("the test TLS identity")?;
+        }
         let task = tokio::spawn(async move {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let serving = tonic::transport::Server::builder().serve_with_incoming_shutdown(service, incoming, async {
+            let serving = builder.serve_with_incoming_shutdown(service, incoming, async {
                 let _ = stopped.await;
             });
             if let Err(error) = serving.await {

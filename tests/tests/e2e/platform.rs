@@ -669,3 +669,118 @@ async fn a_restarted_host_resumes_from_its_cursor_not_from_the_start_of_the_stre
     assert_eq!(webhooks_of(&host, THING_1).await?, 1);
     Ok(())
 }
+
+/// A throwaway CA and a server certificate it signed for 127.0.0.1, made by the `openssl`
+/// command line; answers the folder holding `ca.pem`, `server.pem` and `server.key`.
+fn test_certificates() -> Result<webhooks_tests::TempDir> {
+    let dir = webhooks_tests::TempDir::new("tls");
+    let run = |args: &[&str]| -> Result<()> {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .context("running openssl")?;
+        ensure!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=webhooks test CA",
+        ],
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec,
+        &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+    ]
+    .concat())?;
+    std::fs::write(
+        dir.path().join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    Ok(dir)
+}
+
+/// With `MF_WEBHOOKS_CLIENT_TLS`, the host speaks TLS to the things service and verifies it
+/// against `MF_WEBHOOKS_CA_CERTS`: a service signed by that CA is used; without the CA (the web
+/// PKI roots), or without TLS, the same service is unreachable: 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_things_service_is_verified_against_the_configured_ca() -> Result<()> {
+    let certificates = test_certificates()?;
+    let read = |name: &str| std::fs::read(certificates.path().join(name));
+    let things = ThingsServer::start_tls(&read("server.pem")?, &read("server.key")?).await?;
+    let ca = certificates.path().join("ca.pem");
+    let listing = format!("/things/{THING_1}/webhooks");
+
+    let trusting = host_asking(
+        &things.address(),
+        &[
+            ("MF_WEBHOOKS_CLIENT_TLS", "true"),
+            ("MF_WEBHOOKS_CA_CERTS", ca.to_str().unwrap()),
+        ],
+    )
+    .await?;
+    assert_eq!(total(&trusting, &listing, VIEWER).await?, 0);
+    let (status, _) = trusting.call(Method::GET, &listing, UNKNOWN_TOKEN, None).await?;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the service's answers come through TLS"
+    );
+
+    let distrusting = host_asking(&things.address(), &[("MF_WEBHOOKS_CLIENT_TLS", "true")]).await?;
+    let (status, _) = distrusting.call(Method::GET, &listing, VIEWER, None).await?;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a certificate from an unknown CA is refused"
+    );
+
+    let plaintext = host_asking(&things.address(), &[]).await?;
+    let (status, _) = plaintext.call(Method::GET, &listing, VIEWER, None).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no plaintext to a TLS service");
+    assert_eq!(
+        things.count(CAN_USER_ACCESS_THING),
+        2,
+        "only the trusting host's calls got through"
+    );
+    Ok(())
+}
