@@ -66,8 +66,9 @@ lint:
 			--features $$variant -- -D warnings || exit 1; \
 	done
 
+# The performance targets and cost growth, written to BENCHMARKS.md; then the scale-out table
+# (SQLite, PostgreSQL, PostgreSQL with two hosts) and the plugin runtime's costs.
 bench: build plugin-variants
-	target/release/bench list 100 2000
-	target/release/bench deliver 10000 1 3
+	target/release/bench report BENCHMARKS.md
 	tests/services run target/services -- target/release/bench scale 10000 2
 	target/release/bench runtime 20000
