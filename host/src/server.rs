@@ -87,7 +87,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let settings = Arc::new(DeliverySettings {
         retry_schedule: config.retry_schedule.clone(),
         retention: config.retention,
-        claim_lease: crate::settings::claim_lease(config.plugin_deadline, config.delivery_timeout),
+        // A SQLite file serves one host, whose dispatcher never runs a delivery twice at once.
+        claim_lease: if config.db_url.starts_with("sqlite://") {
+            Duration::ZERO
+        } else {
+            crate::settings::claim_lease(config.plugin_deadline, config.delivery_timeout)
+        },
     });
     let capabilities = Capabilities {
         store: kv,

@@ -272,7 +272,12 @@ impl<'a> Events<'a> {
     /// of the lease, guarded by the record as read, so a host sharing the store that read the
     /// same due deliveries skips them, and a host that dies mid-attempt leaves them due again
     /// when the lease ends. Answers the deliveries this call won, as now stored.
+    /// A lease of 0 means the store has one host only, which never runs an attempt twice at
+    /// once: nothing is claimed.
     fn claim(&self, mut batch: Vec<(Delivery, Vec<u8>)>, now: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
+        if self.lease_ms == 0 {
+            return Ok(batch);
+        }
         let until = now.saturating_add(self.lease_ms);
         for _ in 0..COMMIT_ATTEMPTS {
             if batch.is_empty() {
@@ -967,6 +972,22 @@ mod tests {
             "claimed deliveries are not due"
         );
         assert!(events(&kv, &quiet).deliver(&ids).unwrap().is_empty());
+        // With a lease of 0 (one host), nothing is claimed.
+        let unclaimed = events(&kv, &quiet).with_lease(0).claim(
+            ids.iter()
+                .map(|id| {
+                    let stored = kv.get(&keys::delivery(id)).unwrap().unwrap();
+                    (Delivery::decode(&stored).unwrap(), stored)
+                })
+                .collect(),
+            clock(),
+        );
+        assert_eq!(unclaimed.unwrap().len(), 2);
+        assert_eq!(
+            events(&kv, &quiet).due(10).unwrap().len(),
+            0,
+            "the earlier claims still hold"
+        );
         // A stopping host gives its claims back: due again at once.
         assert_eq!(events(&kv, &quiet).release(&ids).unwrap(), 2);
         assert_eq!(events(&kv, &quiet).due(10).unwrap().len(), 2);
