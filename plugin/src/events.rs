@@ -185,16 +185,10 @@ impl<'a> Events<'a> {
     /// and records every outcome.
     pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
         let now = (self.clock)();
-        let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
-        let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
-        let mut batch: Vec<(Delivery, Vec<u8>)> = Vec::with_capacity(ids.len());
-        for bytes in stored.into_iter().flatten() {
-            let delivery = Delivery::decode(&bytes)?;
-            if delivery.status == Status::Pending && delivery.next_attempt_ms.is_none_or(|at| at <= now) {
-                batch.push((delivery, bytes));
-            }
-        }
-        let batch = self.claim(batch, now)?;
+        let due = self.load_deliveries(ids, |d| {
+            d.status == Status::Pending && d.next_attempt_ms.is_none_or(|at| at <= now)
+        })?;
+        let batch = self.claim(due, now)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -274,99 +268,78 @@ impl<'a> Events<'a> {
     /// when the lease ends. Answers the deliveries this call won, as now stored.
     /// A lease of 0 means the store has one host only, which never runs an attempt twice at
     /// once: nothing is claimed.
-    fn claim(&self, mut batch: Vec<(Delivery, Vec<u8>)>, now: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
+    fn claim(&self, batch: Vec<(Delivery, Vec<u8>)>, now: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
         if self.lease_ms == 0 {
             return Ok(batch);
         }
-        let until = now.saturating_add(self.lease_ms);
-        for _ in 0..COMMIT_ATTEMPTS {
-            if batch.is_empty() {
-                return Ok(batch);
-            }
-            let mut guards = Vec::with_capacity(batch.len());
-            let mut ops = Vec::with_capacity(batch.len() * 3);
-            let mut claimed = Vec::with_capacity(batch.len());
-            for (delivery, stored) in &batch {
-                guards.push(Condition::Equals(Entry {
-                    key: keys::delivery(&delivery.id),
-                    value: stored.clone(),
-                }));
-                if let Some(at) = delivery.next_attempt_ms {
-                    ops.push(Op::Delete(keys::due(at, &delivery.id)));
-                }
-                let mut taken = delivery.clone();
-                taken.next_attempt_ms = Some(until);
-                let bytes = taken.encode();
-                ops.push(Op::Put(Entry {
-                    key: keys::due(until, &delivery.id),
-                    value: delivery.webhook_id.clone().into_bytes(),
-                }));
-                ops.push(Op::Put(Entry {
-                    key: keys::delivery(&delivery.id),
-                    value: bytes.clone(),
-                }));
-                claimed.push((taken, bytes));
-            }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(claimed),
-                // Someone else claimed or finished that one since it was read: leave it to them.
-                Err(CommitFailure::Conflict(index)) => {
-                    batch.remove(index);
-                }
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("deliveries kept changing while being claimed"))
+        self.reschedule(batch, now.saturating_add(self.lease_ms))
     }
 
     /// Makes each pending delivery of the list whose next attempt lies ahead (a claim) due
     /// now; answers how many.
     pub fn release(&self, ids: &[String]) -> Result<u32> {
         let now = (self.clock)();
+        let claimed = self.load_deliveries(ids, |d| {
+            d.status == Status::Pending && d.next_attempt_ms.is_some_and(|at| at > now)
+        })?;
+        Ok(self.reschedule(claimed, now)?.len() as u32)
+    }
+
+    /// The stored deliveries of the list that `keep` accepts, each with its record's bytes.
+    fn load_deliveries(&self, ids: &[String], keep: impl Fn(&Delivery) -> bool) -> Result<Vec<(Delivery, Vec<u8>)>> {
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
         let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
-        let mut claimed: Vec<(Delivery, Vec<u8>)> = Vec::new();
+        let mut found = Vec::with_capacity(ids.len());
         for bytes in stored.into_iter().flatten() {
             let delivery = Delivery::decode(&bytes)?;
-            if delivery.status == Status::Pending && delivery.next_attempt_ms.is_some_and(|at| at > now) {
-                claimed.push((delivery, bytes));
+            if keep(&delivery) {
+                found.push((delivery, bytes));
             }
         }
+        Ok(found)
+    }
+
+    /// Moves each delivery's next attempt to `at`, guarded by its record as read; one changed
+    /// meanwhile by someone else (claimed, attempted) is left to them. Answers the deliveries
+    /// moved, as now stored.
+    fn reschedule(&self, mut batch: Vec<(Delivery, Vec<u8>)>, at: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
         for _ in 0..COMMIT_ATTEMPTS {
-            if claimed.is_empty() {
-                return Ok(0);
+            if batch.is_empty() {
+                return Ok(batch);
             }
-            let mut guards = Vec::with_capacity(claimed.len());
-            let mut ops = Vec::with_capacity(claimed.len() * 3);
-            for (delivery, stored) in &claimed {
+            let mut guards = Vec::with_capacity(batch.len());
+            let mut ops = Vec::with_capacity(batch.len() * 3);
+            let mut moved = Vec::with_capacity(batch.len());
+            for (delivery, stored) in &batch {
                 guards.push(Condition::Equals(Entry {
                     key: keys::delivery(&delivery.id),
                     value: stored.clone(),
                 }));
-                if let Some(at) = delivery.next_attempt_ms {
-                    ops.push(Op::Delete(keys::due(at, &delivery.id)));
+                if let Some(before) = delivery.next_attempt_ms {
+                    ops.push(Op::Delete(keys::due(before, &delivery.id)));
                 }
-                let mut released = delivery.clone();
-                released.next_attempt_ms = Some(now);
+                let mut updated = delivery.clone();
+                updated.next_attempt_ms = Some(at);
+                let bytes = updated.encode();
                 ops.push(Op::Put(Entry {
-                    key: keys::due(now, &delivery.id),
+                    key: keys::due(at, &delivery.id),
                     value: delivery.webhook_id.clone().into_bytes(),
                 }));
                 ops.push(Op::Put(Entry {
                     key: keys::delivery(&delivery.id),
-                    value: released.encode(),
+                    value: bytes.clone(),
                 }));
+                moved.push((updated, bytes));
             }
             match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(claimed.len() as u32),
-                // Its attempt finished meanwhile: the recorded outcome stands.
+                Ok(()) => return Ok(moved),
                 Err(CommitFailure::Conflict(index)) => {
-                    claimed.remove(index);
+                    batch.remove(index);
                 }
                 Err(CommitFailure::Store(e)) => return Err(e),
             }
         }
-        Err(internal("deliveries kept changing while being released"))
+        Err(internal("deliveries kept changing while being rescheduled"))
     }
 
     /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.

@@ -96,6 +96,36 @@ pub async fn open(url: &str, connections: usize) -> Result<Arc<dyn KvBackend>, O
     }
 }
 
+/// The keys a scan reads: from `low` (itself included or not) up to `high`, excluded (none:
+/// to the end of the key space).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScanRange {
+    /// The lowest key.
+    pub low: Vec<u8>,
+    /// Whether `low` itself is in the range.
+    pub low_inclusive: bool,
+    /// The first key past the range.
+    pub high: Option<Vec<u8>>,
+}
+
+/// The range of a scan of `prefix`, narrowed by the cursor `after` in the scan's direction:
+/// `prefix <= key < prefix_end`, then past the cursor.
+pub fn scan_range(prefix: &[u8], after: Option<&[u8]>, reverse: bool) -> ScanRange {
+    let end = prefix_end(prefix);
+    let (low, low_inclusive, high) = match (reverse, after) {
+        (false, Some(after)) if after >= prefix => (after.to_vec(), false, end),
+        (true, Some(after)) if end.as_deref().is_none_or(|end| after < end) => {
+            (prefix.to_vec(), true, Some(after.to_vec()))
+        }
+        _ => (prefix.to_vec(), true, end),
+    };
+    ScanRange {
+        low,
+        low_inclusive,
+        high,
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`, if there is one.
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

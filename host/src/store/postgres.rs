@@ -16,7 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
 
-use super::{BoxFuture, Condition, Entry, KvBackend, Op, StoreError, prefix_end};
+use super::{BoxFuture, Condition, Entry, KvBackend, Op, ScanRange, StoreError, scan_range};
 
 /// The first key of every advisory lock this store takes, so they never collide with other
 /// applications' locks in the same database ("WHK1").
@@ -272,16 +272,11 @@ impl KvBackend for PostgresStore {
         reverse: bool,
     ) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>> {
         Box::pin(async move {
-            // The same half-open range as the SQLite backend: prefix <= key < prefix_end,
-            // narrowed by the cursor.
-            let end = prefix_end(&prefix);
-            let (low, low_inclusive, high) = match (reverse, after) {
-                (false, Some(after)) if after >= prefix => (after, false, end),
-                (true, Some(after)) if end.as_deref().is_none_or(|end| after.as_slice() < end) => {
-                    (prefix, true, Some(after))
-                }
-                _ => (prefix, true, end),
-            };
+            let ScanRange {
+                low,
+                low_inclusive,
+                high,
+            } = scan_range(&prefix, after.as_deref(), reverse);
             let client = self.client().await?;
             let statement = client
                 .prepare_cached(&scan_sql(low_inclusive, high.is_some(), reverse))

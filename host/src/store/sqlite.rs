@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::{BoxFuture, Condition, Entry, KvBackend, Op, StoreError, prefix_end};
+use super::{BoxFuture, Condition, Entry, KvBackend, Op, ScanRange, StoreError, scan_range};
 
 /// Readers kept open between calls.
 const IDLE_READERS: usize = 8;
@@ -86,22 +86,15 @@ fn scan(
     limit: u32,
     reverse: bool,
 ) -> rusqlite::Result<Vec<Entry>> {
-    // Bounds as a half-open range: prefix <= key < prefix_end, narrowed by the cursor.
-    let end = prefix_end(prefix);
-    let (low, low_inclusive, high, high_inclusive): (Option<&[u8]>, bool, Option<&[u8]>, bool) = match (reverse, after)
-    {
-        (false, Some(after)) if after >= prefix => (Some(after), false, end.as_deref(), false),
-        (true, Some(after)) if end.as_deref().is_none_or(|end| after < end) => (Some(prefix), true, Some(after), false),
-        _ => (Some(prefix), true, end.as_deref(), false),
-    };
+    let ScanRange {
+        low,
+        low_inclusive,
+        high,
+    } = scan_range(prefix, after, reverse);
     let mut sql = String::from("SELECT key, value FROM kv WHERE key ");
     sql.push_str(if low_inclusive { ">= ?1" } else { "> ?1" });
     if high.is_some() {
-        sql.push_str(if high_inclusive {
-            " AND key <= ?2"
-        } else {
-            " AND key < ?2"
-        });
+        sql.push_str(" AND key < ?2");
     }
     sql.push_str(if reverse {
         " ORDER BY key DESC LIMIT ?3"

@@ -169,19 +169,7 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     for &k in ks {
-        let receiver = Receiver::start().await?;
-        let host = TestHost::start_with(
-            standard_registry(),
-            &[
-                ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
-                ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
-            ],
-        )
-        .await?;
-        let hooks: Vec<_> = (0..k)
-            .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
-            .collect();
-        host.create(THING_1, EDITOR, json!(hooks)).await?;
+        let (receiver, host) = host_with_webhooks(k).await?;
         let service = service_run(&[&host], &receiver, messages, k).await?;
         let native = native_run(&receiver, messages * k).await?;
         let rate = |run: &Run| run.deliveries as f64 / run.elapsed.as_secs_f64();
@@ -203,6 +191,24 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
 
 /// Publishes `messages` messages over HTTP, spread over `hosts`, and waits for their `k`
 /// deliveries each.
+/// A receiver, and a host on SQLite with `k` webhooks on `THING_1` pointing at it.
+async fn host_with_webhooks(k: usize) -> Result<(Receiver, TestHost)> {
+    let receiver = Receiver::start().await?;
+    let host = TestHost::start_with(
+        standard_registry(),
+        &[
+            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+        ],
+    )
+    .await?;
+    let hooks: Vec<_> = (0..k)
+        .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
+        .collect();
+    host.create(THING_1, EDITOR, json!(hooks)).await?;
+    Ok((receiver, host))
+}
+
 async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
     let urls: std::sync::Arc<Vec<String>> =
@@ -684,21 +690,7 @@ async fn group_list(webhooks: usize, things: usize, requests: usize) -> Result<S
 /// Publish → receipt latency of `rate` messages/s for `seconds`, each publish on its own task so
 /// a slow answer never delays the next one.
 async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
-    let receiver = Receiver::start().await?;
-    let host = TestHost::start_with(
-        standard_registry(),
-        &[
-            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
-            ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
-        ],
-    )
-    .await?;
-    host.create(
-        THING_1,
-        EDITOR,
-        json!([{"name": "steady", "url": receiver.url("/steady")}]),
-    )
-    .await?;
+    let (receiver, host) = host_with_webhooks(1).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let url = host.url("/messages/steady");
     let messages = (rate * seconds) as usize;
@@ -738,19 +730,7 @@ async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
 /// Deliveries/s of the service and of the native client for `messages` messages to a thing with
 /// `k` webhooks.
 async fn throughput(messages: usize, k: usize) -> Result<(f64, f64)> {
-    let receiver = Receiver::start().await?;
-    let host = TestHost::start_with(
-        standard_registry(),
-        &[
-            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
-            ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
-        ],
-    )
-    .await?;
-    let hooks: Vec<_> = (0..k)
-        .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
-        .collect();
-    host.create(THING_1, EDITOR, json!(hooks)).await?;
+    let (receiver, host) = host_with_webhooks(k).await?;
     let service = service_run(&[&host], &receiver, messages, k).await?;
     let native = native_run(&receiver, messages * k).await?;
     let rate = |run: &Run| run.deliveries as f64 / run.elapsed.as_secs_f64();
