@@ -154,5 +154,9 @@ mod message_events {
         fn on_group_removed(group_id: String) -> Result<u32, Error> {
             events().on_group_removed(&group_id)
         }
+
+        fn maintain(limit: u32) -> Result<u32, Error> {
+            crate::upkeep::Upkeep::new(&HostStore).maintain(limit)
+        }
     }
 }

@@ -9,6 +9,13 @@
 //! | `wt\0{thing}\0{id}` | copy of the record, listing by thing in id order |
 //! | `wg\0{group}\0{id}` | copy of the record, listing by group in id order |
 //! | `wn\0{thing}\0{name}` | the id of the thing's webhook with that name (uniqueness) |
+//! | `gs\0{group}\0{suffix}\0{id}` | empty: one per suffix of the lowercased name, for name search |
+//! | `ix\0group-names` | empty: every webhook has its `gs` entries (set by the backfill) |
+//! | `ix\0group-names-cursor` | the id of the last webhook the backfill indexed |
+//!
+//! A `gs` suffix starts at a char boundary of the lowercased name and keeps at most
+//! [`NAME_SUFFIX_BYTES`] bytes; names may hold any char, NUL included, so the id is read from
+//! after the last NUL, never the first.
 
 const SEP: u8 = 0;
 
@@ -58,9 +65,141 @@ pub fn name(thing_id: &str, name: &str) -> Vec<u8> {
     key("wn", &[thing_id, name])
 }
 
+/// The prefix of every primary webhook record, in id order.
+pub fn webhook_prefix() -> Vec<u8> {
+    let mut key = b"wh".to_vec();
+    key.push(SEP);
+    key
+}
+
+/// The longest suffix, in bytes, a name-search entry keeps: long enough to tell names apart,
+/// short enough that a webhook's entries stay small even with a 254-char name.
+pub const NAME_SUFFIX_BYTES: usize = 48;
+
+/// Cuts a string to at most `max` bytes, at a char boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The name-search entries of a webhook: one per char position of its lowercased name, each
+/// holding the (truncated) suffix from there, without repeats.
+pub fn name_suffixes(group_id: &str, id: &str, name: &str) -> Vec<Vec<u8>> {
+    let lower = name.to_lowercase();
+    let mut entries: Vec<Vec<u8>> = lower
+        .char_indices()
+        .map(|(at, _)| key("gs", &[group_id, truncate(&lower[at..], NAME_SUFFIX_BYTES), id]))
+        .collect();
+    // Truncation makes the suffixes of a long run of one char equal.
+    entries.sort_unstable();
+    entries.dedup();
+    entries
+}
+
+/// The prefix of a group's name-search entries whose suffix starts with the lowercased query:
+/// with no separator after the query, so a scan finds every name containing it (and, past
+/// [`NAME_SUFFIX_BYTES`], some that only share its start, which the caller checks again).
+pub fn name_suffix_prefix(group_id: &str, query: &str) -> Vec<u8> {
+    key("gs", &[group_id, truncate(query, NAME_SUFFIX_BYTES)])
+}
+
+/// Reads the webhook id back out of a name-search entry's key: the part after the last NUL.
+pub fn name_suffix_id(key: &[u8]) -> Option<&str> {
+    log_entry_id(key)
+}
+
+/// The marker that every webhook has its name-search entries, so listings may rely on them.
+pub fn group_names_indexed() -> Vec<u8> {
+    key("ix", &["group-names"])
+}
+
+/// The backfill's progress toward [`group_names_indexed`]: the last webhook id it indexed.
+pub fn group_names_cursor() -> Vec<u8> {
+    key("ix", &["group-names-cursor"])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_search_prefix_selects_only_that_group() {
+        let prefix = name_suffix_prefix("g1", "lph");
+        let entries = name_suffixes("g1", "id", "Alpha");
+        assert_eq!(entries.iter().filter(|k| k.starts_with(&prefix)).count(), 1);
+        assert!(
+            name_suffixes("g10", "id", "Alpha")
+                .iter()
+                .all(|k| !k.starts_with(&prefix))
+        );
+        assert!(
+            name_suffixes("g1", "id", "Alp-ha")
+                .iter()
+                .all(|k| !k.starts_with(&prefix))
+        );
+        assert!(!by_group("g1", "lph").starts_with(&prefix));
+        // One entry per char position, the id read back after the last NUL even when the name
+        // holds one.
+        let entries = name_suffixes("g1", "id-1", "a\0b");
+        assert_eq!(entries.len(), 3);
+        assert!(entries.iter().all(|k| name_suffix_id(k) == Some("id-1")));
+    }
+
+    #[test]
+    fn name_suffixes_are_cut_at_char_boundaries() {
+        // 47 ASCII bytes then a two-byte char: the 48-byte cut would split it.
+        let name = format!("{}éz", "a".repeat(47));
+        let entries = name_suffixes("g", "i", &name);
+        let suffixes: Vec<String> = entries
+            .iter()
+            .map(|k| String::from_utf8(k[5..k.len() - 2].to_vec()).unwrap())
+            .collect();
+        assert!(suffixes.contains(&"a".repeat(47)));
+        assert!(suffixes.iter().all(|s| s.len() <= NAME_SUFFIX_BYTES));
+        assert!(suffixes.contains(&"éz".to_owned()));
+        assert_eq!(truncate("ünï", 4), "ün");
+        assert_eq!(truncate("ünï", 3), "ün");
+        assert_eq!(truncate("ünï", 2), "ü");
+        assert_eq!(truncate("ünï", 1), "");
+        assert_eq!(truncate("ab", 48), "ab");
+        // The name is lowercased, so are its multi-byte chars.
+        assert!(name_suffixes("g", "i", "ÜNÏ").contains(&key("gs", &["g", "ünï", "i"])));
+        // A long run of one char gives one entry per distinct truncated suffix.
+        assert_eq!(name_suffixes("g", "i", &"x".repeat(200)).len(), NAME_SUFFIX_BYTES);
+    }
+
+    #[test]
+    fn every_name_containing_the_query_has_an_entry_under_its_prefix() {
+        let long = "ü".repeat(40) + "-end";
+        let names = [
+            "Alpha".to_owned(),
+            "ÜnïcodeÜnïcode".to_owned(),
+            format!("prefix-{long}-suffix"),
+            "x".repeat(254),
+            format!("{}ßẞ{}", "ab".repeat(30), "é".repeat(50)),
+        ];
+        for name in &names {
+            let lower = name.to_lowercase();
+            let entries = name_suffixes("g", "id", name);
+            let boundaries: Vec<usize> = lower.char_indices().map(|(at, _)| at).chain([lower.len()]).collect();
+            for &start in &boundaries {
+                for &end in boundaries.iter().filter(|&&end| end > start) {
+                    let query = &lower[start..end];
+                    let prefix = name_suffix_prefix("g", query);
+                    assert!(
+                        entries.iter().any(|k| k.starts_with(&prefix)),
+                        "{name:?} has no entry for {query:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_thing_prefix_selects_only_that_thing() {

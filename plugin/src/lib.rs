@@ -19,6 +19,7 @@ pub mod outbound;
 pub mod page;
 pub mod repo;
 pub mod service;
+pub mod upkeep;
 pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,6 +1,8 @@
 //! The plugin's records in the ordered key-value store: reads, index scans and guarded
 //! commits, over the `store` capability or any other [`Kv`].
 
+use std::collections::BTreeSet;
+
 use crate::Error;
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op, StoreError};
 use crate::error::{Result, internal};
@@ -74,8 +76,60 @@ pub fn commit(kv: &dyn Kv, guards: &[Condition], ops: &[Op]) -> Result<(), Commi
     })
 }
 
+/// Whether every webhook has its name-search entries, so a group listing may narrow by them.
+pub fn group_names_indexed(kv: &dyn Kv) -> Result<bool> {
+    Ok(kv.get(&keys::group_names_indexed()).map_err(store_error)?.is_some())
+}
+
+/// Reads the group's webhooks whose name-search entries start with the lowercased query, each
+/// once, in id order: a superset of the names containing it, which the caller checks again.
+pub fn scan_name_candidates(kv: &dyn Kv, group_id: &str, query: &str) -> Result<Vec<Webhook>> {
+    let prefix = keys::name_suffix_prefix(group_id, query);
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = kv
+            .scan(&prefix, after.as_deref(), SCAN_CHUNK, false)
+            .map_err(store_error)?;
+        let full = chunk.len() as u32 == SCAN_CHUNK;
+        ids.extend(
+            chunk
+                .iter()
+                .filter_map(|entry| keys::name_suffix_id(&entry.key).map(str::to_owned)),
+        );
+        if !full {
+            break;
+        }
+        after = chunk.into_iter().last().map(|entry| entry.key);
+    }
+    let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
+    let mut webhooks = Vec::with_capacity(record_keys.len());
+    for batch in record_keys.chunks(SCAN_CHUNK as usize) {
+        for bytes in kv.get_many(batch).map_err(store_error)?.into_iter().flatten() {
+            webhooks.push(Webhook::decode(&bytes)?);
+        }
+    }
+    Ok(webhooks)
+}
+
+/// The writes that store a webhook's name-search entries.
+pub fn put_name_suffixes(ops: &mut Vec<Op>, webhook: &Webhook) {
+    for key in keys::name_suffixes(&webhook.group_id, &webhook.id, &webhook.name) {
+        ops.push(Op::Put(Entry { key, value: Vec::new() }));
+    }
+}
+
+/// The writes that remove a webhook's name-search entries; before a rename's
+/// [`put_webhook`], since ops apply in order and the new name may share suffixes with the old.
+pub fn delete_name_suffixes(ops: &mut Vec<Op>, webhook: &Webhook) {
+    for key in keys::name_suffixes(&webhook.group_id, &webhook.id, &webhook.name) {
+        ops.push(Op::Delete(key));
+    }
+}
+
 /// The writes that store a webhook's record and its index entries.
 pub fn put_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
+    put_name_suffixes(ops, webhook);
     let value = webhook.encode();
     ops.push(Op::Put(Entry {
         key: keys::by_thing(&webhook.thing_id, &webhook.id),
@@ -97,6 +151,7 @@ pub fn delete_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
     ops.push(Op::Delete(keys::by_thing(&webhook.thing_id, &webhook.id)));
     ops.push(Op::Delete(keys::by_group(&webhook.group_id, &webhook.id)));
     ops.push(Op::Delete(keys::name(&webhook.thing_id, &webhook.name)));
+    delete_name_suffixes(ops, webhook);
 }
 
 /// An in-memory [`Kv`] with the same semantics as the host's backends, for unit tests.

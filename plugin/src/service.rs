@@ -74,7 +74,7 @@ impl<'a> Service<'a> {
         require_token(token)?;
         self.access.authorize_group(token, group_id, Role::Viewer)?;
         let query = PageQuery::from_query(query)?;
-        self.page(&keys::by_group_prefix(group_id), &query)
+        self.group_page(group_id, &query)
     }
 
     /// A page of the thing's webhooks, selected by a JSON search body.
@@ -90,7 +90,7 @@ impl<'a> Service<'a> {
         require_token(token)?;
         self.access.authorize_group(token, group_id, Role::Viewer)?;
         let query = PageQuery::from_body(body)?;
-        self.page(&keys::by_group_prefix(group_id), &query)
+        self.group_page(group_id, &query)
     }
 
     /// One webhook, for a viewer of its group.
@@ -129,6 +129,8 @@ impl<'a> Service<'a> {
                     key: new_name,
                     value: id.as_bytes().to_vec(),
                 }));
+                // Before the put: suffixes both names share are deleted, then written again.
+                repo::delete_name_suffixes(&mut ops, &current);
             }
             repo::put_webhook(&mut ops, &updated);
             match repo::commit(self.kv, &guards, &ops) {
@@ -185,6 +187,21 @@ impl<'a> Service<'a> {
             }
         }
         Err(busy())
+    }
+
+    /// A group's page: with a name filter, only the webhooks the name-search index names are
+    /// read, so the cost grows with the matches, not with the group; until the backfill has
+    /// indexed every webhook, the whole group is read.
+    fn group_page(&self, group_id: &str, query: &PageQuery) -> Result<String> {
+        if let Some(name) = query.name.as_deref().filter(|name| !name.is_empty())
+            && repo::group_names_indexed(self.kv)?
+        {
+            let mut matches = repo::scan_name_candidates(self.kv, group_id, name)?;
+            // The index only narrows: truncated suffixes match more than the query does.
+            matches.retain(|webhook| webhook.group_id == group_id && query.matches(webhook));
+            return Ok(query.page(matches).to_string());
+        }
+        self.page(&keys::by_group_prefix(group_id), query)
     }
 
     fn page(&self, prefix: &[u8], query: &PageQuery) -> Result<String> {
@@ -520,5 +537,292 @@ mod tests {
                 Err(Error::NotFound(_))
             ));
         });
+    }
+
+    /// A [`MemoryKv`] that remembers every prefix scanned, to tell an index read from a full one.
+    #[derive(Default)]
+    struct WatchedKv {
+        kv: MemoryKv,
+        scanned: std::cell::RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl Kv for WatchedKv {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::bindings::mainflux::webhooks::store::StoreError> {
+            self.kv.get(key)
+        }
+        fn get_many(
+            &self,
+            keys: &[Vec<u8>],
+        ) -> Result<Vec<Option<Vec<u8>>>, crate::bindings::mainflux::webhooks::store::StoreError> {
+            self.kv.get_many(keys)
+        }
+        fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: u32,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, crate::bindings::mainflux::webhooks::store::StoreError> {
+            self.scanned.borrow_mut().push(prefix.to_vec());
+            self.kv.scan(prefix, after, limit, reverse)
+        }
+        fn commit(
+            &self,
+            guards: &[Condition],
+            ops: &[Op],
+        ) -> Result<(), crate::bindings::mainflux::webhooks::store::StoreError> {
+            self.kv.commit(guards, ops)
+        }
+    }
+
+    impl WatchedKv {
+        /// Whether a listing since the last call read the whole group.
+        fn read_whole_group(&self) -> bool {
+            let whole = keys::by_group_prefix("g1");
+            self.scanned.take().contains(&whole)
+        }
+
+        /// The name-search entries stored, as (suffix, id) pairs.
+        fn name_entries(&self) -> Vec<(String, String)> {
+            let map = self.kv.map.borrow();
+            map.keys()
+                .filter(|k| k.starts_with(b"gs\0"))
+                .map(|k| {
+                    let id = keys::name_suffix_id(k).unwrap().to_owned();
+                    let suffix = String::from_utf8(k[6..k.len() - id.len() - 1].to_vec()).unwrap();
+                    (suffix, id)
+                })
+                .collect()
+        }
+    }
+
+    fn maintain_all(kv: &dyn Kv) {
+        let upkeep = crate::upkeep::Upkeep::new(kv);
+        while upkeep.maintain(3).unwrap() > 0 {}
+    }
+
+    fn group_list(service: &Service, params: &[(&str, &str)]) -> Value {
+        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &params).unwrap()).unwrap()
+    }
+
+    /// The page the full scan answers, to hold the indexed one against.
+    fn full_scan(service: &Service, params: &[(&str, &str)]) -> Value {
+        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let query = PageQuery::from_query(&params).unwrap();
+        serde_json::from_str(&service.page(&keys::by_group_prefix("g1"), &query).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn indexed_name_search_answers_what_the_full_scan_answers() {
+        let kv = WatchedKv::default();
+        let service = Service::new(&kv, &FixedAccess);
+        let long = format!("{}needle{}", "x".repeat(60), "é".repeat(40));
+        let names = [
+            "Alpha",
+            "alphabet soup",
+            "ALPHA-2",
+            "beta",
+            "mid-alph-dle",
+            "Ünïcode hook",
+            "ünÏCODE",
+            "ab ab ab",
+            "end-ab",
+            &long,
+            &"a".repeat(60),
+            &format!("{}é{}", "b".repeat(47), "tail"),
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let thing = if i % 2 == 0 { "t1" } else { "t2" };
+            create(
+                &service,
+                thing,
+                json!([{"name": name, "url": "http://h", "metadata": {"i": i % 3}}]),
+            )
+            .unwrap();
+        }
+        maintain_all(&kv);
+        let long_query = format!("{}needle", "x".repeat(50));
+        let near_miss = format!("{}nope", "x".repeat(60));
+        let cut_query = format!("{}é", "b".repeat(47));
+        let queries = [
+            "alph",
+            "ALPH",
+            "pha",
+            "a",
+            "bet",
+            "ünï",
+            "ÜNÏCODE",
+            "code",
+            "hook",
+            "ab",
+            "b",
+            "needle",
+            "zzz",
+            &long_query,
+            &near_miss,
+            &long,
+            &cut_query,
+            "éta",
+        ];
+        let pagings: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("limit", "2"), ("offset", "1")],
+            &[("order", "name"), ("dir", "asc")],
+            &[
+                ("order", "id"),
+                ("dir", "asc"),
+                ("offset", "1"),
+                ("limit", "3"),
+                ("metadata", r#"{"i":1}"#),
+            ],
+        ];
+        for query in queries {
+            for paging in pagings {
+                let mut params = vec![("name", query)];
+                params.extend_from_slice(paging);
+                let expected = full_scan(&service, &params);
+                kv.scanned.take();
+                let indexed = group_list(&service, &params);
+                assert!(!kv.read_whole_group(), "{params:?} read the whole group");
+                assert_eq!(indexed, expected, "{params:?}");
+            }
+        }
+        // A name holding the query three times is listed once.
+        let page = group_list(&service, &[("name", "ab "), ("limit", "100")]);
+        assert_eq!(page["total"], 1);
+        assert_eq!(page["webhooks"][0]["name"], "ab ab ab");
+        let page = group_list(&service, &[("name", "AB"), ("limit", "100")]);
+        assert_eq!(page["total"], 3, "{page}");
+        assert_eq!(group_list(&service, &[("name", &near_miss)])["total"], 0);
+        assert_eq!(group_list(&service, &[("name", &long_query)])["total"], 1);
+        assert_eq!(group_list(&service, &[("name", "ÜNÏ")])["total"], 2);
+        // The search body takes the same path.
+        kv.scanned.take();
+        let body = json!({"name": "Alph", "order": "name", "dir": "asc"}).to_string();
+        let searched: Value =
+            serde_json::from_str(&service.search_group_webhooks("viewer", "g1", body.as_bytes()).unwrap()).unwrap();
+        assert!(!kv.read_whole_group());
+        assert_eq!(
+            searched,
+            full_scan(&service, &[("name", "alph"), ("order", "name"), ("dir", "asc")])
+        );
+        assert_eq!(searched["total"], 4);
+        // No name filter, or a thing's list, reads the whole list as before.
+        assert_eq!(group_list(&service, &[])["total"], names.len());
+        assert!(kv.read_whole_group());
+    }
+
+    #[test]
+    fn a_rename_or_removal_leaves_no_name_entries_behind() {
+        let kv = WatchedKv::default();
+        let service = Service::new(&kv, &FixedAccess);
+        maintain_all(&kv);
+        let created = create(
+            &service,
+            "t1",
+            json!([{"name": "Old-Name", "url": "http://h"}, {"name": "other", "url": "http://h"}]),
+        )
+        .unwrap();
+        let id = created[0]["id"].as_str().unwrap();
+        let other = created[1]["id"].as_str().unwrap();
+        assert_eq!(group_list(&service, &[("name", "old")])["total"], 1);
+        service
+            .update_webhook("editor", id, br#"{"name":"new-name","url":"http://h"}"#)
+            .unwrap();
+        assert_eq!(group_list(&service, &[("name", "old")])["total"], 0);
+        assert_eq!(group_list(&service, &[("name", "new-")])["total"], 1);
+        // Suffixes both names share ("-name", "name", ...) are there, written again.
+        assert_eq!(group_list(&service, &[("name", "-name")])["total"], 1);
+        let mine: Vec<String> = kv
+            .name_entries()
+            .into_iter()
+            .filter(|(_, owner)| owner == id)
+            .map(|(suffix, _)| suffix)
+            .collect();
+        let expected: Vec<String> = keys::name_suffixes("g1", id, "new-name")
+            .iter()
+            .map(|k| String::from_utf8(k[6..k.len() - id.len() - 1].to_vec()).unwrap())
+            .collect();
+        assert_eq!(mine, expected);
+        // An update that keeps the name keeps its entries.
+        service
+            .update_webhook("editor", id, br#"{"name":"new-name","url":"http://other"}"#)
+            .unwrap();
+        assert_eq!(group_list(&service, &[("name", "new-name")])["total"], 1);
+        let body = json!({"webhook_ids": [id]}).to_string();
+        service.remove_webhooks("editor", body.as_bytes()).unwrap();
+        assert!(kv.name_entries().iter().all(|(_, owner)| owner == other));
+        assert_eq!(group_list(&service, &[("name", "name")])["total"], 0);
+        let body = json!({"webhook_ids": [other]}).to_string();
+        service.remove_webhooks("editor", body.as_bytes()).unwrap();
+        assert!(kv.name_entries().is_empty());
+    }
+
+    /// Stores a webhook the way the version before the name-search index did: without entries.
+    fn store_unindexed(kv: &dyn Kv, id: &str, thing: &str, name: &str) {
+        let webhook = Webhook::new(
+            id.to_owned(),
+            thing.to_owned(),
+            "g1".to_owned(),
+            WebhookInput::parse(&json!({"name": name, "url": "http://h"})).unwrap(),
+        );
+        let mut ops = Vec::new();
+        repo::put_webhook(&mut ops, &webhook);
+        ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
+        ops.push(Op::Put(Entry {
+            key: keys::name(thing, name),
+            value: id.as_bytes().to_vec(),
+        }));
+        kv.commit(&[], &ops).unwrap();
+    }
+
+    #[test]
+    fn records_from_before_the_index_are_found_by_the_full_scan_until_the_backfill_ends() {
+        let kv = WatchedKv::default();
+        let service = Service::new(&kv, &FixedAccess);
+        for i in 0..7 {
+            store_unindexed(
+                &kv,
+                &format!("00000000-0000-4000-8000-00000000000{i}"),
+                "t1",
+                &format!("Legacy {i}"),
+            );
+        }
+        // One written by this version before the backfill ran.
+        create(&service, "t2", json!([{"name": "legacy new", "url": "http://h"}])).unwrap();
+        let upkeep = crate::upkeep::Upkeep::new(&kv);
+        let mut calls = 0;
+        loop {
+            let page = group_list(&service, &[("name", "LEGACY"), ("limit", "100")]);
+            assert_eq!(page["total"], 8, "after {calls} maintain calls");
+            assert!(kv.read_whole_group(), "the index is not complete yet");
+            calls += 1;
+            let handled = upkeep.maintain(3).unwrap();
+            if handled < 3 {
+                break;
+            }
+        }
+        // 8 records, 3 at a time: the third call finds the last two and completes the index.
+        assert_eq!(calls, 3);
+        assert!(kv.kv.get(&keys::group_names_indexed()).unwrap().is_some());
+        assert!(kv.kv.get(&keys::group_names_cursor()).unwrap().is_none());
+        assert_eq!(upkeep.maintain(3).unwrap(), 0);
+        let page = group_list(&service, &[("name", "LEGACY"), ("limit", "100")]);
+        assert!(!kv.read_whole_group());
+        assert_eq!(page["total"], 8);
+        assert_eq!(page, full_scan(&service, &[("name", "LEGACY"), ("limit", "100")]));
+        assert_eq!(group_list(&service, &[("name", "acy 3")])["total"], 1);
+    }
+
+    #[test]
+    fn an_unindexed_record_is_not_found_once_the_index_is_marked_complete() {
+        // What the marker promises: listings read the index alone, so it must be complete.
+        let kv = WatchedKv::default();
+        let service = Service::new(&kv, &FixedAccess);
+        maintain_all(&kv);
+        store_unindexed(&kv, "00000000-0000-4000-8000-000000000001", "t1", "hidden");
+        assert_eq!(group_list(&service, &[("name", "hid")])["total"], 0);
+        assert_eq!(group_list(&service, &[])["total"], 1);
     }
 }

@@ -7,7 +7,7 @@ macro_rules! call_api {
     ($app:expr, $export:literal, $method:ident($($arg:expr),*)) => {
         $app.runtime
             .call($export, move |plugin, store| {
-                Box::pin(async move { plugin.mainflux_webhooks_api().$method(store, $($arg),*).await })
+                Box::pin(async move { plugin.api(store)?.$method(store, $($arg),*).await })
             })
             .await
     };

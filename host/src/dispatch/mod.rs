@@ -172,7 +172,7 @@ impl Dispatcher {
         let result = self
             .runtime
             .call("events.release", move |plugin, store| {
-                Box::pin(async move { plugin.mainflux_webhooks_events().call_release(store, &ids).await })
+                Box::pin(async move { plugin.events(store)?.call_release(store, &ids).await })
             })
             .await;
         match result {
@@ -194,7 +194,7 @@ impl Dispatcher {
             let result = self
                 .runtime
                 .call_waiting("events.deliver", self.config.attempt_timeout, move |plugin, store| {
-                    Box::pin(async move { plugin.mainflux_webhooks_events().call_deliver(store, &batch).await })
+                    Box::pin(async move { plugin.events(store)?.call_deliver(store, &batch).await })
                 })
                 .await;
             match result {
@@ -246,17 +246,18 @@ impl Dispatcher {
         }
     }
 
-    /// Deletes deliveries and message ids older than the retention, checking every `interval`.
+    /// Deletes deliveries and message ids older than the retention, and carries out the plugin's
+    /// pending upkeep of stored data, at once and then every `interval`.
     pub fn start_retention(runtime: Arc<Runtime>, interval: Duration) -> tokio::task::JoinHandle<()> {
         const BATCH: u32 = 1000;
         tokio::spawn(async move {
             loop {
                 let result = runtime
                     .call("events.expire", |plugin, store| {
-                        Box::pin(async move { plugin.mainflux_webhooks_events().call_expire(store, BATCH).await })
+                        Box::pin(async move { plugin.events(store)?.call_expire(store, BATCH).await })
                     })
                     .await;
-                let more = match result {
+                let more_expired = match result {
                     Ok(Ok(count)) => {
                         if count > 0 {
                             tracing::info!(count, "expired deliveries and message ids past the retention");
@@ -272,7 +273,30 @@ impl Dispatcher {
                         false
                     }
                 };
-                if !more {
+                // Upkeep a new plugin version asks for (an index over records an earlier one
+                // wrote) runs beside retention, in batches, so it never holds up a request.
+                let result = runtime
+                    .call("events.maintain", |plugin, store| {
+                        Box::pin(async move { plugin.events(store)?.call_maintain(store, BATCH).await })
+                    })
+                    .await;
+                let more_upkeep = match result {
+                    Ok(Ok(count)) => {
+                        if count > 0 {
+                            tracing::info!(count, "stored records brought up to date");
+                        }
+                        count >= BATCH
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(?error, "upkeep of stored records failed");
+                        false
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "upkeep of stored records failed");
+                        false
+                    }
+                };
+                if !more_expired && !more_upkeep {
                     tokio::time::sleep(interval).await;
                 }
             }
@@ -285,7 +309,7 @@ impl Dispatcher {
             let result = self
                 .runtime
                 .call("events.due", |plugin, store| {
-                    Box::pin(async move { plugin.mainflux_webhooks_events().call_due(store, PAGE).await })
+                    Box::pin(async move { plugin.events(store)?.call_due(store, PAGE).await })
                 })
                 .await;
             let full = match result {

@@ -45,7 +45,7 @@ pub async fn remove_webhooks_of(runtime: &Runtime, owner: Owner, id: &str) -> u3
         let result = runtime
             .call(export, move |plugin, store| {
                 Box::pin(async move {
-                    let events = plugin.mainflux_webhooks_events();
+                    let events = plugin.events(store)?;
                     match owner {
                         Owner::Thing => events.call_on_thing_removed(store, &target).await,
                         Owner::Group => events.call_on_group_removed(store, &target).await,

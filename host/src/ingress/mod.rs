@@ -58,7 +58,7 @@ pub async fn accept(
     };
     let accepted = runtime
         .call("events.on-message", move |plugin, store| {
-            Box::pin(async move { plugin.mainflux_webhooks_events().call_on_message(store, &message).await })
+            Box::pin(async move { plugin.events(store)?.call_on_message(store, &message).await })
         })
         .await?
         .map_err(IngressError::Refused)?;

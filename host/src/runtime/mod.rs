@@ -21,7 +21,7 @@ pub use plugin::{Inspection, LoadError, Plugin};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
-use bindings::Webhooks;
+use bindings::exports::mainflux::webhooks::{api, events};
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -74,6 +74,9 @@ pub struct Runtime {
     capabilities: Capabilities,
     cache: CompileCache,
     current: RwLock<Arc<Plugin>>,
+    /// One permit per instance the pool holds: a call waits for a free slot (within its
+    /// deadline) rather than fail when a burst or a stall has every slot in use.
+    instances: Arc<tokio::sync::Semaphore>,
     /// Held while a new version is loaded, so two swaps never race to install.
     swapping: tokio::sync::Mutex<()>,
 }
@@ -96,6 +99,7 @@ impl Runtime {
             capabilities,
             cache,
             current: RwLock::new(Arc::new(plugin)),
+            instances: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),
             swapping: tokio::sync::Mutex::new(()),
         });
         runtime.start_epoch_ticker();
@@ -130,7 +134,7 @@ impl Runtime {
     /// `export` names the export for metrics and logs (`api.view-webhook`, `events.deliver`).
     pub async fn call<R, F>(&self, export: &'static str, call: F) -> Result<R, CallError>
     where
-        F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         self.call_waiting(export, Duration::ZERO, call).await
     }
@@ -140,7 +144,7 @@ impl Runtime {
     /// extended by that much, so a slow receiver is not taken for a runaway plugin.
     pub async fn call_waiting<R, F>(&self, export: &'static str, waiting: Duration, call: F) -> Result<R, CallError>
     where
-        F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         let started = Instant::now();
         let result = self.run(waiting, call).await;
@@ -167,15 +171,31 @@ impl Runtime {
 
     async fn run<R, F>(&self, waiting: Duration, call: F) -> Result<R, CallError>
     where
-        F: for<'a> FnOnce(&'a Webhooks, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+    {
+        let budget = self.limits.deadline + waiting;
+        let deadline = Instant::now() + budget;
+        let run = async {
+            let _slot = self.instances.acquire().await.map_err(|_| CallError::Deadline)?;
+            self.run_in_slot(deadline, call).await
+        };
+        // Epochs only interrupt guest code; this also bounds a call stuck inside a host import
+        // or waiting for a free instance slot.
+        match tokio::time::timeout(budget + 10 * EPOCH_TICK, run).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Deadline),
+        }
+    }
+
+    async fn run_in_slot<R, F>(&self, deadline: Instant, call: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         let plugin = self.current();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let budget = self.limits.deadline + waiting;
-        let deadline = Instant::now() + budget;
         let mut store = Store::new(&self.engine, HostState::new(&self.capabilities, limits, deadline));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
@@ -187,27 +207,22 @@ impl Runtime {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let run = async {
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
-            call(&instance, &mut store)
-                .await
-                .map_err(|e| match e.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => CallError::Deadline,
-                    _ => CallError::Trap {
-                        reason: e.root_cause().to_string(),
-                        detail: format!("{e:#}").replace('\n', " |"),
-                    },
-                })
-        };
-        // Epochs only interrupt guest code; this also bounds a call stuck inside a host import.
-        match tokio::time::timeout(budget + 10 * EPOCH_TICK, run).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Deadline),
-        }
+        let instance = plugin
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let exports = Exports { instance, plugin };
+        call(&exports, &mut store)
+            .await
+            .map_err(|e| match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => CallError::Deadline,
+                _ => CallError::Trap {
+                    reason: e.root_cause().to_string(),
+                    detail: format!("{e:#}").replace('\n', " |"),
+                },
+            })
     }
 
     fn start_epoch_ticker(self: &Arc<Self>) {
@@ -222,6 +237,25 @@ impl Runtime {
                 }
             })
             .expect("the epoch ticker thread starts");
+    }
+}
+
+/// A fresh instance of the plugin, whose exports a call looks up as it needs them: type-checking
+/// every export of the world for every instance would cost more than the instantiation saves.
+pub struct Exports {
+    instance: wasmtime::component::Instance,
+    plugin: Arc<Plugin>,
+}
+
+impl Exports {
+    /// The instance's `api` interface.
+    pub fn api(&self, store: &mut Store<HostState>) -> wasmtime::Result<api::Guest> {
+        self.plugin.api.load(store, &self.instance)
+    }
+
+    /// The instance's `events` interface.
+    pub fn events(&self, store: &mut Store<HostState>) -> wasmtime::Result<events::Guest> {
+        self.plugin.events.load(store, &self.instance)
     }
 }
 

@@ -9,6 +9,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::HostState;
 use super::bindings::WebhooksPre;
+use super::bindings::exports::mainflux::webhooks::{api, events};
 use super::cache::{CompileCache, Origin};
 
 /// Why a plugin could not be loaded.
@@ -28,6 +29,10 @@ pub enum LoadError {
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {
     pub(super) pre: WebhooksPre<HostState>,
+    /// Where the `api` exports are, found once per version.
+    pub(super) api: api::GuestIndices,
+    /// Where the `events` exports are, found once per version.
+    pub(super) events: events::GuestIndices,
     /// Hex SHA-256 of the component's bytes.
     pub sha256: String,
     /// When this version was loaded.
@@ -52,11 +57,16 @@ pub(super) fn load(
         .component(engine, bytes, &sha256)
         .map_err(|e| LoadError::Compile(one_line(&e)))?;
     let pre = check(linker, &component)?;
+    let instance_pre = pre.instance_pre();
+    let api = api::GuestIndices::new(instance_pre).map_err(|e| LoadError::World(one_line(&e)))?;
+    let events = events::GuestIndices::new(instance_pre).map_err(|e| LoadError::World(one_line(&e)))?;
     if origin == Origin::Compiled {
         cache.store(engine, &component, &sha256);
     }
     Ok(Plugin {
         pre,
+        api,
+        events,
         sha256,
         loaded_at: SystemTime::now(),
         load_time: started.elapsed(),

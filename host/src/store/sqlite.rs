@@ -17,7 +17,43 @@ pub struct SqliteStore {
     /// Commits go to one writer thread, which groups them (see [`run_writer`]).
     writer: Mutex<std::sync::mpsc::Sender<PendingCommit>>,
     readers: Mutex<Vec<Connection>>,
+    /// Dropped with the store, which ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
 }
+
+/// How often the checkpoint thread copies the write-ahead log into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies committed pages from the write-ahead log into the database file, so the log stays
+/// short, until the store is dropped. A passive checkpoint never blocks the writer or readers.
+fn run_checkpoints(conn: Connection, stopped: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+        match checkpoint(&conn, "PASSIVE") {
+            // Readers come and go all the time under load, so the log is rarely free for the
+            // writer to start again from its beginning on its own: once it is long, wait for a
+            // moment without readers. Frames already copied make this wait short.
+            Ok(frames) if frames >= RESTART_FRAMES => {
+                if let Err(error) = checkpoint(&conn, "RESTART") {
+                    tracing::warn!(%error, "SQLite checkpoint failed; the next one tries again");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "SQLite checkpoint failed; the next one tries again"),
+        }
+    }
+}
+
+/// Runs a checkpoint in this mode; answers the frames in the log before it ran.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| row.get(1))
+}
+
+/// Log length, in pages, from which a checkpoint makes the writer start the log again.
+const RESTART_FRAMES: i64 = 4096;
+
+/// Longest wait of a restarting checkpoint for readers to leave the log; the writer waits
+/// meanwhile, so it is short, and a checkpoint that gives up tries again at the next tick.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl SqliteStore {
     /// Opens the database at `path`, creating it and its folder if missing.
@@ -39,15 +75,29 @@ impl SqliteStore {
         writer.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
         )?;
+        // Checkpoints run on their own thread (see `run_checkpoints`), so no commit waits for
+        // one to copy the log.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        tune(&writer)?;
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(RESTART_WAIT)?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel();
+        let thread_error =
+            |e: std::io::Error| rusqlite::Error::InvalidPath(format!("cannot start a thread: {e}").into());
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run_checkpoints(checkpointer, stopped))
+            .map_err(thread_error)?;
         let (queue, commits) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run_writer(writer, commits))
-            .map_err(|e| rusqlite::Error::InvalidPath(format!("cannot start the writer thread: {e}").into()))?;
+            .map_err(thread_error)?;
         Ok(SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(queue),
             readers: Mutex::new(Vec::new()),
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 
@@ -63,6 +113,7 @@ impl SqliteStore {
                 .map_err(unavailable)?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))
                     .map_err(unavailable)?;
+                tune(&conn).map_err(unavailable)?;
                 conn
             }
         };
@@ -73,6 +124,18 @@ impl SqliteStore {
         }
         result
     }
+}
+
+/// How much of the database file connections map into memory.
+const MMAP_BYTES: i64 = 1 << 30;
+
+/// Settings of a connection, for speed; none changes what a statement does.
+fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    // The bundled SQLite has STAT4, which makes a range scan re-plan (re-parse) on every new
+    // bound value; one table with one key has one plan.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    Ok(())
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {

@@ -131,6 +131,10 @@ impl events::Guest for Variant {
     fn on_group_removed(group_id: String) -> Result<u32, Error> {
         <Real as events::Guest>::on_group_removed(group_id)
     }
+
+    fn maintain(limit: u32) -> Result<u32, Error> {
+        <Real as events::Guest>::maintain(limit)
+    }
 }
 
 webhooks_plugin::bindings::export!(Variant with_types_in webhooks_plugin::bindings);

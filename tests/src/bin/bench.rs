@@ -68,7 +68,20 @@ async fn main() -> Result<()> {
             let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             runtime(calls).await
         }
-        Some(other) => bail!("unknown benchmark {other:?}; try: report, list, deliver, scale, runtime"),
+        Some("steady") => {
+            let rate = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1_000);
+            let seconds = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(10);
+            let s = steady_latency(rate, seconds).await?;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "{rate} messages/s for {seconds} s: publish → receipt p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max)
+            );
+            Ok(())
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; try: report, list, deliver, steady, scale, runtime"),
     }
 }
 
@@ -710,13 +723,19 @@ async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
                 .send()
                 .await?;
             if response.status() != StatusCode::ACCEPTED {
-                bail!("publish answered {}", response.status());
+                let status = response.status();
+                bail!(
+                    "publish answered {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
             }
             Ok(())
         }));
     }
     for task in tasks {
-        task.await??;
+        if let Err(error) = task.await? {
+            bail!("{error}; host log:\n{}", host.log());
+        }
     }
     let received = wait_for_count(&receiver, messages, Duration::from_secs(120)).await?;
     Ok(summarize(

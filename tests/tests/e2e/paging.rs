@@ -545,3 +545,104 @@ async fn paging_through_every_page_yields_every_webhook_once() -> anyhow::Result
     }
     Ok(())
 }
+
+/// The group lists of a name filter, sorted by name, through the URL query and the search body.
+async fn group_names_matching(host: &TestHost, name: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut answers = Vec::new();
+    for lister in [GroupList, GroupSearch] {
+        let fields = [("name", json!(name)), ("order", json!("name")), ("dir", json!("asc"))];
+        let page = lister.ok_page(host, &fields).await?;
+        assert_eq!(page["total"], names(&page).len(), "{lister:?} name={name}: {page}");
+        answers.push(names(&page));
+    }
+    Ok(answers)
+}
+
+#[tokio::test]
+async fn a_group_name_filter_follows_creates_renames_and_removals() -> anyhow::Result<()> {
+    let host = TestHost::start().await?;
+    // The host's first upkeep call, made at start, marks a fresh store's name-search index
+    // complete; from then on a group's name filter reads the index, not the whole group.
+    webhooks_tests::eventually(std::time::Duration::from_secs(10), || async {
+        let metrics = host.request(Method::GET, "/metrics", "").send().await?.text().await?;
+        anyhow::ensure!(
+            metrics.contains(r#"webhooks_plugin_call_duration_seconds_count{export="events.maintain"}"#),
+            "no upkeep call yet"
+        );
+        Ok(())
+    })
+    .await?;
+    let one = host
+        .create(
+            THING_1,
+            ADMIN,
+            json!([
+                {"name": "Pump Ünïcode Sensor", "url": "http://h.example"},
+                {"name": "pump-backup", "url": "http://h.example"}
+            ]),
+        )
+        .await?;
+    host.create(
+        THING_2,
+        ADMIN,
+        json!([{"name": "Valve sensor", "url": "http://h.example"}, {"name": "PUMP two", "url": "http://h.example"}]),
+    )
+    .await?;
+    host.create(
+        THING_3,
+        OTHER_ADMIN,
+        json!([{"name": "pump elsewhere", "url": "http://h.example"}]),
+    )
+    .await?;
+    let both = |names: &[&str]| -> Vec<Vec<String>> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        vec![names.clone(), names]
+    };
+    assert_eq!(
+        group_names_matching(&host, "PUMP").await?,
+        both(&["PUMP two", "Pump Ünïcode Sensor", "pump-backup"])
+    );
+    assert_eq!(
+        group_names_matching(&host, "ÜNÏ").await?,
+        both(&["Pump Ünïcode Sensor"])
+    );
+    assert_eq!(
+        group_names_matching(&host, "sensor").await?,
+        both(&["Pump Ünïcode Sensor", "Valve sensor"])
+    );
+
+    let backup = one[1]["id"].as_str().unwrap();
+    let (status, _) = host
+        .call(
+            Method::PUT,
+            &format!("/webhooks/{backup}"),
+            ADMIN,
+            Some(json!({"name": "Valve-Backup", "url": "http://h.example"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        group_names_matching(&host, "pump").await?,
+        both(&["PUMP two", "Pump Ünïcode Sensor"])
+    );
+    assert_eq!(group_names_matching(&host, "-backup").await?, both(&["Valve-Backup"]));
+    assert_eq!(
+        group_names_matching(&host, "valve").await?,
+        both(&["Valve sensor", "Valve-Backup"])
+    );
+
+    let sensor = one[0]["id"].as_str().unwrap();
+    let (status, _) = host
+        .call(
+            Method::PATCH,
+            "/webhooks",
+            ADMIN,
+            Some(json!({"webhook_ids": [sensor]})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(group_names_matching(&host, "pump").await?, both(&["PUMP two"]));
+    assert_eq!(group_names_matching(&host, "sensor").await?, both(&["Valve sensor"]));
+    assert_eq!(group_names_matching(&host, "ünïcode").await?, both(&[]));
+    Ok(())
+}

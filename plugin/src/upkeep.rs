@@ -1,0 +1,225 @@
+//! Upkeep of stored data that an upgrade calls for: building the indexes this version added
+//! over the records an earlier version wrote (DESIGN.md, principle 5), a few at a time.
+
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::error::{Result, internal};
+use crate::keys;
+use crate::repo::{self, CommitFailure, Kv};
+use crate::webhook::Webhook;
+
+/// Most webhooks indexed by one commit: a 254-char name brings 254 entries, so this keeps a
+/// commit to a few megabytes whatever the names.
+const RECORDS_PER_COMMIT: u32 = 64;
+
+/// How often one commit is tried again after concurrent writes changed what it read.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// The upkeep operations over a store.
+pub struct Upkeep<'a> {
+    kv: &'a dyn Kv,
+}
+
+impl<'a> Upkeep<'a> {
+    /// Binds the operations to the store.
+    pub fn new(kv: &'a dyn Kv) -> Self {
+        Upkeep { kv }
+    }
+
+    /// Gives up to `limit` webhooks written before the name-search index their entries, in
+    /// id order from where the last call stopped; once none is left, marks the index complete.
+    /// Answers how many webhooks it handled: 0 when the index was already complete.
+    pub fn maintain(&self, limit: u32) -> Result<u32> {
+        let mut handled = 0;
+        while handled < limit {
+            let (count, complete) = self.index_names(RECORDS_PER_COMMIT.min(limit - handled))?;
+            handled += count;
+            if complete {
+                break;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Indexes the next `limit` webhooks after the cursor in one commit; answers how many, and
+    /// whether the index is complete (this commit may have completed it).
+    fn index_names(&self, limit: u32) -> Result<(u32, bool)> {
+        let marker = keys::group_names_indexed();
+        let cursor_key = keys::group_names_cursor();
+        for _ in 0..COMMIT_ATTEMPTS {
+            if repo::group_names_indexed(self.kv)? {
+                return Ok((0, true));
+            }
+            let cursor = self.kv.get(&cursor_key).map_err(repo::store_error)?;
+            let after = cursor.as_ref().map(|id| [keys::webhook_prefix(), id.clone()].concat());
+            let records = self
+                .kv
+                .scan(&keys::webhook_prefix(), after.as_deref(), limit, false)
+                .map_err(repo::store_error)?;
+            // A second host doing the same upkeep, or a concurrent write, shows as a conflict.
+            let mut guards = vec![
+                Condition::Absent(marker.clone()),
+                match &cursor {
+                    Some(id) => Condition::Equals(Entry {
+                        key: cursor_key.clone(),
+                        value: id.clone(),
+                    }),
+                    None => Condition::Absent(cursor_key.clone()),
+                },
+            ];
+            let mut ops = Vec::new();
+            for record in &records {
+                let webhook = Webhook::decode(&record.value)?;
+                repo::put_name_suffixes(&mut ops, &webhook);
+                // Entries for the record as read: a rename or removal since then fails the
+                // commit rather than leave entries of a name the webhook no longer has.
+                guards.push(Condition::Equals(record.clone()));
+            }
+            let exhausted = (records.len() as u32) < limit;
+            if exhausted {
+                // Every write since this version came in keeps the index, so from here on
+                // listings may rely on it.
+                ops.push(Op::Put(Entry {
+                    key: marker.clone(),
+                    value: Vec::new(),
+                }));
+                ops.push(Op::Delete(cursor_key.clone()));
+            } else if let Some(last) = records.last() {
+                let id = last.key[keys::webhook_prefix().len()..].to_vec();
+                ops.push(Op::Put(Entry {
+                    key: cursor_key.clone(),
+                    value: id,
+                }));
+            }
+            match repo::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok((records.len() as u32, exhausted)),
+                Err(CommitFailure::Conflict(_)) => continue,
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(internal("webhooks kept changing while being indexed by name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::mainflux::webhooks::store::StoreError;
+    use crate::repo::memory::MemoryKv;
+    use serde_json::Map;
+    use std::cell::Cell;
+
+    fn webhook(id: &str, name: &str) -> Webhook {
+        Webhook {
+            v: 1,
+            id: id.into(),
+            thing_id: "t".into(),
+            group_id: "g".into(),
+            name: name.into(),
+            url: "http://h".into(),
+            headers: Map::new(),
+            metadata: Map::new(),
+            secret: None,
+            disabled: false,
+            disabled_reason: None,
+        }
+    }
+
+    /// Writes a record as the version before the index did: without name-search entries.
+    fn store_unindexed(kv: &dyn Kv, webhook: &Webhook) {
+        let mut ops = Vec::new();
+        repo::put_webhook(&mut ops, webhook);
+        ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
+        kv.commit(&[], &ops).unwrap();
+    }
+
+    fn name_entries(kv: &MemoryKv) -> Vec<Vec<u8>> {
+        kv.map
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(b"gs\0"))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_fresh_store_is_marked_complete_by_the_first_call() {
+        let kv = MemoryKv::default();
+        assert_eq!(Upkeep::new(&kv).maintain(0).unwrap(), 0);
+        assert!(!repo::group_names_indexed(&kv).unwrap(), "a limit of 0 does nothing");
+        assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
+        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_backfill_goes_in_batches_from_its_cursor_until_none_is_left() {
+        let kv = MemoryKv::default();
+        let webhooks: Vec<Webhook> = (0..150)
+            .map(|i| webhook(&format!("id-{i:03}"), &format!("Hook {i}")))
+            .collect();
+        for webhook in &webhooks {
+            store_unindexed(&kv, webhook);
+        }
+        let upkeep = Upkeep::new(&kv);
+        assert_eq!(upkeep.maintain(100).unwrap(), 100);
+        assert_eq!(kv.get(&keys::group_names_cursor()).unwrap(), Some(b"id-099".to_vec()));
+        assert!(!repo::group_names_indexed(&kv).unwrap());
+        assert_eq!(upkeep.maintain(100).unwrap(), 50);
+        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert_eq!(kv.get(&keys::group_names_cursor()).unwrap(), None);
+        assert_eq!(upkeep.maintain(100).unwrap(), 0);
+        let mut expected: Vec<Vec<u8>> = webhooks
+            .iter()
+            .flat_map(|w| keys::name_suffixes(&w.group_id, &w.id, &w.name))
+            .collect();
+        expected.sort();
+        assert_eq!(name_entries(&kv), expected);
+    }
+
+    /// Renames a webhook just before the first commit, as a concurrent update would.
+    struct RacingKv {
+        kv: MemoryKv,
+        raced: Cell<bool>,
+    }
+
+    impl Kv for RacingKv {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.kv.get(key)
+        }
+        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.kv.get_many(keys)
+        }
+        fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: u32,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.kv.scan(prefix, after, limit, reverse)
+        }
+        fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
+            if !self.raced.replace(true) {
+                let (old, _) = repo::load_webhook(&self.kv, "a").unwrap().unwrap();
+                let renamed = webhook("a", "renamed");
+                let mut rename = Vec::new();
+                repo::delete_name_suffixes(&mut rename, &old);
+                repo::put_webhook(&mut rename, &renamed);
+                self.kv.commit(&[], &rename)?;
+            }
+            self.kv.commit(guards, ops)
+        }
+    }
+
+    #[test]
+    fn a_record_changed_meanwhile_gets_the_entries_of_its_new_name_only() {
+        let kv = RacingKv {
+            kv: MemoryKv::default(),
+            raced: Cell::new(false),
+        };
+        store_unindexed(&kv.kv, &webhook("a", "original"));
+        assert_eq!(Upkeep::new(&kv).maintain(10).unwrap(), 1);
+        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert_eq!(name_entries(&kv.kv), keys::name_suffixes("g", "a", "renamed"));
+    }
+}
