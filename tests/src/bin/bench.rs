@@ -461,10 +461,14 @@ async fn runtime(calls: usize) -> Result<()> {
         );
     };
 
-    let per_call = instantiation(calls).await?;
+    let (per_call, with_events) = instantiation(calls).await?;
     println!(
-        "| new store + instance per call ({calls} calls, one at a time) | {:.1} µs | | |",
+        "| new store + instance per call ({calls} calls, one at a time, median of {ROUNDS} rounds) | {:.1} µs | | |",
         per_call.as_secs_f64() * 1e6
+    );
+    println!(
+        "| same, and the `events` exports looked up | {:.1} µs | | |",
+        with_events.as_secs_f64() * 1e6
     );
 
     // Without the cache: a fresh, empty cache folder each start, so the plugin is compiled.
@@ -500,7 +504,9 @@ async fn runtime(calls: usize) -> Result<()> {
 }
 
 /// Mean cost of a call that only creates a store and an instance of the real plugin.
-async fn instantiation(calls: usize) -> Result<Duration> {
+/// Mean cost of a call that only creates a store and an instance of the real plugin, and of
+/// one that also looks up the `events` interface, as every message and delivery call does.
+async fn instantiation(calls: usize) -> Result<(Duration, Duration)> {
     use webhooks_host::identity::registry::RegistryBackend;
     use webhooks_host::outbound::{OutboundClient, OutboundConfig};
     use webhooks_host::runtime::{Capabilities, CompileCache, Limits, Runtime};
@@ -525,11 +531,38 @@ async fn instantiation(calls: usize) -> Result<Duration> {
     for _ in 0..1_000 {
         empty().await?;
     }
-    let started = Instant::now();
-    for _ in 0..calls {
-        empty().await?;
+    let bare = median_of_rounds(calls, async || empty().await.map_err(anyhow::Error::from)).await?;
+    let with_events = || async {
+        runtime
+            .call("bench", |exports, store| {
+                Box::pin(async move {
+                    exports.events(store)?;
+                    Ok(())
+                })
+            })
+            .await
+    };
+    let looked_up = median_of_rounds(calls, async || with_events().await.map_err(anyhow::Error::from)).await?;
+    Ok((bare, looked_up))
+}
+
+/// Rounds a microbenchmark's calls are split into.
+const ROUNDS: usize = 10;
+
+/// The median, over [`ROUNDS`] rounds, of the mean time of one call: a neighbour's burst on
+/// this shared machine spoils a round or two, not the figure.
+async fn median_of_rounds(calls: usize, mut call: impl AsyncFnMut() -> Result<()>) -> Result<Duration> {
+    let per_round = (calls / ROUNDS).max(1);
+    let mut means = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..per_round {
+            call().await?;
+        }
+        means.push(started.elapsed() / per_round as u32);
     }
-    Ok(started.elapsed() / calls as u32)
+    means.sort();
+    Ok(means[ROUNDS / 2])
 }
 
 /// Starts a host with this compile cache and answers the time to its first healthy answer and
@@ -809,11 +842,15 @@ async fn report(out: &std::path::Path) -> Result<()> {
         measured: format!("p50 {:.1} ms, p99 {:.1} ms", ms(listed.p50), ms(listed.p99)),
         met: listed.p99 <= Duration::from_millis(20),
     });
-    let per_call = instantiation(20_000).await?;
+    let (per_call, with_events) = instantiation(20_000).await?;
     targets.push(Target {
-        measure: "new store + instance per call".into(),
+        measure: format!("new store + instance per call (median of {ROUNDS} rounds of 2,000)"),
         target: "≤ 15 µs",
-        measured: format!("{:.1} µs", per_call.as_secs_f64() * 1e6),
+        measured: format!(
+            "{:.1} µs ({:.1} µs with the `events` exports looked up)",
+            per_call.as_secs_f64() * 1e6,
+            with_events.as_secs_f64() * 1e6
+        ),
         met: per_call <= Duration::from_micros(15),
     });
     let cache = TempDir::new("bench-cache");
