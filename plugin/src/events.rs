@@ -74,8 +74,8 @@ impl<'a> Events<'a> {
         self
     }
 
-    /// Records one pending delivery per webhook of the thing, with the message id, in one
-    /// commit; a message id the thing already published records nothing.
+    /// Records one pending delivery per webhook of the thing in one commit, with the message id
+    /// when the publisher named one: an id the thing already published records nothing.
     pub fn on_message(&self, message: Message) -> Result<Accepted> {
         let (message_id, named) = match message.id {
             Some(id) => {
