@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The wasmtime host of the webhooks service.
 #[derive(Debug, Parser)]
-#[command(name = "webhooks-host", version, about, long_about = None)]
+#[command(name = "webhooks-host", version, about, long_about = None, arg_required_else_help = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -67,6 +67,15 @@ pub struct ServeConfig {
     )]
     pub http_port: u16,
 
+    /// Longest wait for a request's head, and for each part of its body, before the
+    /// connection is dropped (e.g. 30s).
+    #[arg(long, env = "MF_WEBHOOKS_HTTP_READ_TIMEOUT", value_name = "MF_WEBHOOKS_HTTP_READ_TIMEOUT", default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub http_read_timeout: Duration,
+
+    /// Most client connections open at once; further clients wait to be accepted.
+    #[arg(long, env = "MF_WEBHOOKS_HTTP_MAX_CONNECTIONS", value_name = "MF_WEBHOOKS_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
     /// Address the REST API binds to.
     #[arg(
         long,
@@ -81,6 +90,8 @@ pub struct ServeConfig {
         long,
         env = "MF_WEBHOOKS_DB_URL",
         value_name = "MF_WEBHOOKS_DB_URL",
+        // May carry a password: the value is never printed.
+        hide_env_values = true,
         default_value = "sqlite://./data/webhooks.db"
     )]
     pub db_url: String,
@@ -125,6 +136,8 @@ pub struct ServeConfig {
         long,
         env = "MF_WEBHOOKS_ES_URL",
         value_name = "MF_WEBHOOKS_ES_URL",
+        // May carry a password: the value is never printed.
+        hide_env_values = true,
         default_value = ""
     )]
     pub es_url: String,
@@ -144,7 +157,8 @@ pub struct ServeConfig {
 
     /// NATS server whose JetStream subject `webhooks` (stream `mainflux`) is consumed as
     /// durable queue consumer `webhooks`, e.g. nats://127.0.0.1:4222; empty: no broker.
-    #[arg(long, env = "MF_BROKER_URL", value_name = "MF_BROKER_URL", default_value = "")]
+    // May carry credentials (nats://USER:PASS@HOST): the value is never printed.
+    #[arg(long, env = "MF_BROKER_URL", value_name = "MF_BROKER_URL", default_value = "", hide_env_values = true)]
     pub broker_url: String,
 
     /// Path of the identity registry file (users, groups, things), re-read when it changes.
@@ -264,6 +278,24 @@ impl ServeConfig {
     }
 }
 
+/// A URL fit for logs: the password of its user information, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            // A database names its user here; NATS and others may put a token there instead.
+            None if scheme.starts_with("postgres") => url.to_owned(),
+            None => format!("{scheme}://***@{host}{path}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// A parsed retry schedule.
 pub type RetrySchedule = Vec<Duration>;
 
@@ -287,6 +319,14 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a duration such as `30s` that must not be zero.
+pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?} is zero; give a duration such as 30s")),
+        duration => Ok(duration),
+    }
+}
+
 /// Parses a duration such as `10s`, `500ms`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration such as 10s: {e}"))
@@ -304,6 +344,20 @@ mod tests {
         assert!(parse_bytes("5PiB").is_err());
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:s3cr%40t@db.internal:5432/webhooks?sslmode=disable"),
+            "postgres://app:***@db.internal:5432/webhooks?sslmode=disable"
+        );
+        assert_eq!(redact_url("redis://:pw@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(redact_url("nats://s3cr3t@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
+        assert_eq!(redact_url("postgres://app@db/webhooks"), "postgres://app@db/webhooks");
+        assert_eq!(redact_url("sqlite://./data/webhooks.db"), "sqlite://./data/webhooks.db");
+        assert_eq!(redact_url("postgres://a:b@c/d@e"), "postgres://a:***@c/d@e");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

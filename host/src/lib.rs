@@ -18,6 +18,7 @@ pub mod config;
 pub mod dispatch;
 pub mod identity;
 pub mod ingress;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod runtime;

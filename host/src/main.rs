@@ -14,11 +14,13 @@ fn main() -> ExitCode {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
+        Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // No command at all: the usage, on standard error, as a mistake.
+            let _ = error.print();
+            return ExitCode::from(2);
+        }
         Err(error) => {
-            // One line naming the option and its variable, as operators' scripts expect.
-            let rendered = error.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("webhooks-host: {}", line.trim_start_matches("error: "));
+            eprintln!("webhooks-host: {}", one_line(&error.render().to_string()));
             return ExitCode::from(2);
         }
     };
@@ -26,6 +28,22 @@ fn main() -> ExitCode {
         Command::Serve(config) => serve(*config),
         Command::CheckPlugin(args) => check_plugin(&args),
     }
+}
+
+/// One line naming the option and its variable, as operators' scripts expect, with the valid
+/// values when clap lists them.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim);
+    let mut line = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    if let Some(values) = lines.find(|l| l.starts_with("[possible values:")) {
+        line.push(' ');
+        line.push_str(values);
+    }
+    line
 }
 
 /// Reports on a component; exit 0 when it implements the world, 1 when not.

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{self, AppState, BuildInfo};
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, redact_url};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::identity::IdentityBackend;
 use crate::identity::event_stream::{self, Owner};
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::identity::things::{ThingsConfig, ThingsService};
 use crate::ingress;
+use crate::listener::{self, ListenerConfig};
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::runtime::{Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
@@ -39,6 +40,7 @@ fn fault(variable: &'static str, message: impl ToString) -> StartupError {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
+    log_configuration(&config);
     let kv = store::open(&config.db_url, usize::from(config.db_pool))
         .await
         .map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
@@ -181,7 +183,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
     tracing::info!(%address, "webhooks service listening");
 
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let connections = ListenerConfig {
+        read_timeout: config.http_read_timeout,
+        max_connections: config.http_max_connections as usize,
+    };
+    let server = listener::serve(listener, api::router(state), connections, async move {
         stop_signal().await;
         tracing::info!("stop signal received; finishing in-flight requests and deliveries");
         let _ = stopping_tx.send(Some(Instant::now()));
@@ -194,7 +200,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         }
     };
     tokio::select! {
-        result = server => result.map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", e))?,
+        () = server => {}
         () = forced => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
     let stopped = stopping_rx.borrow().unwrap_or_else(Instant::now);
@@ -204,6 +210,30 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     dispatcher.drain(stopped + SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One line saying what this service runs on, so an operator can check it at a glance; no
+/// secret is in it.
+fn log_configuration(config: &ServeConfig) {
+    let identity = if config.things_grpc_url.is_empty() {
+        format!("registry file {}", config.registry.display())
+    } else {
+        format!("things service {}", config.things_grpc_url)
+    };
+    let broker = if config.broker_url.is_empty() {
+        "none".to_owned()
+    } else {
+        redact_url(&config.broker_url)
+    };
+    tracing::info!(
+        store = %redact_url(&config.db_url),
+        identity,
+        broker = %broker,
+        event_stream = %if config.es_url.is_empty() { "none".to_owned() } else { redact_url(&config.es_url) },
+        allow_private_destinations = config.allow_private_destinations,
+        admin_endpoint = config.admin_token().is_some(),
+        "configuration"
+    );
 }
 
 /// Removes the webhooks of things and groups that left the registry, retrying until the

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod receiver;
 pub mod redis_server;
+pub mod stored;
 pub mod things_service;
 
 use std::path::{Path, PathBuf};

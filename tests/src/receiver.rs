@@ -177,6 +177,19 @@ impl Receiver {
             .await
     }
 
+    /// Waits until at least `count` requests on `path` (without query) have been read,
+    /// answered or not; answers them in the order they were read.
+    pub async fn wait_for_arrivals_on(&self, path: &str, count: usize, within: Duration) -> Result<Vec<Received>> {
+        let what = format!("requests were read on {path}");
+        self.wait_until(count, within, &what, || {
+            self.arrivals()
+                .into_iter()
+                .filter(|r| r.path.split('?').next() == Some(path))
+                .collect()
+        })
+        .await
+    }
+
     /// Everything received so far on a path (without query).
     pub fn received_on(&self, path: &str) -> Vec<Received> {
         self.received()

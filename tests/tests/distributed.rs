@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use webhooks_host::ingress::broker::{STREAM, STREAM_SUBJECTS};
+use webhooks_host::ingress::broker::{CONSUMER, DELIVER_GROUP, LEGACY_CONSUMER, STREAM, STREAM_SUBJECTS, SUBJECT};
 use webhooks_tests::broker::NatsServer;
 use webhooks_tests::receiver::Receiver;
 use webhooks_tests::{
@@ -198,13 +198,77 @@ async fn messages_the_broker_sends_again_record_no_second_delivery() -> anyhow::
     // the same stream positions, as after a lost ack.
     host.stop()?;
     let context = nats.jetstream().await?;
-    context.get_stream(STREAM).await?.delete_consumer("webhooks").await?;
+    context.get_stream(STREAM).await?.delete_consumer(CONSUMER).await?;
     host.start_again().await?;
     wait_broker_count(&host, "duplicate", 20.0, Duration::from_secs(10)).await?;
     nats.wait_settled(Duration::from_secs(10)).await?;
     tokio::time::sleep(QUIET).await;
     assert_eq!(receiver.count(), 20, "no message was delivered twice");
     assert_eq!(broker_count(&host, "acked").await?, 0.0);
+    Ok(())
+}
+
+/// A consumer `webhooks` left by an earlier version of this service is taken over from its ack
+/// floor and deleted: nothing it acked is delivered again, everything after is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and_deleted() -> anyhow::Result<()> {
+    use async_nats::jetstream::{consumer, stream};
+    use futures_util::StreamExt;
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start().await?;
+    let mut host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await?;
+    add_webhook(&host, THING_1, ADMIN, "a", &receiver.url("/a")).await?;
+
+    // The stream and the consumer as an earlier version left them: m00 to m09 acked, m10 to
+    // m19 handed out and never acked.
+    let context = nats.jetstream().await?;
+    let stream = context
+        .create_stream(stream::Config {
+            name: STREAM.to_owned(),
+            subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await?;
+    let legacy = stream
+        .create_consumer(consumer::push::Config {
+            durable_name: Some(LEGACY_CONSUMER.to_owned()),
+            deliver_subject: "_INBOX.earlier-version".to_owned(),
+            deliver_group: Some(LEGACY_CONSUMER.to_owned()),
+            filter_subject: SUBJECT.to_owned(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    nats.publish((0..20).map(|i| (THING_1.to_owned(), format!("m{i:02}").into_bytes())))
+        .await?;
+    let mut messages = legacy.messages().await?;
+    for _ in 0..10 {
+        let message = messages.next().await.context("the legacy consumer ended")??;
+        message.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    drop(messages);
+
+    host.stop()?;
+    host.env.push(("MF_BROKER_URL".to_owned(), nats.url.clone()));
+    host.start_again().await?;
+    receiver.wait_for(Some("/a"), 10, Duration::from_secs(10)).await?;
+    tokio::time::sleep(QUIET).await;
+    let mut bodies: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    bodies.sort();
+    let expected: Vec<String> = (10..20).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(bodies, expected, "only what the earlier consumer had not acked");
+
+    let info = nats.consumer_info().await?;
+    assert_eq!(info.name, CONSUMER);
+    let config = &info.config;
+    assert_eq!(config.deliver_group.as_deref(), Some(DELIVER_GROUP));
+    let gone = context.get_stream(STREAM).await?.consumer_info(LEGACY_CONSUMER).await;
+    assert!(gone.is_err(), "the earlier consumer is still there: {gone:?}");
+    nats.wait_settled(Duration::from_secs(10)).await?;
     Ok(())
 }
 

@@ -132,13 +132,16 @@ pub async fn read_body_within(request: Request, limit: usize) -> Result<Bytes, A
     }
     axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-        let mut limited = false;
+        let (mut limited, mut stalled) = (false, false);
         while let Some(error) = cause {
             limited |= error.is::<http_body_util::LengthLimitError>();
+            stalled |= error.is::<tower_http::timeout::TimeoutError>();
             cause = error.source();
         }
         if limited {
             too_large()
+        } else if stalled {
+            ApiError::request_timeout()
         } else {
             ApiError::bad_request(format!("request body could not be read: {e}"))
         }

@@ -1,6 +1,7 @@
 //! The NATS JetStream ingress (SPEC.md section 6): the platform's rules and integrations
 //! publish `Webhook` messages on subject `webhooks` of stream `mainflux`; every host consumes
-//! them as members of the durable queue consumer `webhooks`, so each message goes to one host.
+//! them as members of the durable queue consumer `webhooks_webhooks` (deliver group `webhooks`),
+//! the platform's own webhooks service's, so each message goes to one host.
 //!
 //! A message is acked only once its deliveries are recorded. One that cannot be decoded or that
 //! the plugin refuses is logged and terminated, so the broker never sends it again; one that
@@ -30,8 +31,14 @@ pub const STREAM_SUBJECTS: [&str; 7] = [
 ];
 /// The subject webhook messages are published on.
 pub const SUBJECT: &str = "webhooks";
-/// The durable consumer, and the queue group its hosts share.
-pub const CONSUMER: &str = "webhooks";
+/// The durable consumer: the platform's own webhooks service consumes under this name, so a
+/// host that replaces it continues from its position in the stream.
+pub const CONSUMER: &str = "webhooks_webhooks";
+/// The queue group the consumer's hosts share, as the platform's service names it.
+pub const DELIVER_GROUP: &str = "webhooks";
+/// The durable consumer of earlier versions of this service: taken over from its ack floor,
+/// then deleted.
+pub const LEGACY_CONSUMER: &str = "webhooks";
 /// Where the broker pushes the consumer's messages. The same on every host: a host that
 /// created the consumer with a subject of its own would take the work away from the hosts
 /// listening on the one before (JetStream lets a create change it).
@@ -105,23 +112,7 @@ pub async fn start(
     // A stream deleted and created again starts its sequence over; its creation time tells
     // the two apart, so message ids never repeat across them.
     let origin: Arc<str> = format!("{STREAM}@{}", stream.cached_info().created.unix_timestamp_nanos()).into();
-    let consumer: jetstream::consumer::Consumer<push::Config> = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            push::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                deliver_subject: DELIVER_SUBJECT.to_owned(),
-                deliver_group: Some(CONSUMER.to_owned()),
-                filter_subject: SUBJECT.to_owned(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| jetstream_error("consumer")(e.to_string()))?;
+    let consumer = ensure_consumer(&stream).await?;
     tracing::info!(
         url,
         stream = STREAM,
@@ -130,6 +121,57 @@ pub async fn start(
         "consuming the broker"
     );
     Ok(tokio::spawn(consume(consumer, origin, runtime, dispatcher, stopping)))
+}
+
+/// The shared durable consumer: the existing one (this service's, or the platform's service's
+/// it replaces), else a new one that starts past what the legacy consumer `webhooks` acked
+/// (deleted once the new one exists), else one from the start of the stream.
+async fn ensure_consumer(stream: &stream::Stream) -> Result<jetstream::consumer::Consumer<push::Config>, BrokerError> {
+    use jetstream::consumer::DeliverPolicy;
+    let consumer_error = jetstream_error("consumer");
+    if let Ok(consumer) = stream.get_consumer::<push::Config>(CONSUMER).await {
+        return Ok(consumer);
+    }
+    let legacy = match stream.consumer_info(LEGACY_CONSUMER).await {
+        Ok(info) => Some(info.ack_floor.stream_sequence),
+        Err(error) if error.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => None,
+        Err(error) => return Err(consumer_error(format!("reading {LEGACY_CONSUMER}: {error}"))),
+    };
+    let deliver_policy = match legacy {
+        // Messages past the ack floor come again: the plugin knows those it already recorded.
+        Some(acked) => DeliverPolicy::ByStartSequence {
+            start_sequence: acked + 1,
+        },
+        None => DeliverPolicy::All,
+    };
+    let config = push::Config {
+        durable_name: Some(CONSUMER.to_owned()),
+        deliver_subject: DELIVER_SUBJECT.to_owned(),
+        deliver_group: Some(DELIVER_GROUP.to_owned()),
+        filter_subject: SUBJECT.to_owned(),
+        deliver_policy,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    };
+    // Hosts starting together race here: a create with the same configuration is idempotent.
+    let consumer = stream
+        .get_or_create_consumer(CONSUMER, config)
+        .await
+        .map_err(|e| consumer_error(e.to_string()))?;
+    if let Some(acked) = legacy {
+        // Another host may have deleted it first.
+        let deleted = stream.delete_consumer(LEGACY_CONSUMER).await.is_ok();
+        tracing::info!(
+            from = LEGACY_CONSUMER,
+            to = CONSUMER,
+            acked,
+            deleted,
+            "took over the consumer of an earlier version"
+        );
+    }
+    Ok(consumer)
 }
 
 async fn ensure_stream(context: &jetstream::Context) -> Result<stream::Stream, BrokerError> {

@@ -9,44 +9,95 @@ use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::dns::Name;
 
-/// The error a refused destination produces, recognised wherever it surfaces.
+/// The variable that lets deliveries reach the addresses the guard refuses.
+pub const ALLOW_VARIABLE: &str = "MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS";
+
+/// The error a refused destination produces, recognised wherever it surfaces; its text is
+/// what the delivery log shows, so it names the address, why it is refused and how to allow it.
 #[derive(Debug, thiserror::Error)]
-#[error("destination refused")]
-pub struct Refused;
+#[error("destination refused: {subject} {class}; set {ALLOW_VARIABLE}=true to allow it")]
+pub struct Refused {
+    /// The address, or the name and what it resolved to.
+    subject: String,
+    /// The kind of address, with its article ("is a loopback address").
+    class: String,
+}
+
+impl Refused {
+    /// The refusal of a literal address.
+    pub fn address(ip: IpAddr, class: &'static str) -> Self {
+        Refused {
+            subject: ip.to_string(),
+            class: format!("is {class}"),
+        }
+    }
+
+    /// The refusal of a name whose every address is refused; the first one is named.
+    pub fn name(name: &str, ip: IpAddr, class: &'static str) -> Self {
+        Refused {
+            subject: name.to_owned(),
+            class: format!("resolves to {ip}, {class}"),
+        }
+    }
+}
 
 /// Whether deliveries must not reach this address: loopback, private, link-local,
 /// unique-local, CGNAT, unspecified, multicast and broadcast addresses, also when written as
 /// IPv4-mapped IPv6.
 pub fn is_refused(ip: IpAddr) -> bool {
+    refused_class(ip).is_some()
+}
+
+/// The kind of a refused address ("a loopback address"), or none when deliveries may reach it.
+pub fn refused_class(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(v4) => is_refused_v4(v4),
+        IpAddr::V4(v4) => refused_class_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_refused_v4(v4),
-            None => is_refused_v6(v6),
+            Some(v4) => refused_class_v4(v4),
+            None => refused_class_v6(v6),
         },
     }
 }
 
-fn is_refused_v4(ip: Ipv4Addr) -> bool {
+fn refused_class_v4(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || a == 0 // "this network"
-        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
+    Some(if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_private() {
+        "a private address"
+    } else if ip.is_link_local() {
+        "a link-local address"
+    } else if ip.is_unspecified() || a == 0 {
+        "an unspecified address"
+    } else if ip.is_broadcast() {
+        "a broadcast address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if a == 100 && (64..128).contains(&b) {
+        "a shared (CGNAT) address"
+    } else {
+        return None;
+    })
 }
 
-fn is_refused_v6(ip: Ipv6Addr) -> bool {
+fn refused_class_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
-        || (first & 0xffc0) == 0xfe80 // link local fe80::/10
-        || ip.to_ipv4().is_some_and(|v4| ip.segments()[..6] == [0; 6] && is_refused_v4(v4)) // IPv4-compatible
+    Some(if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_unspecified() {
+        "an unspecified address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if (first & 0xfe00) == 0xfc00 {
+        "a unique-local address"
+    } else if (first & 0xffc0) == 0xfe80 {
+        "a link-local address"
+    } else if let Some(v4) = ip.to_ipv4().filter(|_| ip.segments()[..6] == [0; 6]) {
+        // IPv4-compatible: the embedded address decides.
+        return refused_class_v4(v4);
+    } else {
+        return None;
+    })
 }
 
 /// A DNS resolver that resolves once per connection and drops refused addresses, so the
@@ -76,33 +127,40 @@ impl tower_service::Service<Name> for GuardedResolver {
                     format!("{name} has no address"),
                 ));
             }
+            let first = resolved[0].ip();
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|addr| allow_private || !is_refused(addr.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, Refused));
+                let class = refused_class(first).unwrap_or("a refused address");
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    Refused::name(name.as_str(), first, class),
+                ));
             }
             Ok(allowed.into_iter())
         })
     }
 }
 
-/// Whether an error, anywhere in its chain, is the guard's refusal.
-pub fn is_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The guard's refusal, if it is anywhere in an error's chain.
+pub fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
     let mut current = Some(error);
     while let Some(error) = current {
-        if error.is::<Refused>() {
-            return true;
+        if let Some(refused) = error.downcast_ref::<Refused>() {
+            return Some(refused);
         }
-        if let Some(io) = error.downcast_ref::<io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<Refused>())
+        if let Some(refused) = error
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Refused>())
         {
-            return true;
+            return Some(refused);
         }
         current = error.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -143,6 +201,24 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_address_is_named_with_its_class() {
+        let reason = |text: &str| {
+            let ip: IpAddr = text.parse().unwrap();
+            Refused::address(ip, refused_class(ip).unwrap()).to_string()
+        };
+        assert_eq!(
+            reason("127.0.0.1"),
+            "destination refused: 127.0.0.1 is a loopback address; set MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=true to allow it"
+        );
+        assert!(reason("10.1.2.3").contains("10.1.2.3 is a private address"));
+        assert!(reason("169.254.169.254").contains("is a link-local address"));
+        assert!(reason("100.64.0.1").contains("is a shared (CGNAT) address"));
+        assert!(reason("::ffff:192.168.0.1").contains("::ffff:192.168.0.1 is a private address"));
+        assert!(reason("fd12:3456::1").contains("is a unique-local address"));
+        assert!(reason("0.0.0.0").contains("is an unspecified address"));
+    }
+
+    #[test]
     fn public_addresses_pass() {
         for ip in [
             "8.8.8.8",
@@ -163,7 +239,17 @@ mod tests {
         let mut guarded = GuardedResolver { allow_private: false };
         let name: Name = "localhost".parse().unwrap();
         let error = guarded.call(name.clone()).await.unwrap_err();
-        assert!(is_refusal(&error));
+        let refused = refusal(&error).expect("the guard's refusal");
+        assert!(
+            refused.to_string().starts_with("destination refused: localhost resolves to "),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .ends_with("; set MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=true to allow it"),
+            "{refused}"
+        );
         let mut open = GuardedResolver { allow_private: true };
         assert!(open.call(name).await.unwrap().any(|addr| addr.ip().is_loopback()));
     }

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use guard::{GuardedResolver, is_refusal, is_refused};
+use guard::{GuardedResolver, Refused, refusal, refused_class};
 
 /// The most of a receiver's answer body that is read; the rest is dropped.
 const MAX_RESPONSE_BODY: usize = 64 << 10;
@@ -75,9 +75,9 @@ impl OutboundClient {
     pub async fn send(&self, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, HttpError> {
         if !self.config.allow_private
             && let Some(ip) = literal_ip(request.uri())
-            && is_refused(ip)
+            && let Some(class) = refused_class(ip)
         {
-            return Err(HttpError::DestinationIpProhibited);
+            return Err(refused(&Refused::address(ip, class)));
         }
         let timeout = self.config.request_timeout;
         let started = std::time::Instant::now();
@@ -99,8 +99,8 @@ impl OutboundClient {
             .request(http::Request::from_parts(parts, Full::new(body)))
             .await
             .map_err(|e| {
-                if is_refusal(&e) {
-                    HttpError::DestinationIpProhibited
+                if let Some(refusal) = refusal(&e) {
+                    refused(refusal)
                 } else if e.is_connect() {
                     connect_error(&e)
                 } else {
@@ -118,6 +118,13 @@ impl OutboundClient {
         let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
         Ok(http::Response::from_parts(parts, body))
     }
+}
+
+/// A refusal as the plugin receives it: the reason travels as the error's text, which the
+/// plugin records as the attempt's error (`wasi:http`'s `destination-ip-prohibited` carries
+/// none).
+fn refused(refusal: &Refused) -> HttpError {
+    HttpError::InternalError(Some(refusal.to_string()))
 }
 
 fn literal_ip(uri: &http::Uri) -> Option<IpAddr> {

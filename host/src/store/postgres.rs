@@ -39,7 +39,8 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://USER:PASS@HOST:PORT/DB`) with at most
     /// `connections` pooled connections, and creates the table if missing.
     pub async fn open(url: &str, connections: usize) -> Result<Self, String> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+        let server = describe(&config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -54,14 +55,24 @@ impl PostgresStore {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| e.to_string())?;
-        let client = pool.get().await.map_err(|e| format!("cannot connect: {e}"))?;
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| {
+                let cause = match &e {
+                    // The pool's own wording adds nothing to the driver's.
+                    deadpool_postgres::PoolError::Backend(e) => causes(e),
+                    other => causes(other),
+                };
+                format!("cannot connect to {server}: {cause}")
+            })?;
         // Hosts starting together would race on the catalog: one creates, the others wait.
         client
             .batch_execute(&format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, -1); {SCHEMA}; COMMIT;"
             ))
             .await
-            .map_err(|e| format!("cannot create the table: {e}"))?;
+            .map_err(|e| format!("cannot create the table on {server}: {}", causes(&e)))?;
         Ok(PostgresStore { pool })
     }
 
@@ -71,6 +82,46 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
     }
+}
+
+/// Where a configuration points, for start-up errors: host, port, database and user, never
+/// the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let name = match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            let port = config.get_ports().get(index).or(config.get_ports().first()).copied().unwrap_or(5432);
+            format!("{name}:{port}")
+        })
+        .collect();
+    format!(
+        "PostgreSQL at {} (database {:?}, user {:?})",
+        if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") },
+        config.get_dbname().unwrap_or_default(),
+        config.get_user().unwrap_or_default(),
+    )
+}
+
+/// An error and each of its causes that it does not already spell out, in one line.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = error.source();
+    }
+    line.replace('\n', " ")
 }
 
 fn unavailable(e: tokio_postgres::Error) -> StoreError {

@@ -2,6 +2,7 @@
 //!
 //! One test binary with a module per area keeps build times down.
 
+mod connections;
 mod crash;
 mod delivery;
 mod errors;

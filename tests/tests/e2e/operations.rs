@@ -916,13 +916,15 @@ async fn sigint_stops_the_host_like_sigterm_with_exit_0() -> anyhow::Result<()> 
 
 /// Every `MF_WEBHOOKS_*` variable of SPEC.md section 1 and the README, with its default
 /// (`None`: no default).
-const DOCUMENTED: [(&str, Option<&str>); 19] = [
+const DOCUMENTED: [(&str, Option<&str>); 21] = [
     ("MF_THINGS_AUTH_GRPC_URL", None),
     ("MF_THINGS_AUTH_GRPC_TIMEOUT", Some("1s")),
     ("MF_WEBHOOKS_DB_POOL", Some("16")),
     ("MF_BROKER_URL", None),
     ("MF_WEBHOOKS_HTTP_PORT", Some("9021")),
     ("MF_WEBHOOKS_HTTP_HOST", Some("0.0.0.0")),
+    ("MF_WEBHOOKS_HTTP_READ_TIMEOUT", Some("30s")),
+    ("MF_WEBHOOKS_HTTP_MAX_CONNECTIONS", Some("4096")),
     ("MF_WEBHOOKS_DB_URL", Some("sqlite://./data/webhooks.db")),
     ("MF_WEBHOOKS_REGISTRY", Some("./examples/registry.json")),
     (
@@ -966,23 +968,9 @@ fn readme_variables() -> anyhow::Result<Vec<(String, Option<String>)>> {
 /// Runs `webhooks-host` with these arguments and only these variables (and `PATH`), expecting
 /// exit 0; answers what it printed.
 fn run_host(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
-    let mut command = Command::new(host_binary());
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied());
-    let output = run_to_exit(command, Duration::from_secs(10))?;
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    ensure!(
-        output.status.success(),
-        "webhooks-host {args:?} exited with {}:\n{printed}",
-        output.status
-    );
+    let (code, stdout, stderr) = run_host_to_exit(args, env)?;
+    let printed = format!("{stdout}{stderr}");
+    ensure!(code == Some(0), "webhooks-host {args:?} exited with {code:?}:\n{printed}");
     Ok(printed)
 }
 
@@ -1058,6 +1046,56 @@ fn help_lists_the_commands_and_every_variable_with_its_default_but_never_the_adm
                 "{flag} ({variable}) shows the default {shown:?}, documented {default:?}"
             );
         }
+    }
+    Ok(())
+}
+
+/// Runs `webhooks-host` with these arguments and only these variables (and `PATH`); answers
+/// its exit code and what it printed on each stream.
+fn run_host_to_exit(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Option<i32>, String, String)> {
+    let mut command = Command::new(host_binary());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied());
+    let output = run_to_exit(command, Duration::from_secs(10))?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// No help text ever shows the value of a variable that may hold a secret: passwords in the
+/// database, event stream and broker URLs, and the admin token.
+#[test]
+fn help_never_prints_the_value_of_a_variable_that_may_hold_a_secret() -> anyhow::Result<()> {
+    let secrets = [
+        ("MF_WEBHOOKS_DB_URL", "postgres://app:db-password-7f3e@127.0.0.1:5432/webhooks"),
+        ("MF_WEBHOOKS_ES_URL", "redis://:redis-password-7f3e@127.0.0.1:6379/0"),
+        ("MF_BROKER_URL", "nats://nats-token-7f3e@127.0.0.1:4222"),
+        ("MF_WEBHOOKS_ADMIN_TOKEN", "admin-token-7f3e"),
+    ];
+    for args in [&["--help"][..], &["serve", "--help"], &["help", "serve"]] {
+        let printed = run_host(args, &secrets)?;
+        assert!(!printed.contains("7f3e"), "webhooks-host {args:?} shows a secret:\n{printed}");
+    }
+    Ok(())
+}
+
+/// `webhooks-host` alone is a mistake: it prints the usage with the commands on stderr and
+/// exits 2.
+#[test]
+fn with_no_command_the_host_prints_its_usage_and_exits_2() -> anyhow::Result<()> {
+    let (code, stdout, stderr) = run_host_to_exit(&[], &[])?;
+    assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("Usage: webhooks-host"), "{stderr}");
+    for command in ["serve", "check-plugin"] {
+        assert!(
+            stderr.lines().any(|line| line.trim_start().starts_with(command)),
+            "the usage does not list {command}:\n{stderr}"
+        );
     }
     Ok(())
 }

@@ -242,6 +242,11 @@ async fn things_and_groups_removed_from_the_registry_lose_their_webhooks() -> an
 /// Starts the host with these variables overridden and checks that it stops at once with a
 /// non-zero code and exactly one line on stderr that names `variable`.
 fn assert_start_up_fails_naming(env: &[(&str, &str)], variable: &str) -> anyhow::Result<()> {
+    start_up_failure(env, variable).map(drop)
+}
+
+/// As [`assert_start_up_fails_naming`], answering the line.
+fn start_up_failure(env: &[(&str, &str)], variable: &str) -> anyhow::Result<String> {
     let host = TestHost::prepare(standard_registry(), env)?;
     let output = run_to_exit(host.command(), Duration::from_secs(30))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -257,7 +262,7 @@ fn assert_start_up_fails_naming(env: &[(&str, &str)], variable: &str) -> anyhow:
         "{env:?}: {:?} does not name {variable}",
         lines[0]
     );
-    Ok(())
+    Ok(lines[0].to_owned())
 }
 
 #[tokio::test]
@@ -377,6 +382,69 @@ async fn help_exits_0_and_serve_help_lists_every_variable_with_its_default() -> 
                 "serve --help does not show the default {default} of {variable}:\n{help}"
             );
         }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_postgresql_stops_start_up_naming_its_address_and_the_cause_but_not_the_password()
+-> anyhow::Result<()> {
+    let closed = webhooks_tests::free_port();
+    let url = format!("postgres://app:pw-never-shown@127.0.0.1:{closed}/webhooks");
+    let line = start_up_failure(&[("MF_WEBHOOKS_DB_URL", &url)], "MF_WEBHOOKS_DB_URL")?;
+    assert!(line.contains(&format!("127.0.0.1:{closed}")), "{line}");
+    assert!(line.to_lowercase().contains("connection refused"), "{line}");
+    assert!(!line.contains("pw-never-shown"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_log_level_stops_start_up_listing_the_valid_levels() -> anyhow::Result<()> {
+    let line = start_up_failure(&[("MF_WEBHOOKS_LOG_LEVEL", "verbose")], "MF_WEBHOOKS_LOG_LEVEL")?;
+    assert!(line.contains("verbose"), "{line}");
+    assert!(line.contains("debug, info, warn, error"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_zero_read_timeout_stops_start_up_naming_its_variable() -> anyhow::Result<()> {
+    assert_start_up_fails_naming(
+        &[("MF_WEBHOOKS_HTTP_READ_TIMEOUT", "0s")],
+        "MF_WEBHOOKS_HTTP_READ_TIMEOUT",
+    )?;
+    assert_start_up_fails_naming(
+        &[("MF_WEBHOOKS_HTTP_MAX_CONNECTIONS", "0")],
+        "MF_WEBHOOKS_HTTP_MAX_CONNECTIONS",
+    )
+}
+
+#[tokio::test]
+async fn start_up_logs_one_line_with_the_effective_configuration_and_no_secret() -> anyhow::Result<()> {
+    let host = TestHost::start_with(
+        standard_registry(),
+        &[
+            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("MF_WEBHOOKS_ADMIN_TOKEN", "admin-token-never-logged"),
+        ],
+    )
+    .await?;
+    let log = host.log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains(" configuration ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let line = lines[0];
+    let store = host.db_url.split_once("://").map_or("", |(scheme, _)| scheme);
+    assert!(line.contains(&format!("store={store}://")), "{line}");
+    assert!(line.contains("identity=\"registry file "), "{line}");
+    assert!(line.contains("broker=none"), "{line}");
+    assert!(line.contains("allow_private_destinations=true"), "{line}");
+    assert!(line.contains("admin_endpoint=true"), "{line}");
+    assert!(!log.contains("admin-token-never-logged"), "{log}");
+    if let Some(password) = host.db_url.split_once("://").and_then(|(_, rest)| {
+        rest.split_once('@')
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password.to_owned())
+    }) {
+        assert!(!log.contains(&format!(":{password}@")), "{line}");
     }
     Ok(())
 }

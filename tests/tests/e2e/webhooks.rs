@@ -579,3 +579,73 @@ async fn removal_of_an_empty_list_is_400() -> anyhow::Result<()> {
     assert_eq!(names_of_thing(&host, THING_1).await?, ["kept"]);
     Ok(())
 }
+
+/// Header names a delivery cannot carry (hop-by-hop names `wasi:http` refuses) or that the
+/// service sets itself are refused at create and update with 400 naming the header, whatever
+/// their case; nothing is created or changed.
+#[tokio::test]
+async fn headers_a_delivery_cannot_carry_are_refused_at_create_and_update_naming_the_header() -> anyhow::Result<()> {
+    let host = TestHost::start().await?;
+    let kept = host
+        .create(
+            THING_1,
+            EDITOR,
+            json!([{"name": "kept", "url": "http://a.example", "headers": {"X-Api-Key": "k"}}]),
+        )
+        .await?;
+    let id = id_of(&kept[0]);
+    let refused = [
+        "Connection",
+        "transfer-encoding",
+        "Host",
+        "Upgrade",
+        "Keep-Alive",
+        "TE",
+        "Proxy-Authorization",
+        "proxy-connection",
+        "HTTP2-Settings",
+        "webhook-id",
+        "Webhook-Timestamp",
+        "webhook-signature",
+        "Content-Length",
+    ];
+    for name in refused {
+        let headers = json!({ name: "value" });
+        let (status, body) = host
+            .call(
+                Method::POST,
+                &format!("/things/{THING_1}/webhooks"),
+                EDITOR,
+                Some(json!([{"name": "refused", "url": "http://a.example", "headers": headers}])),
+            )
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "create with {name}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(name), "create with {name}: {message:?} does not name it");
+
+        let (status, body) = host
+            .call(
+                Method::PUT,
+                &format!("/webhooks/{id}"),
+                EDITOR,
+                Some(json!({"name": "kept", "url": "http://a.example", "headers": headers})),
+            )
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "update with {name}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(name), "update with {name}: {message:?} does not name it");
+    }
+    assert_eq!(names_of_thing(&host, THING_1).await?, ["kept"]);
+    let (status, webhook) = view(&host, &id).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(webhook["headers"], json!({"X-Api-Key": "k"}));
+
+    // A Content-Type of its own is what a webhook may set (SPEC.md section 3).
+    host.create(
+        THING_1,
+        EDITOR,
+        json!([{"name": "typed", "url": "http://a.example", "headers": {"Content-Type": "text/plain"}}]),
+    )
+    .await?;
+    Ok(())
+}
