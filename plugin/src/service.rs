@@ -397,6 +397,39 @@ mod tests {
     }
 
     #[test]
+    fn a_header_the_service_manages_is_refused_on_create_and_update() {
+        with_service(|service| {
+            let refused = "header \"Connection\" cannot be set on a webhook: the service manages it";
+            let created = create(
+                service,
+                "t1",
+                json!([{"name": "n", "url": "http://h", "headers": {"Connection": "close"}}]),
+            );
+            assert!(matches!(created, Err(Error::Invalid(m)) if m == refused));
+            let id = create(
+                service,
+                "t1",
+                json!([{"name": "n", "url": "http://h", "headers": {"Content-Type": "text/csv"}}]),
+            )
+            .unwrap()[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let update = json!({"name": "n", "url": "http://h", "headers": {"webhook-Signature": "v1,x"}});
+            assert!(matches!(
+                service.update_webhook("editor", &id, update.to_string().as_bytes()),
+                Err(Error::Invalid(m)) if m.contains("\"webhook-Signature\" cannot be set")
+            ));
+            let view: Value = serde_json::from_str(&service.view_webhook("viewer", &id).unwrap()).unwrap();
+            assert_eq!(
+                view["headers"],
+                json!({"Content-Type": "text/csv"}),
+                "the update changed nothing"
+            );
+        });
+    }
+
+    #[test]
     fn roles_are_enforced() {
         with_service(|service| {
             let body = json!([{"name": "n", "url": "http://h"}]).to_string();
