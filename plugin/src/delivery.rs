@@ -178,13 +178,18 @@ impl Answer {
 pub enum AttemptResult {
     /// The receiver answered.
     Answered(Answer),
-    /// The host refused the destination (SSRF guard); never retried.
-    Refused,
-    /// The request failed before an answer: connection, timeout, protocol.
+    /// The host refused the destination (SSRF guard), for this reason; never retried.
+    Refused(String),
+    /// The request failed before an answer in a way that may pass: connection, timeout,
+    /// protocol; retried on the schedule.
     Failed(String),
+    /// The request failed in a way a retry cannot change (it cannot be built, the host found
+    /// it malformed, its webhook is gone); failed at once.
+    Permanent(String),
 }
 
-/// The reason recorded for a refused destination.
+/// The reason recorded for a refused destination when the host gives none, and the start of
+/// every reason it gives (`destination refused: ...`).
 pub const DESTINATION_REFUSED: &str = "destination refused";
 
 /// Whether an answer means done, try again later, or give up.
@@ -199,7 +204,8 @@ pub enum Verdict {
 }
 
 /// Decides what an attempt's result means: 2xx is success; connection errors, timeouts,
-/// 408, 425, 429 and 5xx are worth retrying; everything else, redirects included, fails.
+/// 408, 425, 429 and 5xx are worth retrying; everything else, redirects, refused destinations
+/// and requests that cannot be sent included, fails.
 pub fn verdict(result: &AttemptResult) -> Verdict {
     match result {
         AttemptResult::Answered(answer) => match answer.status {
@@ -207,7 +213,7 @@ pub fn verdict(result: &AttemptResult) -> Verdict {
             408 | 425 | 429 | 500.. => Verdict::Retry,
             _ => Verdict::Fail,
         },
-        AttemptResult::Refused => Verdict::Fail,
+        AttemptResult::Refused(_) | AttemptResult::Permanent(_) => Verdict::Fail,
         AttemptResult::Failed(_) => Verdict::Retry,
     }
 }
@@ -228,8 +234,9 @@ mod tests {
         for code in [301, 302, 400, 404, 410] {
             assert_eq!(verdict(&answered(code)), Verdict::Fail, "{code}");
         }
-        assert_eq!(verdict(&Refused), Verdict::Fail);
+        assert_eq!(verdict(&Refused(DESTINATION_REFUSED.into())), Verdict::Fail);
         assert_eq!(verdict(&Failed("timeout".into())), Verdict::Retry);
+        assert_eq!(verdict(&Permanent("invalid request: url".into())), Verdict::Fail);
     }
 
     #[test]

@@ -7,8 +7,7 @@ use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutc
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::delivery::{
-    Attempt, AttemptResult, DESTINATION_REFUSED, Delivery, RetryPolicy, Status, Verdict, random_unit, retry_after_ms,
-    verdict,
+    Attempt, AttemptResult, Delivery, RetryPolicy, Status, Verdict, random_unit, retry_after_ms, verdict,
 };
 use crate::error::{Result, internal, invalid};
 use crate::keys;
@@ -205,7 +204,6 @@ impl<'a> Events<'a> {
 
         // Build every request, then send the ones that have somewhere to go.
         let mut results: Vec<Option<AttemptResult>> = vec![None; batch.len()];
-        let mut stopped = vec![false; batch.len()];
         let mut requests = Vec::with_capacity(batch.len());
         let mut sent = Vec::with_capacity(batch.len());
         for (index, ((delivery, _), payload)) in batch.iter().zip(payloads).enumerate() {
@@ -222,8 +220,7 @@ impl<'a> Events<'a> {
                 (_, None) => Some("payload no longer kept"),
             };
             if let Some(reason) = stop {
-                results[index] = Some(AttemptResult::Failed(reason.into()));
-                stopped[index] = true;
+                results[index] = Some(AttemptResult::Permanent(reason.into()));
             }
         }
         let started = (self.clock)();
@@ -235,7 +232,7 @@ impl<'a> Events<'a> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut updates = Vec::with_capacity(batch.len());
         let mut gone: Vec<String> = Vec::new();
-        for (((delivery, stored), result), stop) in batch.into_iter().zip(results).zip(stopped) {
+        for ((delivery, stored), result) in batch.into_iter().zip(results) {
             let result = result.expect("every delivery has a result");
             if matches!(&result, AttemptResult::Answered(answer) if answer.status == 410)
                 && !gone.contains(&delivery.webhook_id)
@@ -252,7 +249,7 @@ impl<'a> Events<'a> {
                 };
                 self.policy.next_attempt(finished, attempts, (self.random)(), asked)
             };
-            let (updated, outcome) = apply(delivery, &result, stop, started, finished, retry);
+            let (updated, outcome) = apply(delivery, &result, started, finished, retry);
             outcomes.push(outcome);
             updates.push((updated, stored));
         }
@@ -604,7 +601,6 @@ pub fn signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
 fn apply(
     mut delivery: Delivery,
     result: &AttemptResult,
-    stop: bool,
     started: u64,
     finished: u64,
     retry: impl Fn(usize, &AttemptResult) -> Option<u64>,
@@ -616,8 +612,9 @@ fn apply(
             let body = (!answer.body.is_empty()).then(|| String::from_utf8_lossy(&answer.body).into_owned());
             (Some(code), error, body)
         }
-        AttemptResult::Refused => (None, Some(DESTINATION_REFUSED.to_owned()), None),
-        AttemptResult::Failed(reason) => (None, Some(reason.clone()), None),
+        AttemptResult::Refused(reason) | AttemptResult::Failed(reason) | AttemptResult::Permanent(reason) => {
+            (None, Some(reason.clone()), None)
+        }
     };
     delivery.attempts.push(Attempt {
         at_ms: started,
@@ -626,8 +623,7 @@ fn apply(
         duration_ms: finished.saturating_sub(started),
         response_body,
     });
-    let verdict = if stop { Verdict::Fail } else { verdict(result) };
-    (delivery.status, delivery.next_attempt_ms) = match verdict {
+    (delivery.status, delivery.next_attempt_ms) = match verdict(result) {
         Verdict::Delivered => (Status::Delivered, None),
         Verdict::Fail => (Status::Failed, None),
         Verdict::Retry => match retry(delivery.attempts.len(), result) {
@@ -653,6 +649,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::DESTINATION_REFUSED;
     use crate::repo::memory::MemoryKv;
     use serde_json::{Map, Value, json};
     use std::cell::RefCell;
@@ -670,8 +667,10 @@ mod tests {
             requests
                 .iter()
                 .map(|r| match r.url.rsplit('/').next().unwrap() {
-                    "refused" => AttemptResult::Refused,
+                    "refused" => AttemptResult::Refused(DESTINATION_REFUSED.into()),
+                    "loopback" => AttemptResult::Refused(LOOPBACK_REFUSED.into()),
                     "down" => AttemptResult::Failed("connection refused".into()),
+                    "malformed" => AttemptResult::Permanent("invalid request: header \"X\" refused".into()),
                     code => AttemptResult::Answered(crate::delivery::Answer::status(code.parse().unwrap())),
                 })
                 .collect()
@@ -681,6 +680,10 @@ mod tests {
     fn clock() -> u64 {
         1_000_000
     }
+
+    /// How the host explains a refused loopback destination.
+    const LOOPBACK_REFUSED: &str = "destination refused: 127.0.0.1 is a loopback address; \
+                                    set MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=true to allow it";
 
     fn events<'a>(kv: &'a MemoryKv, sender: &'a ScriptedSender) -> Events<'a> {
         Events::new(kv, sender, clock)
@@ -1029,6 +1032,8 @@ mod tests {
         store_webhook(&kv, "gone", "t", "http://b/404", json!({}));
         store_webhook(&kv, "blocked", "t", "http://c/refused", json!({}));
         store_webhook(&kv, "down", "t", "http://d/down", json!({}));
+        store_webhook(&kv, "local", "t", "http://e/loopback", json!({}));
+        store_webhook(&kv, "broken", "t", "http://f/malformed", json!({}));
         let events = events(&kv, &sender);
         let deliveries = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
@@ -1040,6 +1045,21 @@ mod tests {
         assert_eq!(status("gone").status, DeliveryStatus::Failed);
         assert_eq!(status("blocked").status, DeliveryStatus::Failed);
         assert_eq!(status("blocked").error.as_deref(), Some(DESTINATION_REFUSED));
+        // The host's explanation of a refusal is the attempt's reason, as given.
+        assert_eq!(status("local").status, DeliveryStatus::Failed);
+        assert_eq!(status("local").error.as_deref(), Some(LOOPBACK_REFUSED));
+        assert_eq!(
+            delivery(&kv, &status("local").id).attempts[0].error.as_deref(),
+            Some(LOOPBACK_REFUSED)
+        );
+        // A request that cannot be sent fails at once, its reason recorded.
+        let broken = delivery(&kv, &status("broken").id);
+        assert_eq!(broken.status, Status::Failed);
+        assert_eq!(broken.next_attempt_ms, None);
+        assert_eq!(
+            broken.attempts[0].error.as_deref(),
+            Some("invalid request: header \"X\" refused")
+        );
         // Not due yet: nothing is attempted, and the due index says so.
         assert!(events.deliver(&ids).unwrap().is_empty());
         assert!(events.due(100).unwrap().is_empty());

@@ -1,7 +1,8 @@
 //! Outgoing HTTP as the delivery logic sees it: a batch of requests in, one result per
 //! request out, all in flight together.
 
-use crate::delivery::AttemptResult;
+use crate::bindings::wasi::http::types::ErrorCode;
+use crate::delivery::{AttemptResult, DESTINATION_REFUSED};
 
 /// One delivery attempt's HTTP request: always a POST.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,13 +21,82 @@ pub trait Sender {
     fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult>;
 }
 
+/// What a `wasi:http` error code means for the delivery to `url`: a refused destination, a
+/// failure worth retrying, or one no retry can change.
+///
+/// Permanent are the codes that say the request itself is wrong, since every retry sends the
+/// same request: its method, URI, headers or body were refused by the HTTP client or a proxy
+/// before any receiver saw them. Everything about the network, the receiver or the host's own
+/// state (DNS, connections, TLS, timeouts, protocol errors, configuration) may pass, so it is
+/// retried. `HttpProtocolError` is retried: the receiver's side of the exchange produces it too.
+pub fn attempt_result(code: &ErrorCode, url: &str) -> AttemptResult {
+    use AttemptResult::{Failed, Permanent, Refused};
+    match code {
+        ErrorCode::DestinationIpProhibited => Refused(DESTINATION_REFUSED.into()),
+        // The host's SSRF guard explains a refusal this way (DESIGN.md: the guard lives in the
+        // host); the explanation is the attempt's reason as given.
+        ErrorCode::InternalError(Some(text)) if is_refusal(text) => Refused(text.clone()),
+        ErrorCode::ConnectionRefused => Failed("connection refused".into()),
+        ErrorCode::ConnectionTimeout => Failed("connection timed out".into()),
+        ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
+            Failed("timed out waiting for the response".into())
+        }
+        ErrorCode::ConnectionTerminated => Failed("connection closed by the receiver".into()),
+        ErrorCode::DnsError(payload) => {
+            let mut reason = unresolved(url);
+            let details: Vec<String> = [
+                payload.rcode.as_ref().map(|rcode| format!("rcode {rcode}")),
+                payload.info_code.map(|info| format!("info code {info}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !details.is_empty() {
+                reason.push_str(&format!(" ({})", details.join(", ")));
+            }
+            Failed(reason)
+        }
+        ErrorCode::DestinationNotFound => Failed(unresolved(url)),
+        ErrorCode::TlsCertificateError | ErrorCode::TlsProtocolError | ErrorCode::TlsAlertReceived(_) => {
+            Failed("TLS handshake failed".into())
+        }
+        // The request as built: the same on every attempt.
+        ErrorCode::HttpRequestDenied
+        | ErrorCode::HttpRequestMethodInvalid
+        | ErrorCode::HttpRequestUriInvalid
+        | ErrorCode::HttpRequestUriTooLong
+        | ErrorCode::HttpRequestLengthRequired
+        | ErrorCode::HttpRequestBodySize(_)
+        | ErrorCode::HttpRequestHeaderSectionSize(_)
+        | ErrorCode::HttpRequestHeaderSize(_)
+        | ErrorCode::HttpRequestTrailerSectionSize(_)
+        | ErrorCode::HttpRequestTrailerSize(_) => Permanent(format!("the request was refused as malformed: {code:?}")),
+        other => Failed(format!("request failed: {other:?}")),
+    }
+}
+
+/// Whether a host's error text is the SSRF guard's explanation of a refused destination.
+fn is_refusal(text: &str) -> bool {
+    text.strip_prefix(DESTINATION_REFUSED)
+        .is_some_and(|rest| rest.starts_with(": "))
+}
+
+/// The reason recorded when the destination's name did not resolve, naming it.
+fn unresolved(url: &str) -> String {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_else(|| url.to_owned());
+    format!("the destination's name {host} did not resolve")
+}
+
 /// `wasi:http/outgoing-handler` as a [`Sender`].
 #[cfg(target_arch = "wasm32")]
 pub mod wasi_http {
-    use super::{Request, Sender};
+    use super::{Request, Sender, attempt_result};
     use crate::bindings::wasi::http::outgoing_handler;
     use crate::bindings::wasi::http::types::{
-        ErrorCode, Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+        Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
     };
     use crate::bindings::wasi::io::poll;
     use crate::delivery::{Answer, AttemptResult, MAX_LOGGED_BODY};
@@ -59,7 +129,7 @@ pub mod wasi_http {
                 for position in ready {
                     let (index, future) = in_flight.swap_remove(position);
                     drop(pollables.swap_remove(position));
-                    results[index] = Some(finish(&future));
+                    results[index] = Some(finish(&future, &requests[index].url));
                 }
             }
             results
@@ -70,13 +140,14 @@ pub mod wasi_http {
     }
 
     fn start(request: &Request) -> Result<FutureIncomingResponse, AttemptResult> {
-        let invalid = |what: &str| AttemptResult::Failed(format!("invalid request: {what}"));
+        // Built from the stored webhook alone, so the next attempt would fail the same way.
+        let invalid = |what: &str| AttemptResult::Permanent(format!("invalid request: {what}"));
         let url = url::Url::parse(&request.url).map_err(|_| invalid("url"))?;
         let headers = Fields::new();
         for (name, value) in &request.headers {
             headers
                 .append(name, value.as_bytes())
-                .map_err(|_| invalid(&format!("header {name}")))?;
+                .map_err(|_| invalid(&format!("header {name:?} refused by the HTTP client")))?;
         }
         let outgoing = OutgoingRequest::new(headers);
         outgoing.set_method(&Method::Post).map_err(|_| invalid("method"))?;
@@ -101,7 +172,7 @@ pub mod wasi_http {
         outgoing.set_path_with_query(Some(&path)).map_err(|_| invalid("path"))?;
         let body = outgoing.body().map_err(|_| invalid("body"))?;
         // Hand the request over before writing the body: the host buffers only one chunk.
-        let future = outgoing_handler::handle(outgoing, None).map_err(|code| error_result(&code))?;
+        let future = outgoing_handler::handle(outgoing, None).map_err(|code| attempt_result(&code, &request.url))?;
         {
             let stream = body.write().map_err(|_| invalid("body stream"))?;
             for chunk in request.body.chunks(WRITE_CHUNK) {
@@ -116,7 +187,7 @@ pub mod wasi_http {
         Ok(future)
     }
 
-    fn finish(future: &FutureIncomingResponse) -> AttemptResult {
+    fn finish(future: &FutureIncomingResponse, url: &str) -> AttemptResult {
         match future.get() {
             Some(Ok(Ok(response))) => {
                 let retry_after = response
@@ -142,28 +213,105 @@ pub mod wasi_http {
                     body,
                 })
             }
-            Some(Ok(Err(code))) => error_result(&code),
+            Some(Ok(Err(code))) => attempt_result(&code, url),
             Some(Err(())) => AttemptResult::Failed("response already taken".into()),
             None => AttemptResult::Failed("response not ready".into()),
         }
     }
+}
 
-    fn error_result(code: &ErrorCode) -> AttemptResult {
-        match code {
-            ErrorCode::DestinationIpProhibited => AttemptResult::Refused,
-            ErrorCode::ConnectionRefused => AttemptResult::Failed("connection refused".into()),
-            ErrorCode::ConnectionTimeout => AttemptResult::Failed("connection timed out".into()),
-            ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
-                AttemptResult::Failed("timed out waiting for the response".into())
-            }
-            ErrorCode::ConnectionTerminated => AttemptResult::Failed("connection closed by the receiver".into()),
-            ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound => {
-                AttemptResult::Failed("the destination's name did not resolve".into())
-            }
-            ErrorCode::TlsCertificateError | ErrorCode::TlsProtocolError | ErrorCode::TlsAlertReceived(_) => {
-                AttemptResult::Failed("TLS handshake failed".into())
-            }
-            other => AttemptResult::Failed(format!("request failed: {other:?}")),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::wasi::http::types::{DnsErrorPayload, FieldSizePayload};
+
+    const URL: &str = "https://ingest.example.com:8443/mainflux?x=1";
+
+    #[test]
+    fn a_refusal_keeps_the_hosts_explanation() {
+        let text = "destination refused: 127.0.0.1 is a loopback address; \
+                    set MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=true to allow it";
+        assert_eq!(
+            attempt_result(&ErrorCode::InternalError(Some(text.into())), URL),
+            AttemptResult::Refused(text.into())
+        );
+        assert_eq!(
+            attempt_result(&ErrorCode::DestinationIpProhibited, URL),
+            AttemptResult::Refused("destination refused".into())
+        );
+        // Another internal error is the host's trouble, not a refusal: retried.
+        for other in ["pool exhausted", "destination refusedX", "destination refused"] {
+            assert!(matches!(
+                attempt_result(&ErrorCode::InternalError(Some(other.into())), URL),
+                AttemptResult::Failed(_)
+            ));
+        }
+        assert!(matches!(
+            attempt_result(&ErrorCode::InternalError(None), URL),
+            AttemptResult::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn an_unresolved_name_is_named() {
+        assert_eq!(
+            attempt_result(&ErrorCode::DestinationNotFound, URL),
+            AttemptResult::Failed("the destination's name ingest.example.com did not resolve".into())
+        );
+        let payload = DnsErrorPayload {
+            rcode: Some("NXDOMAIN".into()),
+            info_code: Some(3),
+        };
+        assert_eq!(
+            attempt_result(&ErrorCode::DnsError(payload), URL),
+            AttemptResult::Failed(
+                "the destination's name ingest.example.com did not resolve (rcode NXDOMAIN, info code 3)".into()
+            )
+        );
+        let bare = DnsErrorPayload {
+            rcode: None,
+            info_code: None,
+        };
+        assert_eq!(
+            attempt_result(&ErrorCode::DnsError(bare), "http://[::1]/x"),
+            AttemptResult::Failed("the destination's name [::1] did not resolve".into())
+        );
+    }
+
+    #[test]
+    fn only_a_request_the_host_finds_malformed_is_permanent() {
+        let size = FieldSizePayload {
+            field_name: Some("x-big".into()),
+            field_size: Some(1 << 20),
+        };
+        for code in [
+            ErrorCode::HttpRequestDenied,
+            ErrorCode::HttpRequestMethodInvalid,
+            ErrorCode::HttpRequestUriInvalid,
+            ErrorCode::HttpRequestUriTooLong,
+            ErrorCode::HttpRequestHeaderSize(Some(size)),
+            ErrorCode::HttpRequestHeaderSectionSize(Some(9)),
+            ErrorCode::HttpRequestBodySize(Some(9)),
+        ] {
+            assert!(
+                matches!(attempt_result(&code, URL), AttemptResult::Permanent(_)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            ErrorCode::HttpProtocolError,
+            ErrorCode::ConnectionRefused,
+            ErrorCode::ConnectionTimeout,
+            ErrorCode::HttpResponseTimeout,
+            ErrorCode::TlsCertificateError,
+            ErrorCode::DestinationIpUnroutable,
+            ErrorCode::ConfigurationError,
+            ErrorCode::HttpResponseIncomplete,
+        ] {
+            assert!(
+                matches!(attempt_result(&code, URL), AttemptResult::Failed(_)),
+                "{code:?}"
+            );
         }
     }
 }
