@@ -12,11 +12,8 @@ use crate::delivery::{
 use crate::error::{Result, internal, invalid};
 use crate::keys;
 use crate::outbound::{Request, Sender};
-use crate::repo::{self, CommitFailure, Kv};
+use crate::repo::{self, CommitFailure, Kv, Step};
 use crate::webhook::{FORMAT_VERSION, Webhook, validate_secret};
-
-/// How often a commit is retried after concurrent writes changed what it read.
-const COMMIT_ATTEMPTS: usize = 8;
 
 /// The content type sent when neither the webhook nor the device names one.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
@@ -307,9 +304,13 @@ impl<'a> Events<'a> {
     /// meanwhile by someone else (claimed, attempted) is left to them. Answers the deliveries
     /// moved, as now stored.
     fn reschedule(&self, mut batch: Vec<(Delivery, Vec<u8>)>, at: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
-        for _ in 0..COMMIT_ATTEMPTS {
+        let gave_up = || internal("deliveries kept changing while being rescheduled");
+        repo::commit_retrying(self.kv, gave_up, |conflict| {
+            if let Some(index) = conflict {
+                batch.remove(index);
+            }
             if batch.is_empty() {
-                return Ok(batch);
+                return Ok(Step::Done(Vec::new()));
             }
             let mut guards = Vec::with_capacity(batch.len());
             let mut ops = Vec::with_capacity(batch.len() * 3);
@@ -335,41 +336,38 @@ impl<'a> Events<'a> {
                 }));
                 moved.push((updated, bytes));
             }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(moved),
-                Err(CommitFailure::Conflict(index)) => {
-                    batch.remove(index);
-                }
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("deliveries kept changing while being rescheduled"))
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: moved,
+            })
+        })
     }
 
     /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.
     fn disable(&self, webhook_id: &str, reason: String) -> Result<()> {
-        for _ in 0..COMMIT_ATTEMPTS {
+        let gave_up = || internal("the webhook kept changing while being disabled");
+        repo::commit_retrying(self.kv, gave_up, |_| {
             let Some((mut webhook, stored)) = repo::load_webhook(self.kv, webhook_id)? else {
-                return Ok(());
+                return Ok(Step::Done(()));
             };
             if webhook.disabled {
-                return Ok(());
+                return Ok(Step::Done(()));
             }
             webhook.disabled = true;
             webhook.disabled_reason = Some(reason.clone());
-            let guards = [Condition::Equals(Entry {
+            let guards = vec![Condition::Equals(Entry {
                 key: keys::webhook(webhook_id),
                 value: stored,
             })];
             let mut ops = Vec::with_capacity(3);
             repo::put_webhook(&mut ops, &webhook);
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(()),
-                Err(CommitFailure::Conflict(_)) => continue,
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("the webhook kept changing while being disabled"))
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
     }
 
     /// Deletes up to `limit` deliveries, then up to `limit` remembered message ids, created
@@ -439,10 +437,11 @@ impl<'a> Events<'a> {
     }
 
     fn remove_all(&self, prefix: &[u8]) -> Result<u32> {
-        for _ in 0..COMMIT_ATTEMPTS {
+        let gave_up = || internal("webhooks kept changing while being removed");
+        repo::commit_retrying(self.kv, gave_up, |_| {
             let webhooks = repo::scan_webhooks(self.kv, prefix)?;
             if webhooks.is_empty() {
-                return Ok(0);
+                return Ok(Step::Done(0));
             }
             let guards: Vec<Condition> = webhooks
                 .iter()
@@ -457,13 +456,12 @@ impl<'a> Events<'a> {
             for webhook in &webhooks {
                 repo::delete_webhook(&mut ops, webhook);
             }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(webhooks.len() as u32),
-                Err(CommitFailure::Conflict(_)) => continue,
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("webhooks kept changing while being removed"))
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: webhooks.len() as u32,
+            })
+        })
     }
 
     fn load_webhooks<'i>(&self, ids: impl Iterator<Item = &'i str>) -> Result<HashMap<String, Webhook>> {
@@ -483,9 +481,13 @@ impl<'a> Events<'a> {
     /// Writes the outcomes of a batch; a delivery changed meanwhile by someone else keeps
     /// that change and drops this outcome.
     fn record(&self, mut updates: Vec<(Delivery, Vec<u8>)>) -> Result<()> {
-        for _ in 0..COMMIT_ATTEMPTS {
+        let gave_up = || internal("deliveries kept changing while their outcomes were recorded");
+        repo::commit_retrying(self.kv, gave_up, |conflict| {
+            if let Some(index) = conflict {
+                updates.remove(index);
+            }
             if updates.is_empty() {
-                return Ok(());
+                return Ok(Step::Done(()));
             }
             let mut guards = Vec::with_capacity(updates.len());
             let mut ops = Vec::with_capacity(updates.len() * 3);
@@ -520,15 +522,12 @@ impl<'a> Events<'a> {
                     value: delivery.encode(),
                 }));
             }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(()),
-                Err(CommitFailure::Conflict(index)) => {
-                    updates.remove(index);
-                }
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("deliveries kept changing while their outcomes were recorded"))
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
     }
 }
 

@@ -9,12 +9,8 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
 use crate::page::PageQuery;
-use crate::repo::{self, CommitFailure, Kv};
+use crate::repo::{self, CommitFailure, Kv, Step};
 use crate::webhook::{Webhook, WebhookInput};
-
-/// How often an update or removal re-reads and retries when a concurrent write changed the
-/// records it read.
-const COMMIT_ATTEMPTS: usize = 8;
 
 /// The webhook operations over a store and an identity service.
 pub struct Service<'a> {
@@ -107,7 +103,13 @@ impl<'a> Service<'a> {
         require_token(token)?;
         self.access.authenticate(token)?;
         let mut input: Option<WebhookInput> = None;
-        for _ in 0..COMMIT_ATTEMPTS {
+        let mut new_name = String::new();
+        repo::commit_retrying(self.kv, busy, |conflict| {
+            // Guard 0 is the record as read: a concurrent update, so read again. Any later
+            // guard is the new name, taken meanwhile.
+            if conflict.is_some_and(|index| index > 0) {
+                return Err(name_taken(&new_name));
+            }
             let (current, stored) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
             self.access.authorize_group(token, &current.group_id, Role::Editor)?;
             let input = match &input {
@@ -122,25 +124,24 @@ impl<'a> Service<'a> {
             })];
             let mut ops = Vec::with_capacity(5);
             if updated.name != current.name {
-                let new_name = keys::name(&updated.thing_id, &updated.name);
-                guards.push(Condition::Absent(new_name.clone()));
+                let new_name_key = keys::name(&updated.thing_id, &updated.name);
+                guards.push(Condition::Absent(new_name_key.clone()));
                 ops.push(Op::Delete(keys::name(&current.thing_id, &current.name)));
                 ops.push(Op::Put(Entry {
-                    key: new_name,
+                    key: new_name_key,
                     value: id.as_bytes().to_vec(),
                 }));
                 // Before the put: suffixes both names share are deleted, then written again.
                 repo::delete_name_suffixes(&mut ops, &current);
             }
             repo::put_webhook(&mut ops, &updated);
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(()),
-                Err(CommitFailure::Conflict(0)) => continue,
-                Err(CommitFailure::Conflict(_)) => return Err(name_taken(&updated.name)),
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(busy())
+            new_name = updated.name;
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
     }
 
     /// Removes every listed webhook, or none: all must exist and the caller must be an editor
@@ -150,7 +151,7 @@ impl<'a> Service<'a> {
         self.access.authenticate(token)?;
         let ids = parse_remove_body(body)?;
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
-        for _ in 0..COMMIT_ATTEMPTS {
+        repo::commit_retrying(self.kv, busy, |_| {
             let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
             let mut webhooks = Vec::with_capacity(ids.len());
             for (id, bytes) in ids.iter().zip(&stored) {
@@ -180,13 +181,12 @@ impl<'a> Service<'a> {
             for webhook in &webhooks {
                 repo::delete_webhook(&mut ops, webhook);
             }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(()),
-                Err(CommitFailure::Conflict(_)) => continue,
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(busy())
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
     }
 
     /// A group's page: with a name filter, only the webhooks the name-search index names are

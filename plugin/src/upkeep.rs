@@ -4,15 +4,12 @@
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
 use crate::keys;
-use crate::repo::{self, CommitFailure, Kv};
+use crate::repo::{self, Kv, Step};
 use crate::webhook::Webhook;
 
 /// Most webhooks indexed by one commit: a 254-char name brings 254 entries, so this keeps a
 /// commit to a few megabytes whatever the names.
 const RECORDS_PER_COMMIT: u32 = 64;
-
-/// How often one commit is tried again after concurrent writes changed what it read.
-const COMMIT_ATTEMPTS: usize = 8;
 
 /// The upkeep operations over a store.
 pub struct Upkeep<'a> {
@@ -45,9 +42,10 @@ impl<'a> Upkeep<'a> {
     fn index_names(&self, limit: u32) -> Result<(u32, bool)> {
         let marker = keys::group_names_indexed();
         let cursor_key = keys::group_names_cursor();
-        for _ in 0..COMMIT_ATTEMPTS {
+        let gave_up = || internal("webhooks kept changing while being indexed by name");
+        repo::commit_retrying(self.kv, gave_up, |_| {
             if repo::group_names_indexed(self.kv)? {
-                return Ok((0, true));
+                return Ok(Step::Done((0, true)));
             }
             let cursor = self.kv.get(&cursor_key).map_err(repo::store_error)?;
             let after = cursor.as_ref().map(|id| [keys::webhook_prefix(), id.clone()].concat());
@@ -90,13 +88,12 @@ impl<'a> Upkeep<'a> {
                     value: id,
                 }));
             }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok((records.len() as u32, exhausted)),
-                Err(CommitFailure::Conflict(_)) => continue,
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("webhooks kept changing while being indexed by name"))
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (records.len() as u32, exhausted),
+            })
+        })
     }
 }
 
