@@ -3,8 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, internal};
-use crate::webhook::FORMAT_VERSION;
+use crate::record::Record;
 
 /// The retry schedule when the host configures none: 5s, 5m, 30m, 2h, 5h, 10h, 10h.
 pub const DEFAULT_SCHEDULE_MS: [u64; 7] = [5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000];
@@ -127,25 +126,11 @@ pub struct Delivery {
     pub attempts: Vec<Attempt>,
 }
 
-impl Delivery {
-    /// Reads a stored record of this or an earlier format version.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let record: Delivery = serde_json::from_slice(bytes)
-            .map_err(|e| internal(format!("stored delivery record is unreadable: {e}")))?;
-        if record.v > FORMAT_VERSION {
-            return Err(internal(format!(
-                "stored delivery record has format version {}",
-                record.v
-            )));
-        }
-        Ok(record)
-    }
+impl Record for Delivery {
+    const KIND: &'static str = "delivery";
 
-    /// The stored form, in the current format version.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut record = self.clone();
-        record.v = FORMAT_VERSION;
-        serde_json::to_vec(&record).expect("a delivery record always serializes")
+    fn version(&mut self) -> &mut u32 {
+        &mut self.v
     }
 }
 

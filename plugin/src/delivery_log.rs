@@ -14,6 +14,7 @@ use crate::error::{Result, conflict, invalid, not_found};
 use crate::events::status_name;
 use crate::keys;
 use crate::page::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
+use crate::record::Record;
 use crate::repo::{self, CommitFailure, Kv};
 use crate::webhook::Webhook;
 

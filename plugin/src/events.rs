@@ -12,8 +12,9 @@ use crate::delivery::{
 use crate::error::{Result, internal, invalid};
 use crate::keys;
 use crate::outbound::{Request, Sender};
+use crate::record::{FORMAT_VERSION, Record};
 use crate::repo::{self, CommitFailure, Kv, Step};
-use crate::webhook::{FORMAT_VERSION, Webhook, validate_secret};
+use crate::webhook::{Webhook, validate_secret};
 
 /// The content type sent when neither the webhook nor the device names one.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
@@ -177,7 +178,9 @@ impl<'a> Events<'a> {
             if at > now {
                 break;
             }
-            let id = String::from_utf8_lossy(&entry.key[20..]).into_owned();
+            let Some(id) = keys::time_key_id(&entry.key).map(str::to_owned) else {
+                continue;
+            };
             let webhook_id = String::from_utf8_lossy(&entry.value).into_owned();
             due.push(DueDelivery { id, webhook_id });
         }
@@ -386,7 +389,7 @@ impl<'a> Events<'a> {
             .collect();
         let ids: Vec<String> = old
             .iter()
-            .filter_map(|e| keys::created_id(&e.key).map(str::to_owned))
+            .filter_map(|e| keys::time_key_id(&e.key).map(str::to_owned))
             .collect();
         let records = self
             .kv

@@ -17,6 +17,7 @@ pub mod events;
 pub mod keys;
 pub mod outbound;
 pub mod page;
+pub mod record;
 pub mod repo;
 pub mod service;
 pub mod upkeep;

@@ -7,6 +7,7 @@ use crate::Error;
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op, StoreError};
 use crate::error::{Result, internal};
 use crate::keys;
+use crate::record::Record;
 use crate::webhook::Webhook;
 
 /// How many entries one scan call asks for.

@@ -9,6 +9,7 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
 use crate::page::PageQuery;
+use crate::record::Record;
 use crate::repo::{self, CommitFailure, Kv, Step};
 use crate::webhook::{Webhook, WebhookInput};
 
@@ -622,7 +623,7 @@ mod tests {
                 .filter(|k| k.starts_with(b"gs\0"))
                 .map(|k| {
                     let id = keys::name_suffix_id(k).unwrap().to_owned();
-                    let suffix = String::from_utf8(k[6..k.len() - id.len() - 1].to_vec()).unwrap();
+                    let suffix = keys::name_suffix_text("g1", k).unwrap().to_owned();
                     (suffix, id)
                 })
                 .collect()
@@ -775,7 +776,7 @@ mod tests {
             .collect();
         let expected: Vec<String> = keys::name_suffixes("g1", id, "new-name")
             .iter()
-            .map(|k| String::from_utf8(k[6..k.len() - id.len() - 1].to_vec()).unwrap())
+            .map(|k| keys::name_suffix_text("g1", k).unwrap().to_owned())
             .collect();
         assert_eq!(mine, expected);
         // An update that keeps the name keeps its entries.

@@ -4,6 +4,7 @@
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
 use crate::keys;
+use crate::record::Record;
 use crate::repo::{self, Kv, Step};
 use crate::webhook::Webhook;
 

@@ -3,10 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{Result, internal, invalid};
+use crate::error::{Result, invalid};
+use crate::record::{FORMAT_VERSION, Record};
 
-/// The format version written into every stored record (DESIGN.md, principle 5).
-pub const FORMAT_VERSION: u32 = 1;
 /// The longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 254;
 /// The longest URL, in bytes.
@@ -42,6 +41,14 @@ pub struct Webhook {
     /// Why deliveries are stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+}
+
+impl Record for Webhook {
+    const KIND: &'static str = "webhook";
+
+    fn version(&mut self) -> &mut u32 {
+        &mut self.v
+    }
 }
 
 /// What a request says about a webhook's signing secret.
@@ -81,26 +88,6 @@ impl Webhook {
             disabled: input.disabled == Some(true),
             disabled_reason: (input.disabled == Some(true)).then(|| DISABLED_BY_USER.to_owned()),
         }
-    }
-
-    /// Reads a stored record of this or an earlier format version.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let record: Webhook =
-            serde_json::from_slice(bytes).map_err(|e| internal(format!("stored webhook record is unreadable: {e}")))?;
-        if record.v > FORMAT_VERSION {
-            return Err(internal(format!(
-                "stored webhook record has format version {}, newer than this plugin's {FORMAT_VERSION}",
-                record.v
-            )));
-        }
-        Ok(record)
-    }
-
-    /// The stored form, always in the current format version.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut record = self.clone();
-        record.v = FORMAT_VERSION;
-        serde_json::to_vec(&record).expect("a webhook record always serializes")
     }
 
     /// The JSON users see: the record without its format version.
