@@ -4,10 +4,10 @@ use crate::access::Access;
 use crate::bindings::exports::mainflux::webhooks::api::Guest;
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::bindings::mainflux::webhooks::{identity, store};
-use crate::delivery_log::DeliveryLog;
-use crate::events::now_ms;
-use crate::repo::Kv;
-use crate::service::Service;
+use crate::deliveries::log::DeliveryLog;
+use crate::deliveries::now_ms;
+use crate::store::Kv;
+use crate::webhooks::operations::Service;
 use crate::{Error, Role};
 
 /// The component: implements the `api` and `events` exports.
@@ -111,9 +111,9 @@ mod message_events {
     use crate::Error;
     use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Guest, Message};
     use crate::bindings::mainflux::webhooks::types::DueDelivery;
-    use crate::delivery::RetryPolicy;
-    use crate::events::{Events, now_ms};
-    use crate::outbound::wasi_http::WasiHttp;
+    use crate::deliveries::outbound::wasi_http::WasiHttp;
+    use crate::deliveries::record::RetryPolicy;
+    use crate::deliveries::{Events, now_ms};
 
     fn events() -> Events<'static> {
         let settings = crate::bindings::mainflux::webhooks::settings::delivery_settings();
@@ -156,7 +156,7 @@ mod message_events {
         }
 
         fn maintain(limit: u32) -> Result<u32, Error> {
-            crate::upkeep::Upkeep::new(&HostStore).maintain(limit)
+            crate::webhooks::name_index::Upkeep::new(&HostStore).maintain(limit)
         }
     }
 }

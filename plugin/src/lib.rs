@@ -4,24 +4,18 @@
 //! the storage model and the JSON shape of every answer. The host only carries requests in
 //! and grants the `store` and `identity` capabilities (DESIGN.md, principle 1).
 //!
-//! The logic is written against small traits, [`repo::Kv`], [`access::Access`] and
-//! [`outbound::Sender`], so
+//! The logic is written against small traits, [`store::Kv`], [`access::Access`] and
+//! [`deliveries::outbound::Sender`], so
 //! that it runs unchanged over the component's imports and, in unit tests, over in-memory
 //! stand-ins.
 
 pub mod access;
-pub mod delivery;
-pub mod delivery_log;
+pub mod deliveries;
 pub mod error;
-pub mod events;
 pub mod keys;
-pub mod outbound;
-pub mod page;
 pub mod record;
-pub mod repo;
-pub mod service;
-pub mod upkeep;
-pub mod webhook;
+pub mod store;
+pub mod webhooks;
 
 #[cfg(target_arch = "wasm32")]
 pub mod component;

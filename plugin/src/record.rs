@@ -43,8 +43,8 @@ pub trait Record: Serialize + DeserializeOwned + Clone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Delivery;
-    use crate::webhook::Webhook;
+    use crate::deliveries::record::Delivery;
+    use crate::webhooks::record::Webhook;
 
     /// Records as the plugin before this codec wrote them read back and write out byte for
     /// byte the same, so either version can take over the other's data.

@@ -2,7 +2,7 @@
 //! request out, all in flight together.
 
 use crate::bindings::wasi::http::types::ErrorCode;
-use crate::delivery::{AttemptResult, DESTINATION_REFUSED};
+use crate::deliveries::record::{AttemptResult, DESTINATION_REFUSED};
 
 /// One delivery attempt's HTTP request: always a POST.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +99,7 @@ pub mod wasi_http {
         Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
     };
     use crate::bindings::wasi::io::poll;
-    use crate::delivery::{Answer, AttemptResult, MAX_LOGGED_BODY};
+    use crate::deliveries::record::{Answer, AttemptResult, MAX_LOGGED_BODY};
 
     /// Largest write `blocking-write-and-flush` accepts.
     const WRITE_CHUNK: usize = 4096;

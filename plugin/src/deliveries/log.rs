@@ -9,14 +9,14 @@ use crate::Role;
 use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
-use crate::delivery::{Delivery, Status};
+use crate::deliveries::record::{Delivery, Status};
+use crate::deliveries::status_name;
 use crate::error::{Result, conflict, invalid, not_found};
-use crate::events::status_name;
 use crate::keys;
-use crate::page::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
 use crate::record::Record;
-use crate::repo::{self, CommitFailure, Kv};
-use crate::webhook::Webhook;
+use crate::store::{self, CommitFailure, Kv};
+use crate::webhooks::listing::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
+use crate::webhooks::record::Webhook;
 
 /// How many log entries one scan call asks for.
 const SCAN_CHUNK: u32 = 1024;
@@ -116,7 +116,7 @@ impl<'a> DeliveryLog<'a> {
     fn webhook(&self, token: &str, webhook_id: &str, role: Role) -> Result<Webhook> {
         require_token(token)?;
         self.access.authenticate(token)?;
-        let (webhook, _) = repo::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
+        let (webhook, _) = store::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
         self.access.authorize_group(token, &webhook.group_id, role)?;
         Ok(webhook)
     }
@@ -133,7 +133,7 @@ impl<'a> DeliveryLog<'a> {
             let chunk = self
                 .kv
                 .scan(&prefix, after.as_deref(), SCAN_CHUNK, true)
-                .map_err(repo::store_error)?;
+                .map_err(store::store_error)?;
             let full = chunk.len() as u32 == SCAN_CHUNK;
             for entry in &chunk {
                 if wanted.is_some_and(|status| entry.value != status.as_bytes()) {
@@ -150,7 +150,7 @@ impl<'a> DeliveryLog<'a> {
             after = chunk.into_iter().last().map(|entry| entry.key);
         }
         let record_keys: Vec<Vec<u8>> = page_ids.iter().map(|id| keys::delivery(id)).collect();
-        let records = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let records = self.kv.get_many(&record_keys).map_err(store::store_error)?;
         let mut deliveries = Vec::with_capacity(records.len());
         for bytes in records.into_iter().flatten() {
             deliveries.push(view(&Delivery::decode(&bytes)?));
@@ -169,7 +169,7 @@ impl<'a> DeliveryLog<'a> {
         let webhook = self.webhook(token, webhook_id, Role::Editor)?;
         let key = keys::delivery(delivery_id);
         let missing = || not_found("delivery not found");
-        let stored = self.kv.get(&key).map_err(repo::store_error)?.ok_or_else(missing)?;
+        let stored = self.kv.get(&key).map_err(store::store_error)?.ok_or_else(missing)?;
         let mut delivery = Delivery::decode(&stored)?;
         if delivery.webhook_id != webhook.id {
             return Err(missing());
@@ -183,7 +183,7 @@ impl<'a> DeliveryLog<'a> {
         if self
             .kv
             .get(&keys::payload(&delivery.id))
-            .map_err(repo::store_error)?
+            .map_err(store::store_error)?
             .is_none()
         {
             return Err(conflict("this delivery's payload is no longer kept"));
@@ -209,7 +209,7 @@ impl<'a> DeliveryLog<'a> {
                 value: delivery.encode(),
             }),
         ];
-        match repo::commit(self.kv, &guards, &ops) {
+        match store::commit(self.kv, &guards, &ops) {
             Ok(()) => Ok(DueDelivery {
                 id: delivery.id,
                 webhook_id: delivery.webhook_id,

@@ -3,18 +3,22 @@
 
 use std::collections::HashMap;
 
+pub mod log;
+pub mod outbound;
+pub mod record;
+
 use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, DeliveryStatus, Message};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
-use crate::delivery::{
+use crate::deliveries::outbound::{Request, Sender};
+use crate::deliveries::record::{
     Attempt, AttemptResult, Delivery, RetryPolicy, Status, Verdict, random_unit, retry_after_ms, verdict,
 };
 use crate::error::{Result, internal, invalid};
 use crate::keys;
-use crate::outbound::{Request, Sender};
 use crate::record::{FORMAT_VERSION, Record};
-use crate::repo::{self, CommitFailure, Kv, Step};
-use crate::webhook::{Webhook, validate_secret};
+use crate::store::{self, CommitFailure, Kv, Step};
+use crate::webhooks::record::{Webhook, validate_secret};
 
 /// The content type sent when neither the webhook nor the device names one.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
@@ -83,7 +87,7 @@ impl<'a> Events<'a> {
             // order, so a commit touches few pages.
             None => (uuid::Uuid::now_v7().to_string(), false),
         };
-        let mut webhooks = repo::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
+        let mut webhooks = store::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
         // A disabled webhook gets nothing until a user enables it again.
         webhooks.retain(|webhook| !webhook.disabled);
         if webhooks.is_empty() {
@@ -150,7 +154,7 @@ impl<'a> Events<'a> {
                 webhook_id: webhook.id.clone(),
             });
         }
-        match repo::commit(self.kv, &guards, &ops) {
+        match store::commit(self.kv, &guards, &ops) {
             Ok(()) => Ok(Accepted {
                 message_id,
                 duplicate: false,
@@ -171,7 +175,7 @@ impl<'a> Events<'a> {
         let entries = self
             .kv
             .scan(&keys::due_prefix(), None, limit, false)
-            .map_err(repo::store_error)?;
+            .map_err(store::store_error)?;
         let mut due = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(at) = keys::due_time(&entry.key) else { continue };
@@ -200,7 +204,7 @@ impl<'a> Events<'a> {
         }
         let webhooks = self.load_webhooks(batch.iter().map(|(d, _)| d.webhook_id.as_str()))?;
         let payload_keys: Vec<Vec<u8>> = batch.iter().map(|(d, _)| keys::payload(&d.id)).collect();
-        let payloads = self.kv.get_many(&payload_keys).map_err(repo::store_error)?;
+        let payloads = self.kv.get_many(&payload_keys).map_err(store::store_error)?;
 
         // Build every request, then send the ones that have somewhere to go.
         let mut results: Vec<Option<AttemptResult>> = vec![None; batch.len()];
@@ -259,7 +263,7 @@ impl<'a> Events<'a> {
                 &webhook_id,
                 format!(
                     "receiver answered 410 Gone at {}",
-                    crate::delivery_log::rfc3339(finished)
+                    crate::deliveries::log::rfc3339(finished)
                 ),
             )?;
         }
@@ -292,7 +296,7 @@ impl<'a> Events<'a> {
     /// The stored deliveries of the list that `keep` accepts, each with its record's bytes.
     fn load_deliveries(&self, ids: &[String], keep: impl Fn(&Delivery) -> bool) -> Result<Vec<(Delivery, Vec<u8>)>> {
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
-        let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
         let mut found = Vec::with_capacity(ids.len());
         for bytes in stored.into_iter().flatten() {
             let delivery = Delivery::decode(&bytes)?;
@@ -308,7 +312,7 @@ impl<'a> Events<'a> {
     /// moved, as now stored.
     fn reschedule(&self, mut batch: Vec<(Delivery, Vec<u8>)>, at: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
         let gave_up = || internal("deliveries kept changing while being rescheduled");
-        repo::commit_retrying(self.kv, gave_up, |conflict| {
+        store::commit_retrying(self.kv, gave_up, |conflict| {
             if let Some(index) = conflict {
                 batch.remove(index);
             }
@@ -350,8 +354,8 @@ impl<'a> Events<'a> {
     /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.
     fn disable(&self, webhook_id: &str, reason: String) -> Result<()> {
         let gave_up = || internal("the webhook kept changing while being disabled");
-        repo::commit_retrying(self.kv, gave_up, |_| {
-            let Some((mut webhook, stored)) = repo::load_webhook(self.kv, webhook_id)? else {
+        store::commit_retrying(self.kv, gave_up, |_| {
+            let Some((mut webhook, stored)) = store::load_webhook(self.kv, webhook_id)? else {
                 return Ok(Step::Done(()));
             };
             if webhook.disabled {
@@ -364,7 +368,7 @@ impl<'a> Events<'a> {
                 value: stored,
             })];
             let mut ops = Vec::with_capacity(3);
-            repo::put_webhook(&mut ops, &webhook);
+            store::put_webhook(&mut ops, &webhook);
             Ok(Step::Commit {
                 guards,
                 ops,
@@ -382,7 +386,7 @@ impl<'a> Events<'a> {
         let old = self
             .kv
             .scan(&keys::time_prefix(keys::CREATED), None, limit, false)
-            .map_err(repo::store_error)?;
+            .map_err(store::store_error)?;
         let old: Vec<_> = old
             .into_iter()
             .take_while(|e| keys::index_time(&e.key).is_some_and(|at| at < cutoff))
@@ -394,7 +398,7 @@ impl<'a> Events<'a> {
         let records = self
             .kv
             .get_many(&ids.iter().map(|id| keys::delivery(id)).collect::<Vec<_>>())
-            .map_err(repo::store_error)?;
+            .map_err(store::store_error)?;
         for ((entry, id), record) in old.iter().zip(&ids).zip(records) {
             let webhook_id = String::from_utf8_lossy(&entry.value).into_owned();
             let created_ms = keys::index_time(&entry.key).unwrap_or_default();
@@ -413,7 +417,7 @@ impl<'a> Events<'a> {
         let seen = self
             .kv
             .scan(&keys::time_prefix(keys::MESSAGE_SEEN), None, limit, false)
-            .map_err(repo::store_error)?;
+            .map_err(store::store_error)?;
         for entry in seen
             .into_iter()
             .take_while(|e| keys::index_time(&e.key).is_some_and(|at| at < cutoff))
@@ -424,7 +428,7 @@ impl<'a> Events<'a> {
         }
         if !ops.is_empty() {
             // Deletes of absent keys are no error, so a race with a concurrent write is harmless.
-            self.kv.commit(&[], &ops).map_err(repo::store_error)?;
+            self.kv.commit(&[], &ops).map_err(store::store_error)?;
         }
         Ok(count)
     }
@@ -441,8 +445,8 @@ impl<'a> Events<'a> {
 
     fn remove_all(&self, prefix: &[u8]) -> Result<u32> {
         let gave_up = || internal("webhooks kept changing while being removed");
-        repo::commit_retrying(self.kv, gave_up, |_| {
-            let webhooks = repo::scan_webhooks(self.kv, prefix)?;
+        store::commit_retrying(self.kv, gave_up, |_| {
+            let webhooks = store::scan_webhooks(self.kv, prefix)?;
             if webhooks.is_empty() {
                 return Ok(Step::Done(0));
             }
@@ -457,7 +461,7 @@ impl<'a> Events<'a> {
                 .collect();
             let mut ops = Vec::with_capacity(webhooks.len() * 4);
             for webhook in &webhooks {
-                repo::delete_webhook(&mut ops, webhook);
+                store::delete_webhook(&mut ops, webhook);
             }
             Ok(Step::Commit {
                 guards,
@@ -472,7 +476,7 @@ impl<'a> Events<'a> {
         unique.sort_unstable();
         unique.dedup();
         let record_keys: Vec<Vec<u8>> = unique.iter().map(|id| keys::webhook(id)).collect();
-        let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
         let mut webhooks = HashMap::with_capacity(unique.len());
         for bytes in stored.into_iter().flatten() {
             let webhook = Webhook::decode(&bytes)?;
@@ -485,7 +489,7 @@ impl<'a> Events<'a> {
     /// that change and drops this outcome.
     fn record(&self, mut updates: Vec<(Delivery, Vec<u8>)>) -> Result<()> {
         let gave_up = || internal("deliveries kept changing while their outcomes were recorded");
-        repo::commit_retrying(self.kv, gave_up, |conflict| {
+        store::commit_retrying(self.kv, gave_up, |conflict| {
             if let Some(index) = conflict {
                 updates.remove(index);
             }
@@ -651,8 +655,8 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::DESTINATION_REFUSED;
-    use crate::repo::memory::MemoryKv;
+    use crate::deliveries::record::DESTINATION_REFUSED;
+    use crate::store::memory::MemoryKv;
     use serde_json::{Map, Value, json};
     use std::cell::RefCell;
 
@@ -673,7 +677,7 @@ mod tests {
                     "loopback" => AttemptResult::Refused(LOOPBACK_REFUSED.into()),
                     "down" => AttemptResult::Failed("connection refused".into()),
                     "malformed" => AttemptResult::Permanent("invalid request: header \"X\" refused".into()),
-                    code => AttemptResult::Answered(crate::delivery::Answer::status(code.parse().unwrap())),
+                    code => AttemptResult::Answered(crate::deliveries::record::Answer::status(code.parse().unwrap())),
                 })
                 .collect()
         }
@@ -710,7 +714,7 @@ mod tests {
             disabled_reason: None,
         };
         let mut ops = Vec::new();
-        repo::put_webhook(&mut ops, &webhook);
+        store::put_webhook(&mut ops, &webhook);
         kv.commit(&[], &ops).unwrap();
     }
 
@@ -891,7 +895,7 @@ mod tests {
             self.rival_attempted.borrow_mut().extend(outcomes);
             requests
                 .iter()
-                .map(|_| AttemptResult::Answered(crate::delivery::Answer::status(200)))
+                .map(|_| AttemptResult::Answered(crate::deliveries::record::Answer::status(200)))
                 .collect()
         }
     }

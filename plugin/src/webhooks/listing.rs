@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Result, invalid};
-use crate::webhook::{MAX_NAME_CHARS, Webhook};
+use crate::webhooks::record::{MAX_NAME_CHARS, Webhook};
 
 /// The page size when none is given.
 pub const DEFAULT_LIMIT: u64 = 10;

@@ -8,10 +8,10 @@ use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
-use crate::page::PageQuery;
 use crate::record::Record;
-use crate::repo::{self, CommitFailure, Kv, Step};
-use crate::webhook::{Webhook, WebhookInput};
+use crate::store::{self, CommitFailure, Kv, Step};
+use crate::webhooks::listing::PageQuery;
+use crate::webhooks::record::{Webhook, WebhookInput};
 
 /// The webhook operations over a store and an identity service.
 pub struct Service<'a> {
@@ -48,10 +48,10 @@ impl<'a> Service<'a> {
                 value: id.clone().into_bytes(),
             }));
             let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input);
-            repo::put_webhook(&mut ops, &webhook);
+            store::put_webhook(&mut ops, &webhook);
             created.push(webhook);
         }
-        match repo::commit(self.kv, &guards, &ops) {
+        match store::commit(self.kv, &guards, &ops) {
             Ok(()) => Ok(Value::Array(created.iter().map(Webhook::view).collect()).to_string()),
             Err(CommitFailure::Conflict(index)) => Err(name_taken(&created[index].name)),
             Err(CommitFailure::Store(e)) => Err(e),
@@ -94,7 +94,7 @@ impl<'a> Service<'a> {
     pub fn view_webhook(&self, token: &str, id: &str) -> Result<String> {
         require_token(token)?;
         self.access.authenticate(token)?;
-        let (webhook, _) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+        let (webhook, _) = store::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
         self.access.authorize_group(token, &webhook.group_id, Role::Viewer)?;
         Ok(webhook.view().to_string())
     }
@@ -105,13 +105,13 @@ impl<'a> Service<'a> {
         self.access.authenticate(token)?;
         let mut input: Option<WebhookInput> = None;
         let mut new_name = String::new();
-        repo::commit_retrying(self.kv, busy, |conflict| {
+        store::commit_retrying(self.kv, busy, |conflict| {
             // Guard 0 is the record as read: a concurrent update, so read again. Any later
             // guard is the new name, taken meanwhile.
             if conflict.is_some_and(|index| index > 0) {
                 return Err(name_taken(&new_name));
             }
-            let (current, stored) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+            let (current, stored) = store::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
             self.access.authorize_group(token, &current.group_id, Role::Editor)?;
             let input = match &input {
                 Some(input) => input,
@@ -133,9 +133,9 @@ impl<'a> Service<'a> {
                     value: id.as_bytes().to_vec(),
                 }));
                 // Before the put: suffixes both names share are deleted, then written again.
-                repo::delete_name_suffixes(&mut ops, &current);
+                store::delete_name_suffixes(&mut ops, &current);
             }
-            repo::put_webhook(&mut ops, &updated);
+            store::put_webhook(&mut ops, &updated);
             new_name = updated.name;
             Ok(Step::Commit {
                 guards,
@@ -152,8 +152,8 @@ impl<'a> Service<'a> {
         self.access.authenticate(token)?;
         let ids = parse_remove_body(body)?;
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
-        repo::commit_retrying(self.kv, busy, |_| {
-            let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        store::commit_retrying(self.kv, busy, |_| {
+            let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
             let mut webhooks = Vec::with_capacity(ids.len());
             for (id, bytes) in ids.iter().zip(&stored) {
                 let Some(bytes) = bytes else {
@@ -180,7 +180,7 @@ impl<'a> Service<'a> {
                 .collect();
             let mut ops = Vec::with_capacity(webhooks.len() * 4);
             for webhook in &webhooks {
-                repo::delete_webhook(&mut ops, webhook);
+                store::delete_webhook(&mut ops, webhook);
             }
             Ok(Step::Commit {
                 guards,
@@ -195,9 +195,9 @@ impl<'a> Service<'a> {
     /// indexed every webhook, the whole group is read.
     fn group_page(&self, group_id: &str, query: &PageQuery) -> Result<String> {
         if let Some(name) = query.name.as_deref().filter(|name| !name.is_empty())
-            && repo::group_names_indexed(self.kv)?
+            && store::group_names_indexed(self.kv)?
         {
-            let mut matches = repo::scan_name_candidates(self.kv, group_id, name)?;
+            let mut matches = store::scan_name_candidates(self.kv, group_id, name)?;
             // The index only narrows: truncated suffixes match more than the query does.
             matches.retain(|webhook| webhook.group_id == group_id && query.matches(webhook));
             return Ok(query.page(matches).to_string());
@@ -206,7 +206,7 @@ impl<'a> Service<'a> {
     }
 
     fn page(&self, prefix: &[u8], query: &PageQuery) -> Result<String> {
-        let mut matches = repo::scan_webhooks(self.kv, prefix)?;
+        let mut matches = store::scan_webhooks(self.kv, prefix)?;
         matches.retain(|webhook| query.matches(webhook));
         Ok(query.page(matches).to_string())
     }
@@ -285,7 +285,7 @@ fn busy() -> crate::Error {
 mod tests {
     use super::*;
     use crate::Error;
-    use crate::repo::memory::MemoryKv;
+    use crate::store::memory::MemoryKv;
     use serde_json::json;
 
     /// One group `g1` holding things `t1` and `t2`; `editor` edits it, `viewer` views it,
@@ -631,7 +631,7 @@ mod tests {
     }
 
     fn maintain_all(kv: &dyn Kv) {
-        let upkeep = crate::upkeep::Upkeep::new(kv);
+        let upkeep = crate::webhooks::name_index::Upkeep::new(kv);
         while upkeep.maintain(3).unwrap() > 0 {}
     }
 
@@ -802,7 +802,7 @@ mod tests {
             WebhookInput::parse(&json!({"name": name, "url": "http://h"})).unwrap(),
         );
         let mut ops = Vec::new();
-        repo::put_webhook(&mut ops, &webhook);
+        store::put_webhook(&mut ops, &webhook);
         ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
         ops.push(Op::Put(Entry {
             key: keys::name(thing, name),
@@ -825,7 +825,7 @@ mod tests {
         }
         // One written by this version before the backfill ran.
         create(&service, "t2", json!([{"name": "legacy new", "url": "http://h"}])).unwrap();
-        let upkeep = crate::upkeep::Upkeep::new(&kv);
+        let upkeep = crate::webhooks::name_index::Upkeep::new(&kv);
         let mut calls = 0;
         loop {
             let page = group_list(&service, &[("name", "LEGACY"), ("limit", "100")]);

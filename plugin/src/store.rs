@@ -8,7 +8,7 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op, StoreErro
 use crate::error::{Result, internal};
 use crate::keys;
 use crate::record::Record;
-use crate::webhook::Webhook;
+use crate::webhooks::record::Webhook;
 
 /// How many entries one scan call asks for.
 const SCAN_CHUNK: u32 = 512;

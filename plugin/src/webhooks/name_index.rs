@@ -5,8 +5,8 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
 use crate::keys;
 use crate::record::Record;
-use crate::repo::{self, Kv, Step};
-use crate::webhook::Webhook;
+use crate::store::{self, Kv, Step};
+use crate::webhooks::record::Webhook;
 
 /// Most webhooks indexed by one commit: a 254-char name brings 254 entries, so this keeps a
 /// commit to a few megabytes whatever the names.
@@ -44,16 +44,16 @@ impl<'a> Upkeep<'a> {
         let marker = keys::group_names_indexed();
         let cursor_key = keys::group_names_cursor();
         let gave_up = || internal("webhooks kept changing while being indexed by name");
-        repo::commit_retrying(self.kv, gave_up, |_| {
-            if repo::group_names_indexed(self.kv)? {
+        store::commit_retrying(self.kv, gave_up, |_| {
+            if store::group_names_indexed(self.kv)? {
                 return Ok(Step::Done((0, true)));
             }
-            let cursor = self.kv.get(&cursor_key).map_err(repo::store_error)?;
+            let cursor = self.kv.get(&cursor_key).map_err(store::store_error)?;
             let after = cursor.as_ref().map(|id| [keys::webhook_prefix(), id.clone()].concat());
             let records = self
                 .kv
                 .scan(&keys::webhook_prefix(), after.as_deref(), limit, false)
-                .map_err(repo::store_error)?;
+                .map_err(store::store_error)?;
             // A second host doing the same upkeep, or a concurrent write, shows as a conflict.
             let mut guards = vec![
                 Condition::Absent(marker.clone()),
@@ -68,7 +68,7 @@ impl<'a> Upkeep<'a> {
             let mut ops = Vec::new();
             for record in &records {
                 let webhook = Webhook::decode(&record.value)?;
-                repo::put_name_suffixes(&mut ops, &webhook);
+                store::put_name_suffixes(&mut ops, &webhook);
                 // Entries for the record as read: a rename or removal since then fails the
                 // commit rather than leave entries of a name the webhook no longer has.
                 guards.push(Condition::Equals(record.clone()));
@@ -102,7 +102,7 @@ impl<'a> Upkeep<'a> {
 mod tests {
     use super::*;
     use crate::bindings::mainflux::webhooks::store::StoreError;
-    use crate::repo::memory::MemoryKv;
+    use crate::store::memory::MemoryKv;
     use serde_json::Map;
     use std::cell::Cell;
 
@@ -125,7 +125,7 @@ mod tests {
     /// Writes a record as the version before the index did: without name-search entries.
     fn store_unindexed(kv: &dyn Kv, webhook: &Webhook) {
         let mut ops = Vec::new();
-        repo::put_webhook(&mut ops, webhook);
+        store::put_webhook(&mut ops, webhook);
         ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
         kv.commit(&[], &ops).unwrap();
     }
@@ -143,9 +143,9 @@ mod tests {
     fn a_fresh_store_is_marked_complete_by_the_first_call() {
         let kv = MemoryKv::default();
         assert_eq!(Upkeep::new(&kv).maintain(0).unwrap(), 0);
-        assert!(!repo::group_names_indexed(&kv).unwrap(), "a limit of 0 does nothing");
+        assert!(!store::group_names_indexed(&kv).unwrap(), "a limit of 0 does nothing");
         assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
-        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert!(store::group_names_indexed(&kv).unwrap());
         assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
     }
 
@@ -161,9 +161,9 @@ mod tests {
         let upkeep = Upkeep::new(&kv);
         assert_eq!(upkeep.maintain(100).unwrap(), 100);
         assert_eq!(kv.get(&keys::group_names_cursor()).unwrap(), Some(b"id-099".to_vec()));
-        assert!(!repo::group_names_indexed(&kv).unwrap());
+        assert!(!store::group_names_indexed(&kv).unwrap());
         assert_eq!(upkeep.maintain(100).unwrap(), 50);
-        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert!(store::group_names_indexed(&kv).unwrap());
         assert_eq!(kv.get(&keys::group_names_cursor()).unwrap(), None);
         assert_eq!(upkeep.maintain(100).unwrap(), 0);
         let mut expected: Vec<Vec<u8>> = webhooks
@@ -198,11 +198,11 @@ mod tests {
         }
         fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
             if !self.raced.replace(true) {
-                let (old, _) = repo::load_webhook(&self.kv, "a").unwrap().unwrap();
+                let (old, _) = store::load_webhook(&self.kv, "a").unwrap().unwrap();
                 let renamed = webhook("a", "renamed");
                 let mut rename = Vec::new();
-                repo::delete_name_suffixes(&mut rename, &old);
-                repo::put_webhook(&mut rename, &renamed);
+                store::delete_name_suffixes(&mut rename, &old);
+                store::put_webhook(&mut rename, &renamed);
                 self.kv.commit(&[], &rename)?;
             }
             self.kv.commit(guards, ops)
@@ -217,7 +217,7 @@ mod tests {
         };
         store_unindexed(&kv.kv, &webhook("a", "original"));
         assert_eq!(Upkeep::new(&kv).maintain(10).unwrap(), 1);
-        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert!(store::group_names_indexed(&kv).unwrap());
         assert_eq!(name_entries(&kv.kv), keys::name_suffixes("g", "a", "renamed"));
     }
 }
