@@ -148,11 +148,11 @@ mod message_events {
         }
 
         fn on_thing_removed(thing_id: String) -> Result<u32, Error> {
-            events().on_thing_removed(&thing_id)
+            crate::removal::Removals::new(&HostStore).on_thing_removed(&thing_id)
         }
 
         fn on_group_removed(group_id: String) -> Result<u32, Error> {
-            events().on_group_removed(&group_id)
+            crate::removal::Removals::new(&HostStore).on_group_removed(&group_id)
         }
 
         fn maintain(limit: u32) -> Result<u32, Error> {

@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod error;
 pub mod keys;
 pub mod record;
+pub mod removal;
 pub mod store;
 pub mod webhooks;
 

@@ -1,16 +1,13 @@
 //! The delivery log: each webhook's deliveries with every attempt, newest first, and the
 //! manual retry of a failed delivery.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde_json::{Map, Value, json};
 
 use crate::Role;
 use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
-use crate::deliveries::record::{Delivery, Status};
-use crate::deliveries::status_name;
+use crate::deliveries::record::{Delivery, Status, rfc3339};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
 use crate::record::Record;
@@ -60,11 +57,6 @@ impl LogQuery {
     }
 }
 
-/// RFC 3339 time of a millisecond timestamp.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// The JSON users see of a delivery.
 pub fn view(delivery: &Delivery) -> Value {
     let attempts: Vec<Value> = delivery
@@ -90,7 +82,7 @@ pub fn view(delivery: &Delivery) -> Value {
         "id": delivery.id,
         "webhook_id": delivery.webhook_id,
         "message_id": delivery.message_id,
-        "status": status_name(delivery.status),
+        "status": Status::name(delivery.status),
         "attempts": attempts,
         "created_at": rfc3339(delivery.created_ms),
     });
@@ -125,7 +117,7 @@ impl<'a> DeliveryLog<'a> {
     pub fn list(&self, token: &str, webhook_id: &str, params: &[(String, String)]) -> Result<String> {
         let webhook = self.webhook(token, webhook_id, Role::Viewer)?;
         let query = LogQuery::from_query(params)?;
-        let wanted = query.status.map(status_name);
+        let wanted = query.status.map(Status::name);
         let prefix = keys::log_prefix(&webhook.id);
         let (mut total, mut page_ids) = (0u64, Vec::new());
         let mut after: Option<Vec<u8>> = None;
@@ -177,7 +169,7 @@ impl<'a> DeliveryLog<'a> {
         if delivery.status != Status::Failed {
             return Err(conflict(format!(
                 "only a failed delivery can be retried; this one is {}",
-                status_name(delivery.status)
+                Status::name(delivery.status)
             )));
         }
         if self
@@ -202,7 +194,7 @@ impl<'a> DeliveryLog<'a> {
             }),
             Op::Put(Entry {
                 key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
-                value: status_name(Status::Pending).as_bytes().to_vec(),
+                value: Status::name(Status::Pending).as_bytes().to_vec(),
             }),
             Op::Put(Entry {
                 key,

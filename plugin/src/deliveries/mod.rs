@@ -1,5 +1,5 @@
 //! The message path: recording deliveries for a published message, finding due ones,
-//! attempting them, and removing webhooks when the platform removes things or groups.
+//! attempting them, and deleting them once retention ends.
 
 use std::collections::HashMap;
 
@@ -143,7 +143,7 @@ impl<'a> Events<'a> {
             }));
             ops.push(Op::Put(Entry {
                 key: keys::log_entry(&webhook.id, now, &delivery.id),
-                value: status_name(Status::Pending).as_bytes().to_vec(),
+                value: Status::name(Status::Pending).as_bytes().to_vec(),
             }));
             ops.push(Op::Put(Entry {
                 key: keys::delivery(&delivery.id),
@@ -261,10 +261,7 @@ impl<'a> Events<'a> {
         for webhook_id in gone {
             self.disable(
                 &webhook_id,
-                format!(
-                    "receiver answered 410 Gone at {}",
-                    crate::deliveries::log::rfc3339(finished)
-                ),
+                format!("receiver answered 410 Gone at {}", record::rfc3339(finished)),
             )?;
         }
         Ok(outcomes)
@@ -433,44 +430,6 @@ impl<'a> Events<'a> {
         Ok(count)
     }
 
-    /// Removes every webhook of a thing; answers how many.
-    pub fn on_thing_removed(&self, thing_id: &str) -> Result<u32> {
-        self.remove_all(&keys::by_thing_prefix(thing_id))
-    }
-
-    /// Removes every webhook of a group; answers how many.
-    pub fn on_group_removed(&self, group_id: &str) -> Result<u32> {
-        self.remove_all(&keys::by_group_prefix(group_id))
-    }
-
-    fn remove_all(&self, prefix: &[u8]) -> Result<u32> {
-        let gave_up = || internal("webhooks kept changing while being removed");
-        store::commit_retrying(self.kv, gave_up, |_| {
-            let webhooks = store::scan_webhooks(self.kv, prefix)?;
-            if webhooks.is_empty() {
-                return Ok(Step::Done(0));
-            }
-            let guards: Vec<Condition> = webhooks
-                .iter()
-                .map(|w| {
-                    Condition::Equals(Entry {
-                        key: keys::webhook(&w.id),
-                        value: w.encode(),
-                    })
-                })
-                .collect();
-            let mut ops = Vec::with_capacity(webhooks.len() * 4);
-            for webhook in &webhooks {
-                store::delete_webhook(&mut ops, webhook);
-            }
-            Ok(Step::Commit {
-                guards,
-                ops,
-                answer: webhooks.len() as u32,
-            })
-        })
-    }
-
     fn load_webhooks<'i>(&self, ids: impl Iterator<Item = &'i str>) -> Result<HashMap<String, Webhook>> {
         let mut unique: Vec<&str> = ids.collect();
         unique.sort_unstable();
@@ -521,7 +480,7 @@ impl<'a> Events<'a> {
                 if delivery.status != before.status {
                     ops.push(Op::Put(Entry {
                         key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
-                        value: status_name(delivery.status).as_bytes().to_vec(),
+                        value: Status::name(delivery.status).as_bytes().to_vec(),
                     }));
                 }
                 ops.push(Op::Put(Entry {
@@ -535,15 +494,6 @@ impl<'a> Events<'a> {
                 answer: (),
             })
         })
-    }
-}
-
-/// The name of a status, as the API shows it and the log index stores it.
-pub fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Pending => "pending",
-        Status::Delivered => "delivered",
-        Status::Failed => "failed",
     }
 }
 
@@ -1087,8 +1037,8 @@ mod tests {
             .into_iter()
             .map(|d| d.id)
             .collect();
-        assert_eq!(events.on_thing_removed("t").unwrap(), 1);
-        assert_eq!(events.on_thing_removed("t").unwrap(), 0);
+        assert_eq!(crate::removal::Removals::new(&kv).on_thing_removed("t").unwrap(), 1);
+        assert_eq!(crate::removal::Removals::new(&kv).on_thing_removed("t").unwrap(), 0);
         assert!(kv.get(&keys::webhook("w2")).unwrap().is_some());
         let outcomes = events.deliver(&ids).unwrap();
         assert_eq!(outcomes[0].status, DeliveryStatus::Failed);
@@ -1100,7 +1050,7 @@ mod tests {
         };
         assert!(!name_entries().is_empty());
         assert!(name_entries().iter().all(|k| keys::name_suffix_id(k) == Some("w2")));
-        assert_eq!(events.on_group_removed("g").unwrap(), 1);
+        assert_eq!(crate::removal::Removals::new(&kv).on_group_removed("g").unwrap(), 1);
         assert!(name_entries().is_empty(), "left behind: {:?}", name_entries());
     }
 }

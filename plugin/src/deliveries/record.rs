@@ -1,6 +1,8 @@
 //! The delivery record and the policy that decides, from an attempt's result, whether a
 //! delivery is done, will be retried, or has failed.
 
+use std::time::{Duration, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
@@ -75,6 +77,22 @@ pub enum Status {
     Delivered,
     /// No more attempts will be made.
     Failed,
+}
+
+impl Status {
+    /// The name of a status, as the API shows it and the log index stores it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// RFC 3339 time of a millisecond timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// One attempt of a delivery.

@@ -152,42 +152,25 @@ impl<'a> Service<'a> {
         self.access.authenticate(token)?;
         let ids = parse_remove_body(body)?;
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
-        store::commit_retrying(self.kv, busy, |_| {
+        crate::removal::remove_webhooks(self.kv, busy, || {
             let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
             let mut webhooks = Vec::with_capacity(ids.len());
-            for (id, bytes) in ids.iter().zip(&stored) {
+            for (id, bytes) in ids.iter().zip(stored) {
                 let Some(bytes) = bytes else {
                     return Err(not_found(format!("webhook {id} not found")));
                 };
-                webhooks.push(Webhook::decode(bytes)?);
+                webhooks.push((Webhook::decode(&bytes)?, bytes));
             }
             let mut checked: Vec<&str> = Vec::new();
-            for webhook in &webhooks {
+            for (webhook, _) in &webhooks {
                 if !checked.contains(&webhook.group_id.as_str()) {
                     self.access.authorize_group(token, &webhook.group_id, Role::Editor)?;
                     checked.push(&webhook.group_id);
                 }
             }
-            let guards: Vec<Condition> = record_keys
-                .iter()
-                .zip(stored)
-                .map(|(key, value)| {
-                    Condition::Equals(Entry {
-                        key: key.clone(),
-                        value: value.unwrap_or_default(),
-                    })
-                })
-                .collect();
-            let mut ops = Vec::with_capacity(webhooks.len() * 4);
-            for webhook in &webhooks {
-                store::delete_webhook(&mut ops, webhook);
-            }
-            Ok(Step::Commit {
-                guards,
-                ops,
-                answer: (),
-            })
-        })
+            Ok(webhooks)
+        })?;
+        Ok(())
     }
 
     /// A group's page: with a name filter, only the webhooks the name-search index names are
