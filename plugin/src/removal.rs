@@ -5,9 +5,11 @@ use crate::Error;
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry};
 use crate::error::{Result, internal};
 use crate::keys;
+use crate::ports::Kv;
 use crate::record::Record;
-use crate::store::{self, Kv, Step};
+use crate::store::{self, Step};
 use crate::webhooks::record::Webhook;
+use crate::webhooks::storage;
 
 /// Removes the webhooks `read` answers, each with its record's bytes as read, in one commit
 /// guarded by those bytes, so a webhook changed meanwhile is read again rather than removed
@@ -29,7 +31,7 @@ pub fn remove_webhooks(
                 key: keys::webhook(&webhook.id),
                 value: stored.clone(),
             }));
-            store::delete_webhook(&mut ops, webhook);
+            storage::delete_webhook(&mut ops, webhook);
         }
         Ok(Step::Commit {
             guards,
@@ -64,7 +66,7 @@ impl<'a> Removals<'a> {
         let gave_up = || internal("webhooks kept changing while being removed");
         remove_webhooks(self.kv, gave_up, || {
             // The index holds the record as written; encoded again it is the stored record.
-            let webhooks = store::scan_webhooks(self.kv, prefix)?;
+            let webhooks = storage::scan_webhooks(self.kv, prefix)?;
             Ok(webhooks
                 .into_iter()
                 .map(|w| {
@@ -73,5 +75,39 @@ impl<'a> Removals<'a> {
                 })
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
+    use crate::keys;
+    use crate::ports::Kv;
+    use crate::testing::{MemoryKv, ScriptedSender, events, message, publish, store_webhook};
+    use serde_json::json;
+
+    #[test]
+    fn removing_a_thing_removes_its_webhooks_and_fails_their_deliveries() {
+        let kv = MemoryKv::default();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "u", "http://a/200", json!({}));
+        let events = events(&kv, &sender);
+        let ids = publish(&events, message("t", None, b"x", None));
+        assert_eq!(crate::removal::Removals::new(&kv).on_thing_removed("t").unwrap(), 1);
+        assert_eq!(crate::removal::Removals::new(&kv).on_thing_removed("t").unwrap(), 0);
+        assert!(kv.get(&keys::webhook("w2")).unwrap().is_some());
+        let outcomes = events.deliver(&ids).unwrap();
+        assert_eq!(outcomes[0].status, DeliveryStatus::Failed);
+        assert!(sender.sent.borrow().is_empty());
+        // The removed webhook's name-search entries went with it; the other's stay.
+        let name_entries = || -> Vec<Vec<u8>> {
+            let map = kv.map.borrow();
+            map.keys().filter(|k| k.starts_with(b"gs\0")).cloned().collect()
+        };
+        assert!(!name_entries().is_empty());
+        assert!(name_entries().iter().all(|k| keys::name_suffix_id(k) == Some("w2")));
+        assert_eq!(crate::removal::Removals::new(&kv).on_group_removed("g").unwrap(), 1);
+        assert!(name_entries().is_empty(), "left behind: {:?}", name_entries());
     }
 }

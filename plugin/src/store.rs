@@ -1,29 +1,13 @@
-//! The plugin's records in the ordered key-value store: reads, index scans and guarded
-//! commits, over the `store` capability or any other [`Kv`].
-
-use std::collections::BTreeSet;
+//! Guarded commits over any [`Kv`]: a failed guard told from a failed store, and the one
+//! read-modify-write loop every operation that commits under guards runs.
 
 use crate::Error;
-use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op, StoreError};
+use crate::bindings::mainflux::webhooks::store::{Condition, Op, StoreError};
 use crate::error::{Result, internal};
-use crate::keys;
-use crate::record::Record;
-use crate::webhooks::record::Webhook;
+use crate::ports::Kv;
 
 /// How many entries one scan call asks for.
-const SCAN_CHUNK: u32 = 512;
-
-/// An ordered key-value store with guarded atomic commits (the `store` capability).
-pub trait Kv {
-    /// Reads one key.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Reads several keys; one slot per key, in order.
-    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
-    /// Lists entries under a prefix in key order, after a cursor.
-    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError>;
-    /// Applies the ops atomically if every guard holds.
-    fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError>;
-}
+pub const SCAN_CHUNK: u32 = 512;
 
 /// What a failed commit means to the operation that tried it.
 #[derive(Debug)]
@@ -39,33 +23,6 @@ pub fn store_error(error: StoreError) -> Error {
     match error {
         StoreError::Unavailable(reason) => Error::Unavailable(format!("storage is unavailable: {reason}")),
         StoreError::Conflict(_) => internal("storage reported a conflict outside a commit"),
-    }
-}
-
-/// Reads the webhook with this id.
-pub fn load_webhook(kv: &dyn Kv, id: &str) -> Result<Option<(Webhook, Vec<u8>)>> {
-    match kv.get(&keys::webhook(id)).map_err(store_error)? {
-        Some(bytes) => Ok(Some((Webhook::decode(&bytes)?, bytes))),
-        None => Ok(None),
-    }
-}
-
-/// Reads every record stored under an index prefix, in id order.
-pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
-    let mut webhooks = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let chunk = kv
-            .scan(prefix, after.as_deref(), SCAN_CHUNK, false)
-            .map_err(store_error)?;
-        let full = chunk.len() as u32 == SCAN_CHUNK;
-        for entry in &chunk {
-            webhooks.push(Webhook::decode(&entry.value)?);
-        }
-        if !full {
-            return Ok(webhooks);
-        }
-        after = chunk.into_iter().last().map(|entry| entry.key);
     }
 }
 
@@ -119,161 +76,11 @@ pub fn commit_retrying<T>(
     Err(gave_up())
 }
 
-/// Whether every webhook has its name-search entries, so a group listing may narrow by them.
-pub fn group_names_indexed(kv: &dyn Kv) -> Result<bool> {
-    Ok(kv.get(&keys::group_names_indexed()).map_err(store_error)?.is_some())
-}
-
-/// Reads the group's webhooks whose name-search entries start with the lowercased query, each
-/// once, in id order: a superset of the names containing it, which the caller checks again.
-pub fn scan_name_candidates(kv: &dyn Kv, group_id: &str, query: &str) -> Result<Vec<Webhook>> {
-    let prefix = keys::name_suffix_prefix(group_id, query);
-    let mut ids: BTreeSet<String> = BTreeSet::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let chunk = kv
-            .scan(&prefix, after.as_deref(), SCAN_CHUNK, false)
-            .map_err(store_error)?;
-        let full = chunk.len() as u32 == SCAN_CHUNK;
-        ids.extend(
-            chunk
-                .iter()
-                .filter_map(|entry| keys::name_suffix_id(&entry.key).map(str::to_owned)),
-        );
-        if !full {
-            break;
-        }
-        after = chunk.into_iter().last().map(|entry| entry.key);
-    }
-    let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
-    let mut webhooks = Vec::with_capacity(record_keys.len());
-    for batch in record_keys.chunks(SCAN_CHUNK as usize) {
-        for bytes in kv.get_many(batch).map_err(store_error)?.into_iter().flatten() {
-            webhooks.push(Webhook::decode(&bytes)?);
-        }
-    }
-    Ok(webhooks)
-}
-
-/// The writes that store a webhook's name-search entries.
-pub fn put_name_suffixes(ops: &mut Vec<Op>, webhook: &Webhook) {
-    for key in keys::name_suffixes(&webhook.group_id, &webhook.id, &webhook.name) {
-        ops.push(Op::Put(Entry { key, value: Vec::new() }));
-    }
-}
-
-/// The writes that remove a webhook's name-search entries; before a rename's
-/// [`put_webhook`], since ops apply in order and the new name may share suffixes with the old.
-pub fn delete_name_suffixes(ops: &mut Vec<Op>, webhook: &Webhook) {
-    for key in keys::name_suffixes(&webhook.group_id, &webhook.id, &webhook.name) {
-        ops.push(Op::Delete(key));
-    }
-}
-
-/// The writes that store a webhook's record and its index entries.
-pub fn put_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
-    put_name_suffixes(ops, webhook);
-    let value = webhook.encode();
-    ops.push(Op::Put(Entry {
-        key: keys::by_thing(&webhook.thing_id, &webhook.id),
-        value: value.clone(),
-    }));
-    ops.push(Op::Put(Entry {
-        key: keys::by_group(&webhook.group_id, &webhook.id),
-        value: value.clone(),
-    }));
-    ops.push(Op::Put(Entry {
-        key: keys::webhook(&webhook.id),
-        value,
-    }));
-}
-
-/// The writes that remove a webhook's record, index entries and name reservation.
-pub fn delete_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
-    ops.push(Op::Delete(keys::webhook(&webhook.id)));
-    ops.push(Op::Delete(keys::by_thing(&webhook.thing_id, &webhook.id)));
-    ops.push(Op::Delete(keys::by_group(&webhook.group_id, &webhook.id)));
-    ops.push(Op::Delete(keys::name(&webhook.thing_id, &webhook.name)));
-    delete_name_suffixes(ops, webhook);
-}
-
-/// An in-memory [`Kv`] with the same semantics as the host's backends, for unit tests.
-#[cfg(test)]
-pub mod memory {
-    use super::*;
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
-    /// A `BTreeMap` behind the [`Kv`] trait.
-    #[derive(Default)]
-    pub struct MemoryKv {
-        /// The stored pairs.
-        pub map: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
-    }
-
-    impl Kv for MemoryKv {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(self.map.borrow().get(key).cloned())
-        }
-
-        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            Ok(keys.iter().map(|k| self.map.borrow().get(k).cloned()).collect())
-        }
-
-        fn scan(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: u32,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, StoreError> {
-            let map = self.map.borrow();
-            let matching = map.iter().filter(|(k, _)| k.starts_with(prefix));
-            let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if reverse {
-                Box::new(matching.rev().filter(|(k, _)| after.is_none_or(|a| k.as_slice() < a)))
-            } else {
-                Box::new(matching.filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a)))
-            };
-            Ok(entries
-                .take(limit as usize)
-                .map(|(k, v)| Entry {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect())
-        }
-
-        fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
-            let mut map = self.map.borrow_mut();
-            for (index, guard) in guards.iter().enumerate() {
-                let holds = match guard {
-                    Condition::Absent(key) => !map.contains_key(key),
-                    Condition::Present(key) => map.contains_key(key),
-                    Condition::Equals(entry) => map.get(&entry.key) == Some(&entry.value),
-                };
-                if !holds {
-                    return Err(StoreError::Conflict(index as u32));
-                }
-            }
-            for op in ops {
-                match op {
-                    Op::Put(entry) => {
-                        map.insert(entry.key.clone(), entry.value.clone());
-                    }
-                    Op::Delete(key) => {
-                        map.remove(key);
-                    }
-                }
-            }
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::memory::MemoryKv;
     use super::*;
+    use crate::bindings::mainflux::webhooks::store::Entry;
+    use crate::testing::MemoryKv;
     use std::cell::Cell;
 
     fn put(key: &[u8], value: &[u8]) -> Op {

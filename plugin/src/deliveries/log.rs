@@ -4,16 +4,17 @@
 use serde_json::{Map, Value, json};
 
 use crate::Role;
-use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::deliveries::record::{Delivery, Status, rfc3339};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
+use crate::ports::{Access, Clock, Kv, require_token};
 use crate::record::Record;
-use crate::store::{self, CommitFailure, Kv};
+use crate::store::{self, CommitFailure};
 use crate::webhooks::listing::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
 use crate::webhooks::record::Webhook;
+use crate::webhooks::storage;
 
 /// How many log entries one scan call asks for.
 const SCAN_CHUNK: u32 = 1024;
@@ -96,19 +97,19 @@ pub fn view(delivery: &Delivery) -> Value {
 pub struct DeliveryLog<'a> {
     kv: &'a dyn Kv,
     access: &'a dyn Access,
-    clock: fn() -> u64,
+    clock: &'a dyn Clock,
 }
 
 impl<'a> DeliveryLog<'a> {
     /// Binds the operations to their capabilities and a clock.
-    pub fn new(kv: &'a dyn Kv, access: &'a dyn Access, clock: fn() -> u64) -> Self {
+    pub fn new(kv: &'a dyn Kv, access: &'a dyn Access, clock: &'a dyn Clock) -> Self {
         DeliveryLog { kv, access, clock }
     }
 
     fn webhook(&self, token: &str, webhook_id: &str, role: Role) -> Result<Webhook> {
         require_token(token)?;
         self.access.authenticate(token)?;
-        let (webhook, _) = store::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
+        let (webhook, _) = storage::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
         self.access.authorize_group(token, &webhook.group_id, role)?;
         Ok(webhook)
     }
@@ -180,7 +181,7 @@ impl<'a> DeliveryLog<'a> {
         {
             return Err(conflict("this delivery's payload is no longer kept"));
         }
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         delivery.status = Status::Pending;
         delivery.next_attempt_ms = Some(now);
         let guards = vec![Condition::Equals(Entry {
@@ -215,10 +216,10 @@ impl<'a> DeliveryLog<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::params;
 
     fn q(pairs: &[(&str, &str)]) -> Result<LogQuery> {
-        let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        LogQuery::from_query(&params)
+        LogQuery::from_query(&params(pairs))
     }
 
     #[test]

@@ -1,25 +1,8 @@
-//! Outgoing HTTP as the delivery logic sees it: a batch of requests in, one result per
-//! request out, all in flight together.
+//! The [`Sender`](crate::ports::Sender) over `wasi:http/outgoing-handler`, all requests of a
+//! batch in flight together, and what each `wasi:http` error code means for a delivery.
 
 use crate::bindings::wasi::http::types::ErrorCode;
-use crate::deliveries::record::{AttemptResult, DESTINATION_REFUSED};
-
-/// One delivery attempt's HTTP request: always a POST.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    /// Absolute http or https URL.
-    pub url: String,
-    /// Header names and values, in order.
-    pub headers: Vec<(String, String)>,
-    /// The exact payload.
-    pub body: Vec<u8>,
-}
-
-/// Sends a batch of requests concurrently.
-pub trait Sender {
-    /// Sends every request, all in flight together; answers one result per request, in order.
-    fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult>;
-}
+use crate::ports::{AttemptResult, DESTINATION_REFUSED};
 
 /// What a `wasi:http` error code means for the delivery to `url`: a refused destination, a
 /// failure worth retrying, or one no retry can change.
@@ -93,13 +76,13 @@ fn unresolved(url: &str) -> String {
 /// `wasi:http/outgoing-handler` as a [`Sender`].
 #[cfg(target_arch = "wasm32")]
 pub mod wasi_http {
-    use super::{Request, Sender, attempt_result};
+    use super::attempt_result;
     use crate::bindings::wasi::http::outgoing_handler;
     use crate::bindings::wasi::http::types::{
         Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
     };
     use crate::bindings::wasi::io::poll;
-    use crate::deliveries::record::{Answer, AttemptResult, MAX_LOGGED_BODY};
+    use crate::ports::{Answer, AttemptResult, MAX_LOGGED_BODY, Request, Sender};
 
     /// Largest write `blocking-write-and-flush` accepts.
     const WRITE_CHUNK: usize = 4096;

@@ -5,3 +5,4 @@ pub mod listing;
 pub mod name_index;
 pub mod operations;
 pub mod record;
+pub mod storage;

@@ -4,14 +4,15 @@
 use serde_json::Value;
 
 use crate::Role;
-use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
+use crate::ports::{Access, Kv, require_token};
 use crate::record::Record;
-use crate::store::{self, CommitFailure, Kv, Step};
+use crate::store::{self, CommitFailure, Step};
 use crate::webhooks::listing::PageQuery;
 use crate::webhooks::record::{Webhook, WebhookInput};
+use crate::webhooks::storage;
 
 /// The webhook operations over a store and an identity service.
 pub struct Service<'a> {
@@ -48,7 +49,7 @@ impl<'a> Service<'a> {
                 value: id.clone().into_bytes(),
             }));
             let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input);
-            store::put_webhook(&mut ops, &webhook);
+            storage::put_webhook(&mut ops, &webhook);
             created.push(webhook);
         }
         match store::commit(self.kv, &guards, &ops) {
@@ -94,7 +95,7 @@ impl<'a> Service<'a> {
     pub fn view_webhook(&self, token: &str, id: &str) -> Result<String> {
         require_token(token)?;
         self.access.authenticate(token)?;
-        let (webhook, _) = store::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+        let (webhook, _) = storage::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
         self.access.authorize_group(token, &webhook.group_id, Role::Viewer)?;
         Ok(webhook.view().to_string())
     }
@@ -111,7 +112,7 @@ impl<'a> Service<'a> {
             if conflict.is_some_and(|index| index > 0) {
                 return Err(name_taken(&new_name));
             }
-            let (current, stored) = store::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+            let (current, stored) = storage::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
             self.access.authorize_group(token, &current.group_id, Role::Editor)?;
             let input = match &input {
                 Some(input) => input,
@@ -133,9 +134,9 @@ impl<'a> Service<'a> {
                     value: id.as_bytes().to_vec(),
                 }));
                 // Before the put: suffixes both names share are deleted, then written again.
-                store::delete_name_suffixes(&mut ops, &current);
+                storage::delete_name_suffixes(&mut ops, &current);
             }
-            store::put_webhook(&mut ops, &updated);
+            storage::put_webhook(&mut ops, &updated);
             new_name = updated.name;
             Ok(Step::Commit {
                 guards,
@@ -178,9 +179,9 @@ impl<'a> Service<'a> {
     /// indexed every webhook, the whole group is read.
     fn group_page(&self, group_id: &str, query: &PageQuery) -> Result<String> {
         if let Some(name) = query.name.as_deref().filter(|name| !name.is_empty())
-            && store::group_names_indexed(self.kv)?
+            && storage::group_names_indexed(self.kv)?
         {
-            let mut matches = store::scan_name_candidates(self.kv, group_id, name)?;
+            let mut matches = storage::scan_name_candidates(self.kv, group_id, name)?;
             // The index only narrows: truncated suffixes match more than the query does.
             matches.retain(|webhook| webhook.group_id == group_id && query.matches(webhook));
             return Ok(query.page(matches).to_string());
@@ -189,7 +190,7 @@ impl<'a> Service<'a> {
     }
 
     fn page(&self, prefix: &[u8], query: &PageQuery) -> Result<String> {
-        let mut matches = store::scan_webhooks(self.kv, prefix)?;
+        let mut matches = storage::scan_webhooks(self.kv, prefix)?;
         matches.retain(|webhook| query.matches(webhook));
         Ok(query.page(matches).to_string())
     }
@@ -268,50 +269,8 @@ fn busy() -> crate::Error {
 mod tests {
     use super::*;
     use crate::Error;
-    use crate::store::memory::MemoryKv;
+    use crate::testing::{FixedAccess, MemoryKv, WatchedKv, params, store_unindexed, webhook};
     use serde_json::json;
-
-    /// One group `g1` holding things `t1` and `t2`; `editor` edits it, `viewer` views it,
-    /// `outsider` is in no group.
-    struct FixedAccess;
-
-    impl FixedAccess {
-        fn role(token: &str) -> Result<Option<Role>> {
-            match token {
-                "editor" => Ok(Some(Role::Editor)),
-                "viewer" => Ok(Some(Role::Viewer)),
-                "outsider" => Ok(None),
-                _ => Err(Error::Unauthenticated("unknown token".into())),
-            }
-        }
-
-        fn check(token: &str, group: &str, role: Role) -> Result<()> {
-            let held = Self::role(token)?;
-            if group != "g1" {
-                return Err(Error::NotFound("group not found".into()));
-            }
-            match held {
-                Some(held) if held as u8 >= role as u8 => Ok(()),
-                _ => Err(Error::Forbidden("no access".into())),
-            }
-        }
-    }
-
-    impl Access for FixedAccess {
-        fn authenticate(&self, token: &str) -> Result<String> {
-            Self::role(token).map(|_| token.to_owned())
-        }
-        fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> Result<String> {
-            Self::role(token)?;
-            if !["t1", "t2"].contains(&thing_id) {
-                return Err(Error::NotFound("thing not found".into()));
-            }
-            Self::check(token, "g1", role).map(|_| "g1".to_owned())
-        }
-        fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> Result<()> {
-            Self::check(token, group_id, role)
-        }
-    }
 
     fn with_service<T>(f: impl FnOnce(&Service) -> T) -> T {
         let kv = MemoryKv::default();
@@ -556,52 +515,16 @@ mod tests {
         });
     }
 
-    /// A [`MemoryKv`] that remembers every prefix scanned, to tell an index read from a full one.
-    #[derive(Default)]
-    struct WatchedKv {
-        kv: MemoryKv,
-        scanned: std::cell::RefCell<Vec<Vec<u8>>>,
-    }
-
-    impl Kv for WatchedKv {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.kv.get(key)
-        }
-        fn get_many(
-            &self,
-            keys: &[Vec<u8>],
-        ) -> Result<Vec<Option<Vec<u8>>>, crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.kv.get_many(keys)
-        }
-        fn scan(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: u32,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.scanned.borrow_mut().push(prefix.to_vec());
-            self.kv.scan(prefix, after, limit, reverse)
-        }
-        fn commit(
-            &self,
-            guards: &[Condition],
-            ops: &[Op],
-        ) -> Result<(), crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.kv.commit(guards, ops)
-        }
-    }
-
     impl WatchedKv {
         /// Whether a listing since the last call read the whole group.
         fn read_whole_group(&self) -> bool {
             let whole = keys::by_group_prefix("g1");
-            self.scanned.take().contains(&whole)
+            self.take_scanned().contains(&whole)
         }
 
         /// The name-search entries stored, as (suffix, id) pairs.
         fn name_entries(&self) -> Vec<(String, String)> {
-            let map = self.kv.map.borrow();
+            let map = self.memory.map.borrow();
             map.keys()
                 .filter(|k| k.starts_with(b"gs\0"))
                 .map(|k| {
@@ -618,15 +541,13 @@ mod tests {
         while upkeep.maintain(3).unwrap() > 0 {}
     }
 
-    fn group_list(service: &Service, params: &[(&str, &str)]) -> Value {
-        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &params).unwrap()).unwrap()
+    fn group_list(service: &Service, pairs: &[(&str, &str)]) -> Value {
+        serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &params(pairs)).unwrap()).unwrap()
     }
 
     /// The page the full scan answers, to hold the indexed one against.
-    fn full_scan(service: &Service, params: &[(&str, &str)]) -> Value {
-        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let query = PageQuery::from_query(&params).unwrap();
+    fn full_scan(service: &Service, pairs: &[(&str, &str)]) -> Value {
+        let query = PageQuery::from_query(&params(pairs)).unwrap();
         serde_json::from_str(&service.page(&keys::by_group_prefix("g1"), &query).unwrap()).unwrap()
     }
 
@@ -699,7 +620,7 @@ mod tests {
                 let mut params = vec![("name", query)];
                 params.extend_from_slice(paging);
                 let expected = full_scan(&service, &params);
-                kv.scanned.take();
+                kv.take_scanned();
                 let indexed = group_list(&service, &params);
                 assert!(!kv.read_whole_group(), "{params:?} read the whole group");
                 assert_eq!(indexed, expected, "{params:?}");
@@ -715,7 +636,7 @@ mod tests {
         assert_eq!(group_list(&service, &[("name", &long_query)])["total"], 1);
         assert_eq!(group_list(&service, &[("name", "ÜNÏ")])["total"], 2);
         // The search body takes the same path.
-        kv.scanned.take();
+        kv.take_scanned();
         let body = json!({"name": "Alph", "order": "name", "dir": "asc"}).to_string();
         let searched: Value =
             serde_json::from_str(&service.search_group_webhooks("viewer", "g1", body.as_bytes()).unwrap()).unwrap();
@@ -776,22 +697,11 @@ mod tests {
         assert!(kv.name_entries().is_empty());
     }
 
-    /// Stores a webhook the way the version before the name-search index did: without entries.
-    fn store_unindexed(kv: &dyn Kv, id: &str, thing: &str, name: &str) {
-        let webhook = Webhook::new(
-            id.to_owned(),
-            thing.to_owned(),
-            "g1".to_owned(),
-            WebhookInput::parse(&json!({"name": name, "url": "http://h"})).unwrap(),
-        );
-        let mut ops = Vec::new();
-        store::put_webhook(&mut ops, &webhook);
-        ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
-        ops.push(Op::Put(Entry {
-            key: keys::name(thing, name),
-            value: id.as_bytes().to_vec(),
-        }));
-        kv.commit(&[], &ops).unwrap();
+    /// Stores a webhook of group `g1` as the version before the name-search index did.
+    fn store_unindexed_in_g1(kv: &dyn Kv, id: &str, thing: &str, name: &str) {
+        let mut legacy = webhook(id, thing, name);
+        legacy.group_id = "g1".into();
+        store_unindexed(kv, &legacy);
     }
 
     #[test]
@@ -799,7 +709,7 @@ mod tests {
         let kv = WatchedKv::default();
         let service = Service::new(&kv, &FixedAccess);
         for i in 0..7 {
-            store_unindexed(
+            store_unindexed_in_g1(
                 &kv,
                 &format!("00000000-0000-4000-8000-00000000000{i}"),
                 "t1",
@@ -822,8 +732,8 @@ mod tests {
         }
         // 8 records, 3 at a time: the third call finds the last two and completes the index.
         assert_eq!(calls, 3);
-        assert!(kv.kv.get(&keys::group_names_indexed()).unwrap().is_some());
-        assert!(kv.kv.get(&keys::group_names_cursor()).unwrap().is_none());
+        assert!(kv.memory.get(&keys::group_names_indexed()).unwrap().is_some());
+        assert!(kv.memory.get(&keys::group_names_cursor()).unwrap().is_none());
         assert_eq!(upkeep.maintain(3).unwrap(), 0);
         let page = group_list(&service, &[("name", "LEGACY"), ("limit", "100")]);
         assert!(!kv.read_whole_group());
@@ -838,7 +748,7 @@ mod tests {
         let kv = WatchedKv::default();
         let service = Service::new(&kv, &FixedAccess);
         maintain_all(&kv);
-        store_unindexed(&kv, "00000000-0000-4000-8000-000000000001", "t1", "hidden");
+        store_unindexed_in_g1(&kv, "00000000-0000-4000-8000-000000000001", "t1", "hidden");
         assert_eq!(group_list(&service, &[("name", "hid")])["total"], 0);
         assert_eq!(group_list(&service, &[])["total"], 1);
     }
