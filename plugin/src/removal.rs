@@ -83,15 +83,12 @@ mod tests {
     use crate::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
     use crate::keys;
     use crate::ports::Kv;
-    use crate::testing::{MemoryKv, ScriptedSender, events, message, publish, store_webhook};
-    use serde_json::json;
+    use crate::testing::{Deliveries, events, message, publish};
 
     #[test]
     fn removing_a_thing_removes_its_webhooks_and_fails_their_deliveries() {
-        let kv = MemoryKv::default();
-        let sender = ScriptedSender::default();
-        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
-        store_webhook(&kv, "w2", "u", "http://a/200", json!({}));
+        let Deliveries { kv, sender } =
+            Deliveries::with_webhooks(&[("w1", "t", "http://a/200"), ("w2", "u", "http://a/200")]);
         let events = events(&kv, &sender);
         let ids = publish(&events, message("t", None, b"x", None));
         assert_eq!(crate::removal::Removals::new(&kv).on_thing_removed("t").unwrap(), 1);

@@ -275,6 +275,26 @@ pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// The setting of the delivery suites: a store and a scripted sender.
+#[derive(Default)]
+pub struct Deliveries {
+    /// The store.
+    pub kv: MemoryKv,
+    /// The outgoing HTTP.
+    pub sender: ScriptedSender,
+}
+
+impl Deliveries {
+    /// A store holding these webhooks, each `(id, thing, url)` with no headers.
+    pub fn with_webhooks(webhooks: &[(&str, &str, &str)]) -> Self {
+        let setting = Deliveries::default();
+        for (id, thing, url) in webhooks {
+            store_webhook(&setting.kv, id, thing, url, Value::Null);
+        }
+        setting
+    }
+}
+
 /// Stores webhook `id` (named `id`) of `thing`, posting to `url` with these headers.
 pub fn store_webhook(kv: &dyn Kv, id: &str, thing: &str, url: &str, headers: Value) {
     let mut hook = webhook(id, thing, id);

@@ -348,8 +348,8 @@ mod tests {
     use super::*;
     use crate::ports::{Answer, DESTINATION_REFUSED, Kv, Request, Sender};
     use crate::testing::{
-        AT_NOW, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, delivery, events, message, publish,
-        store_webhook,
+        AT_NOW, Deliveries, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, delivery, events, message,
+        publish, store_webhook,
     };
     use serde_json::json;
     use std::cell::RefCell;
@@ -451,10 +451,8 @@ mod tests {
 
     #[test]
     fn a_gone_receiver_disables_its_webhook_and_it_gets_nothing_more() {
-        let kv = MemoryKv::default();
-        let sender = ScriptedSender::default();
-        store_webhook(&kv, "gone", "t", "http://a/410", json!({}));
-        store_webhook(&kv, "fine", "t", "http://b/200", json!({}));
+        let Deliveries { kv, sender } =
+            Deliveries::with_webhooks(&[("gone", "t", "http://a/410"), ("fine", "t", "http://b/200")]);
         let events = events(&kv, &sender);
         let ids = publish(&events, message("t", None, b"x", None));
         events.deliver(&ids).unwrap();
@@ -473,14 +471,14 @@ mod tests {
 
     #[test]
     fn failures_are_retried_or_failed_by_class() {
-        let kv = MemoryKv::default();
-        let sender = ScriptedSender::default();
-        store_webhook(&kv, "busy", "t", "http://a/503", json!({}));
-        store_webhook(&kv, "gone", "t", "http://b/404", json!({}));
-        store_webhook(&kv, "blocked", "t", "http://c/refused", json!({}));
-        store_webhook(&kv, "down", "t", "http://d/down", json!({}));
-        store_webhook(&kv, "local", "t", "http://e/loopback", json!({}));
-        store_webhook(&kv, "broken", "t", "http://f/malformed", json!({}));
+        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[
+            ("busy", "t", "http://a/503"),
+            ("gone", "t", "http://b/404"),
+            ("blocked", "t", "http://c/refused"),
+            ("down", "t", "http://d/down"),
+            ("local", "t", "http://e/loopback"),
+            ("broken", "t", "http://f/malformed"),
+        ]);
         let events = events(&kv, &sender);
         let deliveries = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();

@@ -114,16 +114,15 @@ mod tests {
     use crate::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
     use crate::keys;
     use crate::ports::Kv;
-    use crate::testing::{MemoryKv, ScriptedSender, events, message, store_webhook};
-    use serde_json::json;
+    use crate::testing::{Deliveries, events, message};
 
     #[test]
     fn a_message_records_one_due_delivery_per_webhook_of_its_thing() {
-        let kv = MemoryKv::default();
-        let sender = ScriptedSender::default();
-        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
-        store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
-        store_webhook(&kv, "w3", "other", "http://c/200", json!({}));
+        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[
+            ("w1", "t", "http://a/200"),
+            ("w2", "t", "http://b/200"),
+            ("w3", "other", "http://c/200"),
+        ]);
         let events = events(&kv, &sender);
         let accepted = events.on_message(message("t", None, b"\x00\xffbinary", None)).unwrap();
         assert!(!accepted.duplicate);
@@ -152,9 +151,7 @@ mod tests {
 
     #[test]
     fn a_repeated_message_id_records_nothing() {
-        let kv = MemoryKv::default();
-        let sender = ScriptedSender::default();
-        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[("w1", "t", "http://a/200")]);
         let events = events(&kv, &sender);
         let id = "7f1c1d2e-1111-4222-8333-444455556666";
         assert_eq!(

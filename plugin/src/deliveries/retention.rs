@@ -73,14 +73,11 @@ mod tests {
     use crate::deliveries::Events;
     use crate::keys;
     use crate::ports::Kv;
-    use crate::testing::{FixedClock, MemoryKv, NOW, ScriptedSender, events, message, store_webhook};
-    use serde_json::json;
+    use crate::testing::{Deliveries, FixedClock, NOW, events, message};
 
     #[test]
     fn retention_deletes_old_deliveries_and_message_ids() {
-        let kv = MemoryKv::default();
-        let sender = ScriptedSender::default();
-        store_webhook(&kv, "w", "t", "http://a/503", json!({}));
+        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[("w", "t", "http://a/503")]);
         let events = events(&kv, &sender);
         let id = "7f1c1d2e-1111-4222-8333-444455556666";
         let delivery = events
