@@ -249,9 +249,9 @@ pub fn validate_url(url: &str) -> Result<()> {
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let authority = if lower.starts_with("http://") {
-        &url[7..]
+        &url["http://".len()..]
     } else if lower.starts_with("https://") {
-        &url[8..]
+        &url["https://".len()..]
     } else {
         return Err(invalid("url must be an absolute http or https URL"));
     };
