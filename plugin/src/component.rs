@@ -1,13 +1,13 @@
-//! The component's face: the `api` export over the `store` and `identity` imports.
+//! The component's face: the `api` and `events` exports over the `store`, `identity`,
+//! `settings` and `wasi:http` imports. It only adapts: each import becomes a port, each export
+//! one call into the module that decides.
 
-use crate::access::Access;
 use crate::bindings::exports::mainflux::webhooks::api::Guest;
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::bindings::mainflux::webhooks::{identity, store};
-use crate::delivery_log::DeliveryLog;
-use crate::events::now_ms;
-use crate::repo::Kv;
-use crate::service::Service;
+use crate::deliveries::log::DeliveryLog;
+use crate::ports::{Access, Clock, Kv};
+use crate::webhooks::operations::Service;
 use crate::{Error, Role};
 
 /// The component: implements the `api` and `events` exports.
@@ -57,6 +57,18 @@ impl Access for HostIdentity {
     }
 }
 
+/// The host's wall clock.
+struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
 fn service() -> Service<'static> {
     Service::new(&HostStore, &HostIdentity)
 }
@@ -95,11 +107,11 @@ impl Guest for Plugin {
     }
 
     fn list_deliveries(token: String, webhook_id: String, query: Vec<(String, String)>) -> Result<String, Error> {
-        DeliveryLog::new(&HostStore, &HostIdentity, now_ms).list(&token, &webhook_id, &query)
+        DeliveryLog::new(&HostStore, &HostIdentity, &WallClock).list(&token, &webhook_id, &query)
     }
 
     fn retry_delivery(token: String, webhook_id: String, delivery_id: String) -> Result<DueDelivery, Error> {
-        DeliveryLog::new(&HostStore, &HostIdentity, now_ms).retry(&token, &webhook_id, &delivery_id)
+        DeliveryLog::new(&HostStore, &HostIdentity, &WallClock).retry(&token, &webhook_id, &delivery_id)
     }
 }
 
@@ -107,22 +119,25 @@ impl Guest for Plugin {
 crate::bindings::export!(Plugin with_types_in crate::bindings);
 
 mod message_events {
-    use super::{HostStore, Plugin};
+    use super::{HostStore, Plugin, WallClock};
     use crate::Error;
     use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Guest, Message};
+    use crate::bindings::mainflux::webhooks::settings;
     use crate::bindings::mainflux::webhooks::types::DueDelivery;
-    use crate::delivery::RetryPolicy;
-    use crate::events::{Events, now_ms};
-    use crate::outbound::wasi_http::WasiHttp;
+    use crate::deliveries::Events;
+    use crate::deliveries::outbound::wasi_http::WasiHttp;
+    use crate::deliveries::retry::RetryPolicy;
+    use crate::removal::Removals;
+    use crate::webhooks::name_index::Upkeep;
 
     fn events() -> Events<'static> {
-        let settings = crate::bindings::mainflux::webhooks::settings::delivery_settings();
+        let settings = settings::delivery_settings();
         let policy = RetryPolicy {
             schedule_ms: settings.retry_schedule_ms,
         };
-        Events::new(&HostStore, &WasiHttp, now_ms)
+        Events::new(&HostStore, &WasiHttp, &WallClock)
             .with_policy(policy)
-            .with_lease(crate::bindings::mainflux::webhooks::settings::claim_lease_ms())
+            .with_lease(settings::claim_lease_ms())
     }
 
     impl Guest for Plugin {
@@ -143,20 +158,20 @@ mod message_events {
         }
 
         fn expire(limit: u32) -> Result<u32, Error> {
-            let retention = crate::bindings::mainflux::webhooks::settings::delivery_settings().retention_ms;
+            let retention = settings::delivery_settings().retention_ms;
             events().expire(retention, limit)
         }
 
         fn on_thing_removed(thing_id: String) -> Result<u32, Error> {
-            events().on_thing_removed(&thing_id)
+            Removals::new(&HostStore).on_thing_removed(&thing_id)
         }
 
         fn on_group_removed(group_id: String) -> Result<u32, Error> {
-            events().on_group_removed(&group_id)
+            Removals::new(&HostStore).on_group_removed(&group_id)
         }
 
         fn maintain(limit: u32) -> Result<u32, Error> {
-            crate::upkeep::Upkeep::new(&HostStore).maintain(limit)
+            Upkeep::new(&HostStore).maintain(limit)
         }
     }
 }

@@ -114,6 +114,14 @@ pub fn name_suffix_id(key: &[u8]) -> Option<&str> {
     log_entry_id(key)
 }
 
+/// Reads the suffix back out of a name-search entry of the group: between the group's part and
+/// the id, which follows the last NUL.
+pub fn name_suffix_text<'k>(group_id: &str, entry: &'k [u8]) -> Option<&'k str> {
+    let start = prefix("gs", group_id).len();
+    let end = entry.iter().rposition(|b| *b == SEP)?;
+    std::str::from_utf8(entry.get(start..end)?).ok()
+}
+
 /// The marker that every webhook has its name-search entries, so listings may rely on them.
 pub fn group_names_indexed() -> Vec<u8> {
     key("ix", &["group-names"])
@@ -158,7 +166,7 @@ mod tests {
         let entries = name_suffixes("g", "i", &name);
         let suffixes: Vec<String> = entries
             .iter()
-            .map(|k| String::from_utf8(k[5..k.len() - 2].to_vec()).unwrap())
+            .map(|k| name_suffix_text("g", k).unwrap().to_owned())
             .collect();
         assert!(suffixes.contains(&"a".repeat(47)));
         assert!(suffixes.iter().all(|s| s.len() <= NAME_SUFFIX_BYTES));
@@ -216,6 +224,11 @@ mod tests {
     }
 }
 
+/// A time as it sorts in a key.
+fn hex_time(ms: u64) -> String {
+    format!("{ms:0width$x}", width = TIME_HEX_DIGITS)
+}
+
 /// The record of a delivery.
 pub fn delivery(id: &str) -> Vec<u8> {
     key("dl", &[id])
@@ -229,7 +242,7 @@ pub fn payload(id: &str) -> Vec<u8> {
 /// The entry of a pending delivery in the due index, ordered by due time; its value is the
 /// webhook id.
 pub fn due(due_ms: u64, id: &str) -> Vec<u8> {
-    key("dd", &[&format!("{due_ms:016x}"), id])
+    key("dd", &[&hex_time(due_ms), id])
 }
 
 /// The prefix of the whole due index.
@@ -239,16 +252,35 @@ pub fn due_prefix() -> Vec<u8> {
     key
 }
 
+/// The layout of a time-index key (`dd`, `dc`, `mt`): a two-byte tag, NUL, the time as
+/// [`TIME_HEX_DIGITS`] hex digits (so byte order is time order), NUL, then the id.
+mod time_key {
+    /// Bytes of the tag.
+    pub const TAG: usize = 2;
+    /// Where the hex time starts: after the tag and its separator.
+    pub const TIME_AT: usize = TAG + 1;
+    /// Where the id starts: after the time and its separator.
+    pub const ID_AT: usize = TIME_AT + super::TIME_HEX_DIGITS + 1;
+}
+
+/// Hex digits of a time in a key: a u64 in full, so keys of any time sort by it.
+pub const TIME_HEX_DIGITS: usize = 16;
+
 /// Reads the due time back out of a due-index key.
 pub fn due_time(key: &[u8]) -> Option<u64> {
-    let hex = key.get(3..19)?;
+    let hex = key.get(time_key::TIME_AT..time_key::TIME_AT + TIME_HEX_DIGITS)?;
     u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// Reads the delivery id back out of a due-index or creation-time key.
+pub fn time_key_id(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(time_key::ID_AT..)?).ok()
 }
 
 /// The entry of a delivery in its webhook's log, ordered by creation time; its value is the
 /// delivery's status, so the log can be counted and filtered without reading records.
 pub fn log_entry(webhook_id: &str, created_ms: u64, id: &str) -> Vec<u8> {
-    key("dw", &[webhook_id, &format!("{created_ms:016x}"), id])
+    key("dw", &[webhook_id, &hex_time(created_ms), id])
 }
 
 /// The prefix of a webhook's delivery log.
@@ -265,13 +297,13 @@ pub fn log_entry_id(key: &[u8]) -> Option<&str> {
 /// The entry of a delivery in the creation-time index that retention reads; its value is the
 /// webhook id.
 pub fn created(created_ms: u64, id: &str) -> Vec<u8> {
-    key("dc", &[&format!("{created_ms:016x}"), id])
+    key("dc", &[&hex_time(created_ms), id])
 }
 
 /// The entry of a remembered message id in the time index that retention reads; its value is
 /// the message-id key.
 pub fn message_seen(received_ms: u64, message_key: &[u8]) -> Vec<u8> {
-    let mut key = key("mt", &[&format!("{received_ms:016x}")]);
+    let mut key = key("mt", &[&hex_time(received_ms)]);
     key.push(SEP);
     key.extend_from_slice(message_key);
     key
@@ -292,11 +324,6 @@ pub const CREATED: &str = "dc";
 /// Reads the time back out of a time-index key (`dd`, `dc` or `mt`).
 pub fn index_time(key: &[u8]) -> Option<u64> {
     due_time(key)
-}
-
-/// Reads the last part (the id) of a `dc` key.
-pub fn created_id(key: &[u8]) -> Option<&str> {
-    std::str::from_utf8(key.get(20..)?).ok()
 }
 
 /// The entry recording that a thing published a message id, for idempotent publishing.
@@ -321,6 +348,9 @@ mod due_tests {
         assert!(due(9, "b") < due(10, "a"));
         assert!(due(0xffff, "a") < due(0x1_0000, "a"));
         assert_eq!(due_time(&due(123_456, "x")), Some(123_456));
+        assert_eq!(time_key_id(&due(123_456, "an-id")), Some("an-id"));
+        assert_eq!(time_key_id(&created(7, "other")), Some("other"));
+        assert_eq!(time_key_id(b"dd"), None);
         assert!(due(1, "x").starts_with(&due_prefix()));
     }
 }

@@ -4,26 +4,36 @@
 //! the storage model and the JSON shape of every answer. The host only carries requests in
 //! and grants the `store` and `identity` capabilities (DESIGN.md, principle 1).
 //!
-//! The logic is written against small traits, [`repo::Kv`], [`access::Access`] and
-//! [`outbound::Sender`], so
-//! that it runs unchanged over the component's imports and, in unit tests, over in-memory
-//! stand-ins.
+//! The logic is written against small traits, the [`ports`] ([`ports::Kv`], [`ports::Access`],
+//! [`ports::Sender`], [`ports::Clock`]), so that it runs unchanged over the component's imports
+//! and, in unit tests, over the in-memory doubles of `testing`.
+//!
+//! Modules depend on each other in one direction only, each on those before it:
+//!
+//! 1. [`bindings`], [`error`], [`keys`] (the key layouts), [`record`] (the versioned codec);
+//! 2. [`ports`]: the capabilities as traits;
+//! 3. [`store`]: guarded commits and the retry loop over any [`ports::Kv`];
+//! 4. [`webhooks`]: the record, listings, its place in the store, the name index, the
+//!    operations behind the REST API;
+//! 5. [`removal`]: the one path that removes webhooks;
+//! 6. [`deliveries`]: the message path, the retry policy and the delivery log;
+//! 7. `component`: the exports and imports, adapted to the modules above;
+//! 8. `testing` (tests only): the ports' doubles and the fixtures every suite shares.
 
-pub mod access;
-pub mod delivery;
-pub mod delivery_log;
+pub mod deliveries;
 pub mod error;
-pub mod events;
 pub mod keys;
-pub mod outbound;
-pub mod page;
-pub mod repo;
-pub mod service;
-pub mod upkeep;
-pub mod webhook;
+pub mod ports;
+pub mod record;
+pub mod removal;
+pub mod store;
+pub mod webhooks;
 
 #[cfg(target_arch = "wasm32")]
 pub mod component;
+
+#[cfg(test)]
+mod testing;
 
 /// Bindings generated from the `webhooks` world in `wit/`.
 #[allow(missing_docs, clippy::all)]

@@ -4,17 +4,15 @@
 use serde_json::Value;
 
 use crate::Role;
-use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, conflict, invalid, not_found};
 use crate::keys;
-use crate::page::PageQuery;
-use crate::repo::{self, CommitFailure, Kv};
-use crate::webhook::{Webhook, WebhookInput};
-
-/// How often an update or removal re-reads and retries when a concurrent write changed the
-/// records it read.
-const COMMIT_ATTEMPTS: usize = 8;
+use crate::ports::{Access, Kv, require_token};
+use crate::record::Record;
+use crate::store::{self, CommitFailure, Step};
+use crate::webhooks::listing::PageQuery;
+use crate::webhooks::record::{Webhook, WebhookInput};
+use crate::webhooks::storage;
 
 /// The webhook operations over a store and an identity service.
 pub struct Service<'a> {
@@ -51,10 +49,10 @@ impl<'a> Service<'a> {
                 value: id.clone().into_bytes(),
             }));
             let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input);
-            repo::put_webhook(&mut ops, &webhook);
+            storage::put_webhook(&mut ops, &webhook);
             created.push(webhook);
         }
-        match repo::commit(self.kv, &guards, &ops) {
+        match store::commit(self.kv, &guards, &ops) {
             Ok(()) => Ok(Value::Array(created.iter().map(Webhook::view).collect()).to_string()),
             Err(CommitFailure::Conflict(index)) => Err(name_taken(&created[index].name)),
             Err(CommitFailure::Store(e)) => Err(e),
@@ -97,7 +95,7 @@ impl<'a> Service<'a> {
     pub fn view_webhook(&self, token: &str, id: &str) -> Result<String> {
         require_token(token)?;
         self.access.authenticate(token)?;
-        let (webhook, _) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+        let (webhook, _) = storage::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
         self.access.authorize_group(token, &webhook.group_id, Role::Viewer)?;
         Ok(webhook.view().to_string())
     }
@@ -107,8 +105,14 @@ impl<'a> Service<'a> {
         require_token(token)?;
         self.access.authenticate(token)?;
         let mut input: Option<WebhookInput> = None;
-        for _ in 0..COMMIT_ATTEMPTS {
-            let (current, stored) = repo::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
+        let mut new_name = String::new();
+        store::commit_retrying(self.kv, busy, |conflict| {
+            // Guard 0 is the record as read: a concurrent update, so read again. Any later
+            // guard is the new name, taken meanwhile.
+            if conflict.is_some_and(|index| index > 0) {
+                return Err(name_taken(&new_name));
+            }
+            let (current, stored) = storage::load_webhook(self.kv, id)?.ok_or_else(webhook_not_found)?;
             self.access.authorize_group(token, &current.group_id, Role::Editor)?;
             let input = match &input {
                 Some(input) => input,
@@ -122,25 +126,24 @@ impl<'a> Service<'a> {
             })];
             let mut ops = Vec::with_capacity(5);
             if updated.name != current.name {
-                let new_name = keys::name(&updated.thing_id, &updated.name);
-                guards.push(Condition::Absent(new_name.clone()));
+                let new_name_key = keys::name(&updated.thing_id, &updated.name);
+                guards.push(Condition::Absent(new_name_key.clone()));
                 ops.push(Op::Delete(keys::name(&current.thing_id, &current.name)));
                 ops.push(Op::Put(Entry {
-                    key: new_name,
+                    key: new_name_key,
                     value: id.as_bytes().to_vec(),
                 }));
                 // Before the put: suffixes both names share are deleted, then written again.
-                repo::delete_name_suffixes(&mut ops, &current);
+                storage::delete_name_suffixes(&mut ops, &current);
             }
-            repo::put_webhook(&mut ops, &updated);
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(()),
-                Err(CommitFailure::Conflict(0)) => continue,
-                Err(CommitFailure::Conflict(_)) => return Err(name_taken(&updated.name)),
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(busy())
+            storage::put_webhook(&mut ops, &updated);
+            new_name = updated.name;
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
     }
 
     /// Removes every listed webhook, or none: all must exist and the caller must be an editor
@@ -150,43 +153,25 @@ impl<'a> Service<'a> {
         self.access.authenticate(token)?;
         let ids = parse_remove_body(body)?;
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
-        for _ in 0..COMMIT_ATTEMPTS {
-            let stored = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        crate::removal::remove_webhooks(self.kv, busy, || {
+            let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
             let mut webhooks = Vec::with_capacity(ids.len());
-            for (id, bytes) in ids.iter().zip(&stored) {
+            for (id, bytes) in ids.iter().zip(stored) {
                 let Some(bytes) = bytes else {
                     return Err(not_found(format!("webhook {id} not found")));
                 };
-                webhooks.push(Webhook::decode(bytes)?);
+                webhooks.push((Webhook::decode(&bytes)?, bytes));
             }
             let mut checked: Vec<&str> = Vec::new();
-            for webhook in &webhooks {
+            for (webhook, _) in &webhooks {
                 if !checked.contains(&webhook.group_id.as_str()) {
                     self.access.authorize_group(token, &webhook.group_id, Role::Editor)?;
                     checked.push(&webhook.group_id);
                 }
             }
-            let guards: Vec<Condition> = record_keys
-                .iter()
-                .zip(stored)
-                .map(|(key, value)| {
-                    Condition::Equals(Entry {
-                        key: key.clone(),
-                        value: value.unwrap_or_default(),
-                    })
-                })
-                .collect();
-            let mut ops = Vec::with_capacity(webhooks.len() * 4);
-            for webhook in &webhooks {
-                repo::delete_webhook(&mut ops, webhook);
-            }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok(()),
-                Err(CommitFailure::Conflict(_)) => continue,
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(busy())
+            Ok(webhooks)
+        })?;
+        Ok(())
     }
 
     /// A group's page: with a name filter, only the webhooks the name-search index names are
@@ -194,9 +179,9 @@ impl<'a> Service<'a> {
     /// indexed every webhook, the whole group is read.
     fn group_page(&self, group_id: &str, query: &PageQuery) -> Result<String> {
         if let Some(name) = query.name.as_deref().filter(|name| !name.is_empty())
-            && repo::group_names_indexed(self.kv)?
+            && storage::group_names_indexed(self.kv)?
         {
-            let mut matches = repo::scan_name_candidates(self.kv, group_id, name)?;
+            let mut matches = storage::scan_name_candidates(self.kv, group_id, name)?;
             // The index only narrows: truncated suffixes match more than the query does.
             matches.retain(|webhook| webhook.group_id == group_id && query.matches(webhook));
             return Ok(query.page(matches).to_string());
@@ -205,7 +190,7 @@ impl<'a> Service<'a> {
     }
 
     fn page(&self, prefix: &[u8], query: &PageQuery) -> Result<String> {
-        let mut matches = repo::scan_webhooks(self.kv, prefix)?;
+        let mut matches = storage::scan_webhooks(self.kv, prefix)?;
         matches.retain(|webhook| query.matches(webhook));
         Ok(query.page(matches).to_string())
     }
@@ -284,50 +269,8 @@ fn busy() -> crate::Error {
 mod tests {
     use super::*;
     use crate::Error;
-    use crate::repo::memory::MemoryKv;
+    use crate::testing::{FixedAccess, MemoryKv, WatchedKv, params, store_unindexed, webhook};
     use serde_json::json;
-
-    /// One group `g1` holding things `t1` and `t2`; `editor` edits it, `viewer` views it,
-    /// `outsider` is in no group.
-    struct FixedAccess;
-
-    impl FixedAccess {
-        fn role(token: &str) -> Result<Option<Role>> {
-            match token {
-                "editor" => Ok(Some(Role::Editor)),
-                "viewer" => Ok(Some(Role::Viewer)),
-                "outsider" => Ok(None),
-                _ => Err(Error::Unauthenticated("unknown token".into())),
-            }
-        }
-
-        fn check(token: &str, group: &str, role: Role) -> Result<()> {
-            let held = Self::role(token)?;
-            if group != "g1" {
-                return Err(Error::NotFound("group not found".into()));
-            }
-            match held {
-                Some(held) if held as u8 >= role as u8 => Ok(()),
-                _ => Err(Error::Forbidden("no access".into())),
-            }
-        }
-    }
-
-    impl Access for FixedAccess {
-        fn authenticate(&self, token: &str) -> Result<String> {
-            Self::role(token).map(|_| token.to_owned())
-        }
-        fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> Result<String> {
-            Self::role(token)?;
-            if !["t1", "t2"].contains(&thing_id) {
-                return Err(Error::NotFound("thing not found".into()));
-            }
-            Self::check(token, "g1", role).map(|_| "g1".to_owned())
-        }
-        fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> Result<()> {
-            Self::check(token, group_id, role)
-        }
-    }
 
     fn with_service<T>(f: impl FnOnce(&Service) -> T) -> T {
         let kv = MemoryKv::default();
@@ -393,6 +336,39 @@ mod tests {
             assert_eq!(list(service, "t1")["total"], 1);
             // The same name on another thing is fine.
             create(service, "t2", json!([{"name": "taken", "url": "http://h"}])).unwrap();
+        });
+    }
+
+    #[test]
+    fn a_header_the_service_manages_is_refused_on_create_and_update() {
+        with_service(|service| {
+            let refused = "header \"Connection\" cannot be set on a webhook: the service manages it";
+            let created = create(
+                service,
+                "t1",
+                json!([{"name": "n", "url": "http://h", "headers": {"Connection": "close"}}]),
+            );
+            assert!(matches!(created, Err(Error::Invalid(m)) if m == refused));
+            let id = create(
+                service,
+                "t1",
+                json!([{"name": "n", "url": "http://h", "headers": {"Content-Type": "text/csv"}}]),
+            )
+            .unwrap()[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let update = json!({"name": "n", "url": "http://h", "headers": {"webhook-Signature": "v1,x"}});
+            assert!(matches!(
+                service.update_webhook("editor", &id, update.to_string().as_bytes()),
+                Err(Error::Invalid(m)) if m.contains("\"webhook-Signature\" cannot be set")
+            ));
+            let view: Value = serde_json::from_str(&service.view_webhook("viewer", &id).unwrap()).unwrap();
+            assert_eq!(
+                view["headers"],
+                json!({"Content-Type": "text/csv"}),
+                "the update changed nothing"
+            );
         });
     }
 
@@ -539,57 +515,21 @@ mod tests {
         });
     }
 
-    /// A [`MemoryKv`] that remembers every prefix scanned, to tell an index read from a full one.
-    #[derive(Default)]
-    struct WatchedKv {
-        kv: MemoryKv,
-        scanned: std::cell::RefCell<Vec<Vec<u8>>>,
-    }
-
-    impl Kv for WatchedKv {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.kv.get(key)
-        }
-        fn get_many(
-            &self,
-            keys: &[Vec<u8>],
-        ) -> Result<Vec<Option<Vec<u8>>>, crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.kv.get_many(keys)
-        }
-        fn scan(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: u32,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.scanned.borrow_mut().push(prefix.to_vec());
-            self.kv.scan(prefix, after, limit, reverse)
-        }
-        fn commit(
-            &self,
-            guards: &[Condition],
-            ops: &[Op],
-        ) -> Result<(), crate::bindings::mainflux::webhooks::store::StoreError> {
-            self.kv.commit(guards, ops)
-        }
-    }
-
     impl WatchedKv {
         /// Whether a listing since the last call read the whole group.
         fn read_whole_group(&self) -> bool {
             let whole = keys::by_group_prefix("g1");
-            self.scanned.take().contains(&whole)
+            self.take_scanned().contains(&whole)
         }
 
         /// The name-search entries stored, as (suffix, id) pairs.
         fn name_entries(&self) -> Vec<(String, String)> {
-            let map = self.kv.map.borrow();
+            let map = self.memory.map.borrow();
             map.keys()
                 .filter(|k| k.starts_with(b"gs\0"))
                 .map(|k| {
                     let id = keys::name_suffix_id(k).unwrap().to_owned();
-                    let suffix = String::from_utf8(k[6..k.len() - id.len() - 1].to_vec()).unwrap();
+                    let suffix = keys::name_suffix_text("g1", k).unwrap().to_owned();
                     (suffix, id)
                 })
                 .collect()
@@ -597,19 +537,17 @@ mod tests {
     }
 
     fn maintain_all(kv: &dyn Kv) {
-        let upkeep = crate::upkeep::Upkeep::new(kv);
+        let upkeep = crate::webhooks::name_index::Upkeep::new(kv);
         while upkeep.maintain(3).unwrap() > 0 {}
     }
 
-    fn group_list(service: &Service, params: &[(&str, &str)]) -> Value {
-        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &params).unwrap()).unwrap()
+    fn group_list(service: &Service, pairs: &[(&str, &str)]) -> Value {
+        serde_json::from_str(&service.list_group_webhooks("viewer", "g1", &params(pairs)).unwrap()).unwrap()
     }
 
     /// The page the full scan answers, to hold the indexed one against.
-    fn full_scan(service: &Service, params: &[(&str, &str)]) -> Value {
-        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let query = PageQuery::from_query(&params).unwrap();
+    fn full_scan(service: &Service, pairs: &[(&str, &str)]) -> Value {
+        let query = PageQuery::from_query(&params(pairs)).unwrap();
         serde_json::from_str(&service.page(&keys::by_group_prefix("g1"), &query).unwrap()).unwrap()
     }
 
@@ -682,7 +620,7 @@ mod tests {
                 let mut params = vec![("name", query)];
                 params.extend_from_slice(paging);
                 let expected = full_scan(&service, &params);
-                kv.scanned.take();
+                kv.take_scanned();
                 let indexed = group_list(&service, &params);
                 assert!(!kv.read_whole_group(), "{params:?} read the whole group");
                 assert_eq!(indexed, expected, "{params:?}");
@@ -698,7 +636,7 @@ mod tests {
         assert_eq!(group_list(&service, &[("name", &long_query)])["total"], 1);
         assert_eq!(group_list(&service, &[("name", "ÜNÏ")])["total"], 2);
         // The search body takes the same path.
-        kv.scanned.take();
+        kv.take_scanned();
         let body = json!({"name": "Alph", "order": "name", "dir": "asc"}).to_string();
         let searched: Value =
             serde_json::from_str(&service.search_group_webhooks("viewer", "g1", body.as_bytes()).unwrap()).unwrap();
@@ -742,7 +680,7 @@ mod tests {
             .collect();
         let expected: Vec<String> = keys::name_suffixes("g1", id, "new-name")
             .iter()
-            .map(|k| String::from_utf8(k[6..k.len() - id.len() - 1].to_vec()).unwrap())
+            .map(|k| keys::name_suffix_text("g1", k).unwrap().to_owned())
             .collect();
         assert_eq!(mine, expected);
         // An update that keeps the name keeps its entries.
@@ -759,22 +697,11 @@ mod tests {
         assert!(kv.name_entries().is_empty());
     }
 
-    /// Stores a webhook the way the version before the name-search index did: without entries.
-    fn store_unindexed(kv: &dyn Kv, id: &str, thing: &str, name: &str) {
-        let webhook = Webhook::new(
-            id.to_owned(),
-            thing.to_owned(),
-            "g1".to_owned(),
-            WebhookInput::parse(&json!({"name": name, "url": "http://h"})).unwrap(),
-        );
-        let mut ops = Vec::new();
-        repo::put_webhook(&mut ops, &webhook);
-        ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
-        ops.push(Op::Put(Entry {
-            key: keys::name(thing, name),
-            value: id.as_bytes().to_vec(),
-        }));
-        kv.commit(&[], &ops).unwrap();
+    /// Stores a webhook of group `g1` as the version before the name-search index did.
+    fn store_unindexed_in_g1(kv: &dyn Kv, id: &str, thing: &str, name: &str) {
+        let mut legacy = webhook(id, thing, name);
+        legacy.group_id = "g1".into();
+        store_unindexed(kv, &legacy);
     }
 
     #[test]
@@ -782,7 +709,7 @@ mod tests {
         let kv = WatchedKv::default();
         let service = Service::new(&kv, &FixedAccess);
         for i in 0..7 {
-            store_unindexed(
+            store_unindexed_in_g1(
                 &kv,
                 &format!("00000000-0000-4000-8000-00000000000{i}"),
                 "t1",
@@ -791,7 +718,7 @@ mod tests {
         }
         // One written by this version before the backfill ran.
         create(&service, "t2", json!([{"name": "legacy new", "url": "http://h"}])).unwrap();
-        let upkeep = crate::upkeep::Upkeep::new(&kv);
+        let upkeep = crate::webhooks::name_index::Upkeep::new(&kv);
         let mut calls = 0;
         loop {
             let page = group_list(&service, &[("name", "LEGACY"), ("limit", "100")]);
@@ -805,8 +732,8 @@ mod tests {
         }
         // 8 records, 3 at a time: the third call finds the last two and completes the index.
         assert_eq!(calls, 3);
-        assert!(kv.kv.get(&keys::group_names_indexed()).unwrap().is_some());
-        assert!(kv.kv.get(&keys::group_names_cursor()).unwrap().is_none());
+        assert!(kv.memory.get(&keys::group_names_indexed()).unwrap().is_some());
+        assert!(kv.memory.get(&keys::group_names_cursor()).unwrap().is_none());
         assert_eq!(upkeep.maintain(3).unwrap(), 0);
         let page = group_list(&service, &[("name", "LEGACY"), ("limit", "100")]);
         assert!(!kv.read_whole_group());
@@ -821,7 +748,7 @@ mod tests {
         let kv = WatchedKv::default();
         let service = Service::new(&kv, &FixedAccess);
         maintain_all(&kv);
-        store_unindexed(&kv, "00000000-0000-4000-8000-000000000001", "t1", "hidden");
+        store_unindexed_in_g1(&kv, "00000000-0000-4000-8000-000000000001", "t1", "hidden");
         assert_eq!(group_list(&service, &[("name", "hid")])["total"], 0);
         assert_eq!(group_list(&service, &[])["total"], 1);
     }

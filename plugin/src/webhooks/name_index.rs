@@ -4,15 +4,15 @@
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
 use crate::keys;
-use crate::repo::{self, CommitFailure, Kv};
-use crate::webhook::Webhook;
+use crate::ports::Kv;
+use crate::record::Record;
+use crate::store::{self, Step};
+use crate::webhooks::record::Webhook;
+use crate::webhooks::storage;
 
 /// Most webhooks indexed by one commit: a 254-char name brings 254 entries, so this keeps a
 /// commit to a few megabytes whatever the names.
 const RECORDS_PER_COMMIT: u32 = 64;
-
-/// How often one commit is tried again after concurrent writes changed what it read.
-const COMMIT_ATTEMPTS: usize = 8;
 
 /// The upkeep operations over a store.
 pub struct Upkeep<'a> {
@@ -45,16 +45,17 @@ impl<'a> Upkeep<'a> {
     fn index_names(&self, limit: u32) -> Result<(u32, bool)> {
         let marker = keys::group_names_indexed();
         let cursor_key = keys::group_names_cursor();
-        for _ in 0..COMMIT_ATTEMPTS {
-            if repo::group_names_indexed(self.kv)? {
-                return Ok((0, true));
+        let gave_up = || internal("webhooks kept changing while being indexed by name");
+        store::commit_retrying(self.kv, gave_up, |_| {
+            if storage::group_names_indexed(self.kv)? {
+                return Ok(Step::Done((0, true)));
             }
-            let cursor = self.kv.get(&cursor_key).map_err(repo::store_error)?;
+            let cursor = self.kv.get(&cursor_key).map_err(store::store_error)?;
             let after = cursor.as_ref().map(|id| [keys::webhook_prefix(), id.clone()].concat());
             let records = self
                 .kv
                 .scan(&keys::webhook_prefix(), after.as_deref(), limit, false)
-                .map_err(repo::store_error)?;
+                .map_err(store::store_error)?;
             // A second host doing the same upkeep, or a concurrent write, shows as a conflict.
             let mut guards = vec![
                 Condition::Absent(marker.clone()),
@@ -69,7 +70,7 @@ impl<'a> Upkeep<'a> {
             let mut ops = Vec::new();
             for record in &records {
                 let webhook = Webhook::decode(&record.value)?;
-                repo::put_name_suffixes(&mut ops, &webhook);
+                storage::put_name_suffixes(&mut ops, &webhook);
                 // Entries for the record as read: a rename or removal since then fails the
                 // commit rather than leave entries of a name the webhook no longer has.
                 guards.push(Condition::Equals(record.clone()));
@@ -90,64 +91,31 @@ impl<'a> Upkeep<'a> {
                     value: id,
                 }));
             }
-            match repo::commit(self.kv, &guards, &ops) {
-                Ok(()) => return Ok((records.len() as u32, exhausted)),
-                Err(CommitFailure::Conflict(_)) => continue,
-                Err(CommitFailure::Store(e)) => return Err(e),
-            }
-        }
-        Err(internal("webhooks kept changing while being indexed by name"))
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (records.len() as u32, exhausted),
+            })
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::mainflux::webhooks::store::StoreError;
-    use crate::repo::memory::MemoryKv;
-    use serde_json::Map;
-    use std::cell::Cell;
+    use crate::testing::{self, MemoryKv, WatchedKv, name_entries, store_unindexed};
 
     fn webhook(id: &str, name: &str) -> Webhook {
-        Webhook {
-            v: 1,
-            id: id.into(),
-            thing_id: "t".into(),
-            group_id: "g".into(),
-            name: name.into(),
-            url: "http://h".into(),
-            headers: Map::new(),
-            metadata: Map::new(),
-            secret: None,
-            disabled: false,
-            disabled_reason: None,
-        }
-    }
-
-    /// Writes a record as the version before the index did: without name-search entries.
-    fn store_unindexed(kv: &dyn Kv, webhook: &Webhook) {
-        let mut ops = Vec::new();
-        repo::put_webhook(&mut ops, webhook);
-        ops.retain(|op| !matches!(op, Op::Put(entry) if entry.key.starts_with(b"gs\0")));
-        kv.commit(&[], &ops).unwrap();
-    }
-
-    fn name_entries(kv: &MemoryKv) -> Vec<Vec<u8>> {
-        kv.map
-            .borrow()
-            .keys()
-            .filter(|k| k.starts_with(b"gs\0"))
-            .cloned()
-            .collect()
+        testing::webhook(id, "t", name)
     }
 
     #[test]
     fn a_fresh_store_is_marked_complete_by_the_first_call() {
         let kv = MemoryKv::default();
         assert_eq!(Upkeep::new(&kv).maintain(0).unwrap(), 0);
-        assert!(!repo::group_names_indexed(&kv).unwrap(), "a limit of 0 does nothing");
+        assert!(!storage::group_names_indexed(&kv).unwrap(), "a limit of 0 does nothing");
         assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
-        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert!(storage::group_names_indexed(&kv).unwrap());
         assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
     }
 
@@ -163,9 +131,9 @@ mod tests {
         let upkeep = Upkeep::new(&kv);
         assert_eq!(upkeep.maintain(100).unwrap(), 100);
         assert_eq!(kv.get(&keys::group_names_cursor()).unwrap(), Some(b"id-099".to_vec()));
-        assert!(!repo::group_names_indexed(&kv).unwrap());
+        assert!(!storage::group_names_indexed(&kv).unwrap());
         assert_eq!(upkeep.maintain(100).unwrap(), 50);
-        assert!(repo::group_names_indexed(&kv).unwrap());
+        assert!(storage::group_names_indexed(&kv).unwrap());
         assert_eq!(kv.get(&keys::group_names_cursor()).unwrap(), None);
         assert_eq!(upkeep.maintain(100).unwrap(), 0);
         let mut expected: Vec<Vec<u8>> = webhooks
@@ -176,50 +144,20 @@ mod tests {
         assert_eq!(name_entries(&kv), expected);
     }
 
-    /// Renames a webhook just before the first commit, as a concurrent update would.
-    struct RacingKv {
-        kv: MemoryKv,
-        raced: Cell<bool>,
-    }
-
-    impl Kv for RacingKv {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.kv.get(key)
-        }
-        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            self.kv.get_many(keys)
-        }
-        fn scan(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: u32,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, StoreError> {
-            self.kv.scan(prefix, after, limit, reverse)
-        }
-        fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
-            if !self.raced.replace(true) {
-                let (old, _) = repo::load_webhook(&self.kv, "a").unwrap().unwrap();
-                let renamed = webhook("a", "renamed");
-                let mut rename = Vec::new();
-                repo::delete_name_suffixes(&mut rename, &old);
-                repo::put_webhook(&mut rename, &renamed);
-                self.kv.commit(&[], &rename)?;
-            }
-            self.kv.commit(guards, ops)
-        }
-    }
-
     #[test]
     fn a_record_changed_meanwhile_gets_the_entries_of_its_new_name_only() {
-        let kv = RacingKv {
-            kv: MemoryKv::default(),
-            raced: Cell::new(false),
-        };
-        store_unindexed(&kv.kv, &webhook("a", "original"));
+        let kv = WatchedKv::default();
+        store_unindexed(&kv.memory, &webhook("a", "original"));
+        // A concurrent update renames the webhook just before the first commit.
+        kv.before_next_commit(|memory| {
+            let (old, _) = storage::load_webhook(memory, "a").unwrap().unwrap();
+            let mut rename = Vec::new();
+            storage::delete_name_suffixes(&mut rename, &old);
+            storage::put_webhook(&mut rename, &webhook("a", "renamed"));
+            memory.commit(&[], &rename).unwrap();
+        });
         assert_eq!(Upkeep::new(&kv).maintain(10).unwrap(), 1);
-        assert!(repo::group_names_indexed(&kv).unwrap());
-        assert_eq!(name_entries(&kv.kv), keys::name_suffixes("g", "a", "renamed"));
+        assert!(storage::group_names_indexed(&kv).unwrap());
+        assert_eq!(name_entries(&kv.memory), keys::name_suffixes("g", "a", "renamed"));
     }
 }

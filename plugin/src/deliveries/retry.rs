@@ -1,10 +1,8 @@
-//! The delivery record and the policy that decides, from an attempt's result, whether a
-//! delivery is done, will be retried, or has failed.
+//! The retry policy: whether an attempt's result means done, try again later or give up, and
+//! when the next try is due (the schedule, its jitter and a receiver's `Retry-After`). Kept in
+//! one place so the schedule is written once and the host only configures it.
 
-use serde::{Deserialize, Serialize};
-
-use crate::error::{Result, internal};
-use crate::webhook::FORMAT_VERSION;
+use crate::ports::AttemptResult;
 
 /// The retry schedule when the host configures none: 5s, 5m, 30m, 2h, 5h, 10h, 10h.
 pub const DEFAULT_SCHEDULE_MS: [u64; 7] = [5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000];
@@ -66,127 +64,6 @@ pub fn random_unit() -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// More attempts will follow.
-    Pending,
-    /// A receiver answered 2xx.
-    Delivered,
-    /// No more attempts will be made.
-    Failed,
-}
-
-/// One attempt of a delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// When it started, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// The receiver's status, if it answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_code: Option<u16>,
-    /// Why it failed, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// How long it took.
-    pub duration_ms: u64,
-    /// The first 4 KiB of the receiver's answer body, if it answered with one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_body: Option<String>,
-}
-
-/// A message on its way to one webhook.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// Format version of the stored record.
-    pub v: u32,
-    /// The delivery id, sent as `webhook-id` on every attempt.
-    pub id: String,
-    /// The webhook it goes to.
-    pub webhook_id: String,
-    /// The thing that published the message.
-    pub thing_id: String,
-    /// The message's id.
-    pub message_id: String,
-    /// The content type the thing published with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    /// The subtopic the message was published to.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub subtopic: String,
-    /// Where it stands.
-    pub status: Status,
-    /// When it was recorded, ms since the Unix epoch.
-    pub created_ms: u64,
-    /// When the next attempt is due, while pending.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_ms: Option<u64>,
-    /// Every attempt so far, oldest first.
-    #[serde(default)]
-    pub attempts: Vec<Attempt>,
-}
-
-impl Delivery {
-    /// Reads a stored record of this or an earlier format version.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let record: Delivery = serde_json::from_slice(bytes)
-            .map_err(|e| internal(format!("stored delivery record is unreadable: {e}")))?;
-        if record.v > FORMAT_VERSION {
-            return Err(internal(format!(
-                "stored delivery record has format version {}",
-                record.v
-            )));
-        }
-        Ok(record)
-    }
-
-    /// The stored form, in the current format version.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut record = self.clone();
-        record.v = FORMAT_VERSION;
-        serde_json::to_vec(&record).expect("a delivery record always serializes")
-    }
-}
-
-/// The most of an answer body kept in the delivery log.
-pub const MAX_LOGGED_BODY: usize = 4096;
-
-/// A receiver's answer, as far as the policy and the log need it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Answer {
-    /// The HTTP status.
-    pub status: u16,
-    /// The `Retry-After` header, if any.
-    pub retry_after: Option<String>,
-    /// The first [`MAX_LOGGED_BODY`] bytes of the body.
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    /// An answer with this status and nothing else.
-    pub fn status(status: u16) -> Self {
-        Answer {
-            status,
-            ..Answer::default()
-        }
-    }
-}
-
-/// What one attempt produced.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttemptResult {
-    /// The receiver answered.
-    Answered(Answer),
-    /// The host refused the destination (SSRF guard); never retried.
-    Refused,
-    /// The request failed before an answer: connection, timeout, protocol.
-    Failed(String),
-}
-
-/// The reason recorded for a refused destination.
-pub const DESTINATION_REFUSED: &str = "destination refused";
-
 /// Whether an answer means done, try again later, or give up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -199,7 +76,8 @@ pub enum Verdict {
 }
 
 /// Decides what an attempt's result means: 2xx is success; connection errors, timeouts,
-/// 408, 425, 429 and 5xx are worth retrying; everything else, redirects included, fails.
+/// 408, 425, 429 and 5xx are worth retrying; everything else, redirects, refused destinations
+/// and requests that cannot be sent included, fails.
 pub fn verdict(result: &AttemptResult) -> Verdict {
     match result {
         AttemptResult::Answered(answer) => match answer.status {
@@ -207,7 +85,7 @@ pub fn verdict(result: &AttemptResult) -> Verdict {
             408 | 425 | 429 | 500.. => Verdict::Retry,
             _ => Verdict::Fail,
         },
-        AttemptResult::Refused => Verdict::Fail,
+        AttemptResult::Refused(_) | AttemptResult::Permanent(_) => Verdict::Fail,
         AttemptResult::Failed(_) => Verdict::Retry,
     }
 }
@@ -215,6 +93,7 @@ pub fn verdict(result: &AttemptResult) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::{Answer, DESTINATION_REFUSED};
 
     #[test]
     fn verdicts_follow_the_status_classes() {
@@ -228,8 +107,9 @@ mod tests {
         for code in [301, 302, 400, 404, 410] {
             assert_eq!(verdict(&answered(code)), Verdict::Fail, "{code}");
         }
-        assert_eq!(verdict(&Refused), Verdict::Fail);
+        assert_eq!(verdict(&Refused(DESTINATION_REFUSED.into())), Verdict::Fail);
         assert_eq!(verdict(&Failed("timeout".into())), Verdict::Retry);
+        assert_eq!(verdict(&Permanent("invalid request: url".into())), Verdict::Fail);
     }
 
     #[test]

@@ -1,21 +1,20 @@
 //! The delivery log: each webhook's deliveries with every attempt, newest first, and the
 //! manual retry of a failed delivery.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde_json::{Map, Value, json};
 
 use crate::Role;
-use crate::access::{Access, require_token};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
-use crate::delivery::{Delivery, Status};
+use crate::deliveries::record::{Delivery, Status, rfc3339};
 use crate::error::{Result, conflict, invalid, not_found};
-use crate::events::status_name;
 use crate::keys;
-use crate::page::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
-use crate::repo::{self, CommitFailure, Kv};
-use crate::webhook::Webhook;
+use crate::ports::{Access, Clock, Kv, require_token};
+use crate::record::Record;
+use crate::store::{self, CommitFailure};
+use crate::webhooks::listing::{DEFAULT_LIMIT, parse_limit, parse_offset, refuse_repeats};
+use crate::webhooks::record::Webhook;
+use crate::webhooks::storage;
 
 /// How many log entries one scan call asks for.
 const SCAN_CHUNK: u32 = 1024;
@@ -59,11 +58,6 @@ impl LogQuery {
     }
 }
 
-/// RFC 3339 time of a millisecond timestamp.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// The JSON users see of a delivery.
 pub fn view(delivery: &Delivery) -> Value {
     let attempts: Vec<Value> = delivery
@@ -89,7 +83,7 @@ pub fn view(delivery: &Delivery) -> Value {
         "id": delivery.id,
         "webhook_id": delivery.webhook_id,
         "message_id": delivery.message_id,
-        "status": status_name(delivery.status),
+        "status": Status::name(delivery.status),
         "attempts": attempts,
         "created_at": rfc3339(delivery.created_ms),
     });
@@ -103,19 +97,19 @@ pub fn view(delivery: &Delivery) -> Value {
 pub struct DeliveryLog<'a> {
     kv: &'a dyn Kv,
     access: &'a dyn Access,
-    clock: fn() -> u64,
+    clock: &'a dyn Clock,
 }
 
 impl<'a> DeliveryLog<'a> {
     /// Binds the operations to their capabilities and a clock.
-    pub fn new(kv: &'a dyn Kv, access: &'a dyn Access, clock: fn() -> u64) -> Self {
+    pub fn new(kv: &'a dyn Kv, access: &'a dyn Access, clock: &'a dyn Clock) -> Self {
         DeliveryLog { kv, access, clock }
     }
 
     fn webhook(&self, token: &str, webhook_id: &str, role: Role) -> Result<Webhook> {
         require_token(token)?;
         self.access.authenticate(token)?;
-        let (webhook, _) = repo::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
+        let (webhook, _) = storage::load_webhook(self.kv, webhook_id)?.ok_or_else(|| not_found("webhook not found"))?;
         self.access.authorize_group(token, &webhook.group_id, role)?;
         Ok(webhook)
     }
@@ -124,7 +118,7 @@ impl<'a> DeliveryLog<'a> {
     pub fn list(&self, token: &str, webhook_id: &str, params: &[(String, String)]) -> Result<String> {
         let webhook = self.webhook(token, webhook_id, Role::Viewer)?;
         let query = LogQuery::from_query(params)?;
-        let wanted = query.status.map(status_name);
+        let wanted = query.status.map(Status::name);
         let prefix = keys::log_prefix(&webhook.id);
         let (mut total, mut page_ids) = (0u64, Vec::new());
         let mut after: Option<Vec<u8>> = None;
@@ -132,7 +126,7 @@ impl<'a> DeliveryLog<'a> {
             let chunk = self
                 .kv
                 .scan(&prefix, after.as_deref(), SCAN_CHUNK, true)
-                .map_err(repo::store_error)?;
+                .map_err(store::store_error)?;
             let full = chunk.len() as u32 == SCAN_CHUNK;
             for entry in &chunk {
                 if wanted.is_some_and(|status| entry.value != status.as_bytes()) {
@@ -149,7 +143,7 @@ impl<'a> DeliveryLog<'a> {
             after = chunk.into_iter().last().map(|entry| entry.key);
         }
         let record_keys: Vec<Vec<u8>> = page_ids.iter().map(|id| keys::delivery(id)).collect();
-        let records = self.kv.get_many(&record_keys).map_err(repo::store_error)?;
+        let records = self.kv.get_many(&record_keys).map_err(store::store_error)?;
         let mut deliveries = Vec::with_capacity(records.len());
         for bytes in records.into_iter().flatten() {
             deliveries.push(view(&Delivery::decode(&bytes)?));
@@ -168,7 +162,7 @@ impl<'a> DeliveryLog<'a> {
         let webhook = self.webhook(token, webhook_id, Role::Editor)?;
         let key = keys::delivery(delivery_id);
         let missing = || not_found("delivery not found");
-        let stored = self.kv.get(&key).map_err(repo::store_error)?.ok_or_else(missing)?;
+        let stored = self.kv.get(&key).map_err(store::store_error)?.ok_or_else(missing)?;
         let mut delivery = Delivery::decode(&stored)?;
         if delivery.webhook_id != webhook.id {
             return Err(missing());
@@ -176,18 +170,18 @@ impl<'a> DeliveryLog<'a> {
         if delivery.status != Status::Failed {
             return Err(conflict(format!(
                 "only a failed delivery can be retried; this one is {}",
-                status_name(delivery.status)
+                Status::name(delivery.status)
             )));
         }
         if self
             .kv
             .get(&keys::payload(&delivery.id))
-            .map_err(repo::store_error)?
+            .map_err(store::store_error)?
             .is_none()
         {
             return Err(conflict("this delivery's payload is no longer kept"));
         }
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         delivery.status = Status::Pending;
         delivery.next_attempt_ms = Some(now);
         let guards = vec![Condition::Equals(Entry {
@@ -201,14 +195,14 @@ impl<'a> DeliveryLog<'a> {
             }),
             Op::Put(Entry {
                 key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
-                value: status_name(Status::Pending).as_bytes().to_vec(),
+                value: Status::name(Status::Pending).as_bytes().to_vec(),
             }),
             Op::Put(Entry {
                 key,
                 value: delivery.encode(),
             }),
         ];
-        match repo::commit(self.kv, &guards, &ops) {
+        match store::commit(self.kv, &guards, &ops) {
             Ok(()) => Ok(DueDelivery {
                 id: delivery.id,
                 webhook_id: delivery.webhook_id,
@@ -222,10 +216,10 @@ impl<'a> DeliveryLog<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::params;
 
     fn q(pairs: &[(&str, &str)]) -> Result<LogQuery> {
-        let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        LogQuery::from_query(&params)
+        LogQuery::from_query(&params(pairs))
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Result, invalid};
-use crate::webhook::{MAX_NAME_CHARS, Webhook};
+use crate::webhooks::record::{MAX_NAME_CHARS, Webhook};
 
 /// The page size when none is given.
 pub const DEFAULT_LIMIT: u64 = 10;
@@ -263,11 +263,11 @@ pub fn object_contains(haystack: &Map<String, Value>, needle: &Map<String, Value
 mod tests {
     use super::*;
     use crate::Error;
+    use crate::testing::params;
     use serde_json::json;
 
     fn q(pairs: &[(&str, &str)]) -> Result<PageQuery> {
-        let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        PageQuery::from_query(&params)
+        PageQuery::from_query(&params(pairs))
     }
 
     fn is_invalid<T: std::fmt::Debug>(result: Result<T>) -> bool {

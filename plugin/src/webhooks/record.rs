@@ -3,10 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{Result, internal, invalid};
+use crate::error::{Result, invalid};
+use crate::record::{FORMAT_VERSION, Record};
 
-/// The format version written into every stored record (DESIGN.md, principle 5).
-pub const FORMAT_VERSION: u32 = 1;
 /// The longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 254;
 /// The longest URL, in bytes.
@@ -42,6 +41,14 @@ pub struct Webhook {
     /// Why deliveries are stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+}
+
+impl Record for Webhook {
+    const KIND: &'static str = "webhook";
+
+    fn version(&mut self) -> &mut u32 {
+        &mut self.v
+    }
 }
 
 /// What a request says about a webhook's signing secret.
@@ -81,26 +88,6 @@ impl Webhook {
             disabled: input.disabled == Some(true),
             disabled_reason: (input.disabled == Some(true)).then(|| DISABLED_BY_USER.to_owned()),
         }
-    }
-
-    /// Reads a stored record of this or an earlier format version.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let record: Webhook =
-            serde_json::from_slice(bytes).map_err(|e| internal(format!("stored webhook record is unreadable: {e}")))?;
-        if record.v > FORMAT_VERSION {
-            return Err(internal(format!(
-                "stored webhook record has format version {}, newer than this plugin's {FORMAT_VERSION}",
-                record.v
-            )));
-        }
-        Ok(record)
-    }
-
-    /// The stored form, always in the current format version.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut record = self.clone();
-        record.v = FORMAT_VERSION;
-        serde_json::to_vec(&record).expect("a webhook record always serializes")
     }
 
     /// The JSON users see: the record without its format version.
@@ -262,9 +249,9 @@ pub fn validate_url(url: &str) -> Result<()> {
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let authority = if lower.starts_with("http://") {
-        &url[7..]
+        &url["http://".len()..]
     } else if lower.starts_with("https://") {
-        &url[8..]
+        &url["https://".len()..]
     } else {
         return Err(invalid("url must be an absolute http or https URL"));
     };
@@ -282,13 +269,47 @@ pub fn validate_url(url: &str) -> Result<()> {
     }
 }
 
-/// Checks that every header name is an HTTP token and every value a string free of control
-/// characters (horizontal tab aside), and that no name repeats in another case.
+/// Header names a delivery cannot carry, lowercased. The connection-level ones are those
+/// wasmtime-wasi-http 48 refuses on an outgoing request (`DEFAULT_FORBIDDEN_HEADERS`, plus `te`
+/// and every `proxy-*` name, which the HTTP client owns); the others the service sets itself
+/// on every attempt, so a webhook's own value would be overwritten or sent twice.
+pub const MANAGED_HEADERS: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "http2-settings",
+    "content-length",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// Every header name starting with this (lowercased) belongs to proxies, never to a receiver.
+pub const MANAGED_HEADER_PREFIX: &str = "proxy-";
+
+/// Whether the service or the HTTP client sets this header, so a webhook may not.
+pub fn is_managed_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    MANAGED_HEADERS.contains(&lower.as_str()) || lower.starts_with(MANAGED_HEADER_PREFIX)
+}
+
+/// Checks that every header name is an HTTP token the service lets a webhook set and every
+/// value a string free of control characters (horizontal tab aside), and that no name repeats
+/// in another case.
 pub fn validate_headers(headers: &Map<String, Value>) -> Result<()> {
     let mut seen: Vec<String> = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         if !is_header_name(name) {
             return Err(invalid(format!("header name {name:?} is not a valid HTTP header name")));
+        }
+        // Refused here rather than at delivery, where every attempt would fail the same way.
+        if is_managed_header(name) {
+            return Err(invalid(format!(
+                "header {name:?} cannot be set on a webhook: the service manages it"
+            )));
         }
         let lower = name.to_ascii_lowercase();
         if seen.contains(&lower) {
@@ -408,6 +429,36 @@ mod tests {
         assert_invalid(base(json!({"X-A": "a\u{0}"})), "not allowed");
         assert_invalid(base(json!({"X-A": "1", "x-a": "2"})), "more than once");
         assert!(parse(base(json!({"X-A": "tab\tand ünïcode"}))).is_ok());
+    }
+
+    #[test]
+    fn headers_the_service_manages_are_refused_in_any_case() {
+        let base = |name: &str| json!({"name": "n", "url": "http://h", "headers": {name: "v"}});
+        for name in [
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Transfer-Encoding",
+            "UPGRADE",
+            "Host",
+            "HTTP2-Settings",
+            "Proxy-Authorization",
+            "proxy-authenticate",
+            "Proxy-Connection",
+            "Proxy-Anything",
+            "Content-Length",
+            "Webhook-Id",
+            "webhook-timestamp",
+            "WEBHOOK-SIGNATURE",
+        ] {
+            assert_invalid(
+                base(name),
+                &format!("header {name:?} cannot be set on a webhook: the service manages it"),
+            );
+        }
+        for name in ["Content-Type", "X-Proxy", "Hostname", "Webhook-Source", "Connection-Id"] {
+            assert!(parse(base(name)).is_ok(), "{name} refused");
+        }
     }
 
     #[test]

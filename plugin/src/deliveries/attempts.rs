@@ -1,0 +1,514 @@
+//! Attempts: finding due deliveries, claiming a batch, sending every request of it at once
+//! through the [`Sender`] port, and recording each outcome (delivered, retried on the policy's
+//! schedule, or failed), disabling a webhook whose receiver answered 410 Gone. Claims and
+//! releases move a delivery's next attempt under a guard, so hosts sharing a store attempt a
+//! delivery once at a time.
+
+use std::collections::HashMap;
+
+use crate::bindings::exports::mainflux::webhooks::events::{AttemptOutcome, DeliveryStatus};
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::bindings::mainflux::webhooks::types::DueDelivery;
+use crate::deliveries::Events;
+use crate::deliveries::record::{self, Attempt, Delivery, Status};
+use crate::deliveries::request::request_for;
+use crate::deliveries::retry::{Verdict, retry_after_ms, verdict};
+use crate::error::{Result, internal};
+use crate::keys;
+use crate::ports::AttemptResult;
+use crate::record::Record;
+use crate::store::{self, Step};
+use crate::webhooks::record::Webhook;
+use crate::webhooks::storage;
+
+impl Events<'_> {
+    /// Deliveries due now, oldest first.
+    pub fn due(&self, limit: u32) -> Result<Vec<DueDelivery>> {
+        let now = self.clock.now_ms();
+        let entries = self
+            .kv
+            .scan(&keys::due_prefix(), None, limit, false)
+            .map_err(store::store_error)?;
+        let mut due = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(at) = keys::due_time(&entry.key) else { continue };
+            if at > now {
+                break;
+            }
+            let Some(id) = keys::time_key_id(&entry.key).map(str::to_owned) else {
+                continue;
+            };
+            let webhook_id = String::from_utf8_lossy(&entry.value).into_owned();
+            due.push(DueDelivery { id, webhook_id });
+        }
+        Ok(due)
+    }
+
+    /// Attempts each due, pending delivery of the list once, all requests in flight together,
+    /// and records every outcome.
+    pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
+        let now = self.clock.now_ms();
+        let due = self.load_deliveries(ids, |d| {
+            d.status == Status::Pending && d.next_attempt_ms.is_none_or(|at| at <= now)
+        })?;
+        let batch = self.claim(due, now)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let webhooks = self.load_webhooks(batch.iter().map(|(d, _)| d.webhook_id.as_str()))?;
+        let payload_keys: Vec<Vec<u8>> = batch.iter().map(|(d, _)| keys::payload(&d.id)).collect();
+        let payloads = self.kv.get_many(&payload_keys).map_err(store::store_error)?;
+
+        // Build every request, then send the ones that have somewhere to go.
+        let mut results: Vec<Option<AttemptResult>> = vec![None; batch.len()];
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut sent = Vec::with_capacity(batch.len());
+        for (index, ((delivery, _), payload)) in batch.iter().zip(payloads).enumerate() {
+            let stop = match (webhooks.get(&delivery.webhook_id), payload) {
+                (Some(webhook), _) if webhook.disabled => Some("webhook disabled"),
+                (Some(webhook), Some(payload)) => {
+                    requests.push(request_for(webhook, delivery, payload, now / 1000));
+                    sent.push(index);
+                    None
+                }
+                (None, _) => Some("webhook removed"),
+                // Only expiry removes a pending delivery's payload; fail this one rather than
+                // the whole batch, again and again.
+                (_, None) => Some("payload no longer kept"),
+            };
+            if let Some(reason) = stop {
+                results[index] = Some(AttemptResult::Permanent(reason.into()));
+            }
+        }
+        let started = self.clock.now_ms();
+        for (index, result) in sent.into_iter().zip(self.sender.send_all(&requests)) {
+            results[index] = Some(result);
+        }
+        let finished = self.clock.now_ms();
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut updates = Vec::with_capacity(batch.len());
+        let mut gone: Vec<String> = Vec::new();
+        for ((delivery, stored), result) in batch.into_iter().zip(results) {
+            let result = result.expect("every delivery has a result");
+            if matches!(&result, AttemptResult::Answered(answer) if answer.status == 410)
+                && !gone.contains(&delivery.webhook_id)
+            {
+                gone.push(delivery.webhook_id.clone());
+            }
+            let retry = |attempts: usize, answer: &AttemptResult| {
+                let asked = match answer {
+                    AttemptResult::Answered(answer) => answer
+                        .retry_after
+                        .as_deref()
+                        .and_then(|value| retry_after_ms(value, finished)),
+                    _ => None,
+                };
+                self.policy.next_attempt(finished, attempts, (self.random)(), asked)
+            };
+            let (updated, outcome) = apply(delivery, &result, started, finished, retry);
+            outcomes.push(outcome);
+            updates.push((updated, stored));
+        }
+        self.record(updates)?;
+        for webhook_id in gone {
+            self.disable(
+                &webhook_id,
+                format!("receiver answered 410 Gone at {}", record::rfc3339(finished)),
+            )?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Takes the deliveries of a batch for one attempt: each one's next attempt moves to the end
+    /// of the lease, guarded by the record as read, so a host sharing the store that read the
+    /// same due deliveries skips them, and a host that dies mid-attempt leaves them due again
+    /// when the lease ends. Answers the deliveries this call won, as now stored.
+    /// A lease of 0 means the store has one host only, which never runs an attempt twice at
+    /// once: nothing is claimed.
+    fn claim(&self, batch: Vec<(Delivery, Vec<u8>)>, now: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
+        if self.lease_ms == 0 {
+            return Ok(batch);
+        }
+        self.reschedule(batch, now.saturating_add(self.lease_ms))
+    }
+
+    /// Makes each pending delivery of the list whose next attempt lies ahead (a claim) due
+    /// now; answers how many.
+    pub fn release(&self, ids: &[String]) -> Result<u32> {
+        let now = self.clock.now_ms();
+        let claimed = self.load_deliveries(ids, |d| {
+            d.status == Status::Pending && d.next_attempt_ms.is_some_and(|at| at > now)
+        })?;
+        Ok(self.reschedule(claimed, now)?.len() as u32)
+    }
+
+    /// The stored deliveries of the list that `keep` accepts, each with its record's bytes.
+    fn load_deliveries(&self, ids: &[String], keep: impl Fn(&Delivery) -> bool) -> Result<Vec<(Delivery, Vec<u8>)>> {
+        let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
+        let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
+        let mut found = Vec::with_capacity(ids.len());
+        for bytes in stored.into_iter().flatten() {
+            let delivery = Delivery::decode(&bytes)?;
+            if keep(&delivery) {
+                found.push((delivery, bytes));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Moves each delivery's next attempt to `at`, guarded by its record as read; one changed
+    /// meanwhile by someone else (claimed, attempted) is left to them. Answers the deliveries
+    /// moved, as now stored.
+    fn reschedule(&self, mut batch: Vec<(Delivery, Vec<u8>)>, at: u64) -> Result<Vec<(Delivery, Vec<u8>)>> {
+        let gave_up = || internal("deliveries kept changing while being rescheduled");
+        store::commit_retrying(self.kv, gave_up, |conflict| {
+            if let Some(index) = conflict {
+                batch.remove(index);
+            }
+            if batch.is_empty() {
+                return Ok(Step::Done(Vec::new()));
+            }
+            let mut guards = Vec::with_capacity(batch.len());
+            let mut ops = Vec::with_capacity(batch.len() * 3);
+            let mut moved = Vec::with_capacity(batch.len());
+            for (delivery, stored) in &batch {
+                guards.push(Condition::Equals(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: stored.clone(),
+                }));
+                if let Some(before) = delivery.next_attempt_ms {
+                    ops.push(Op::Delete(keys::due(before, &delivery.id)));
+                }
+                let mut updated = delivery.clone();
+                updated.next_attempt_ms = Some(at);
+                let bytes = updated.encode();
+                ops.push(Op::Put(Entry {
+                    key: keys::due(at, &delivery.id),
+                    value: delivery.webhook_id.clone().into_bytes(),
+                }));
+                ops.push(Op::Put(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: bytes.clone(),
+                }));
+                moved.push((updated, bytes));
+            }
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: moved,
+            })
+        })
+    }
+
+    /// Stops deliveries to a webhook whose receiver said it is gone, until a user enables it.
+    fn disable(&self, webhook_id: &str, reason: String) -> Result<()> {
+        let gave_up = || internal("the webhook kept changing while being disabled");
+        store::commit_retrying(self.kv, gave_up, |_| {
+            let Some((mut webhook, stored)) = storage::load_webhook(self.kv, webhook_id)? else {
+                return Ok(Step::Done(()));
+            };
+            if webhook.disabled {
+                return Ok(Step::Done(()));
+            }
+            webhook.disabled = true;
+            webhook.disabled_reason = Some(reason.clone());
+            let guards = vec![Condition::Equals(Entry {
+                key: keys::webhook(webhook_id),
+                value: stored,
+            })];
+            let mut ops = Vec::with_capacity(3);
+            storage::put_webhook(&mut ops, &webhook);
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
+    }
+
+    fn load_webhooks<'i>(&self, ids: impl Iterator<Item = &'i str>) -> Result<HashMap<String, Webhook>> {
+        let mut unique: Vec<&str> = ids.collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let record_keys: Vec<Vec<u8>> = unique.iter().map(|id| keys::webhook(id)).collect();
+        let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
+        let mut webhooks = HashMap::with_capacity(unique.len());
+        for bytes in stored.into_iter().flatten() {
+            let webhook = Webhook::decode(&bytes)?;
+            webhooks.insert(webhook.id.clone(), webhook);
+        }
+        Ok(webhooks)
+    }
+
+    /// Writes the outcomes of a batch; a delivery changed meanwhile by someone else keeps
+    /// that change and drops this outcome.
+    fn record(&self, mut updates: Vec<(Delivery, Vec<u8>)>) -> Result<()> {
+        let gave_up = || internal("deliveries kept changing while their outcomes were recorded");
+        store::commit_retrying(self.kv, gave_up, |conflict| {
+            if let Some(index) = conflict {
+                updates.remove(index);
+            }
+            if updates.is_empty() {
+                return Ok(Step::Done(()));
+            }
+            let mut guards = Vec::with_capacity(updates.len());
+            let mut ops = Vec::with_capacity(updates.len() * 3);
+            for (delivery, stored) in &updates {
+                let before = Delivery::decode(stored)?;
+                guards.push(Condition::Equals(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: stored.clone(),
+                }));
+                if let Some(at) = before.next_attempt_ms {
+                    ops.push(Op::Delete(keys::due(at, &delivery.id)));
+                }
+                match delivery.status {
+                    Status::Pending => {
+                        let at = delivery.next_attempt_ms.expect("a pending delivery has a next attempt");
+                        ops.push(Op::Put(Entry {
+                            key: keys::due(at, &delivery.id),
+                            value: delivery.webhook_id.clone().into_bytes(),
+                        }));
+                    }
+                    Status::Delivered => ops.push(Op::Delete(keys::payload(&delivery.id))),
+                    Status::Failed => {}
+                }
+                if delivery.status != before.status {
+                    ops.push(Op::Put(Entry {
+                        key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
+                        value: Status::name(delivery.status).as_bytes().to_vec(),
+                    }));
+                }
+                ops.push(Op::Put(Entry {
+                    key: keys::delivery(&delivery.id),
+                    value: delivery.encode(),
+                }));
+            }
+            Ok(Step::Commit {
+                guards,
+                ops,
+                answer: (),
+            })
+        })
+    }
+}
+
+/// A delivery after an attempt with this result, and the outcome to report.
+fn apply(
+    mut delivery: Delivery,
+    result: &AttemptResult,
+    started: u64,
+    finished: u64,
+    retry: impl Fn(usize, &AttemptResult) -> Option<u64>,
+) -> (Delivery, AttemptOutcome) {
+    let (status_code, error, response_body) = match result {
+        AttemptResult::Answered(answer) => {
+            let code = answer.status;
+            let error = (!(200..300).contains(&code)).then(|| format!("receiver answered {code}"));
+            let body = (!answer.body.is_empty()).then(|| String::from_utf8_lossy(&answer.body).into_owned());
+            (Some(code), error, body)
+        }
+        AttemptResult::Refused(reason) | AttemptResult::Failed(reason) | AttemptResult::Permanent(reason) => {
+            (None, Some(reason.clone()), None)
+        }
+    };
+    delivery.attempts.push(Attempt {
+        at_ms: started,
+        status_code,
+        error: error.clone(),
+        duration_ms: finished.saturating_sub(started),
+        response_body,
+    });
+    (delivery.status, delivery.next_attempt_ms) = match verdict(result) {
+        Verdict::Delivered => (Status::Delivered, None),
+        Verdict::Fail => (Status::Failed, None),
+        Verdict::Retry => match retry(delivery.attempts.len(), result) {
+            Some(at) => (Status::Pending, Some(at)),
+            None => (Status::Failed, None),
+        },
+    };
+    let outcome = AttemptOutcome {
+        id: delivery.id.clone(),
+        webhook_id: delivery.webhook_id.clone(),
+        status: match delivery.status {
+            Status::Pending => DeliveryStatus::Pending,
+            Status::Delivered => DeliveryStatus::Delivered,
+            Status::Failed => DeliveryStatus::Failed,
+        },
+        status_code,
+        error,
+        next_attempt_ms: delivery.next_attempt_ms,
+    };
+    (delivery, outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{Answer, DESTINATION_REFUSED, Kv, Request, Sender};
+    use crate::testing::{
+        AT_NOW, Deliveries, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, delivery, events, message,
+        publish, store_webhook,
+    };
+    use serde_json::json;
+    use std::cell::RefCell;
+
+    /// Plays a second host sharing the store: while the first host's requests are in flight,
+    /// it tries to attempt the same deliveries.
+    struct RivalSender<'a> {
+        rival: &'a Events<'a>,
+        ids: Vec<String>,
+        rival_attempted: RefCell<Vec<AttemptOutcome>>,
+    }
+
+    impl Sender for RivalSender<'_> {
+        fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult> {
+            let outcomes = self.rival.deliver(&self.ids).unwrap();
+            self.rival_attempted.borrow_mut().extend(outcomes);
+            requests
+                .iter()
+                .map(|_| AttemptResult::Answered(Answer::status(200)))
+                .collect()
+        }
+    }
+
+    /// The stored deliveries with these ids, each with its record's bytes.
+    fn stored(kv: &MemoryKv, ids: &[String]) -> Vec<(Delivery, Vec<u8>)> {
+        events(kv, &ScriptedSender::default())
+            .load_deliveries(ids, |_| true)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_claimed_delivery_is_attempted_by_one_host_only_until_its_lease_ends() {
+        let kv = MemoryKv::default();
+        let quiet = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
+        let ids = publish(&events(&kv, &quiet), message("t", None, b"x", None));
+
+        // While host A's attempt is in flight, host B reads the same ids and finds them claimed.
+        let rival_sender = ScriptedSender::default();
+        let rival = events(&kv, &rival_sender).with_lease(10_000);
+        let sender = RivalSender {
+            rival: &rival,
+            ids: ids.clone(),
+            rival_attempted: RefCell::new(Vec::new()),
+        };
+        let host_a = Events::new(&kv, &sender, &AT_NOW).with_lease(10_000);
+        let outcomes = host_a.deliver(&ids).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            sender.rival_attempted.borrow().is_empty(),
+            "the rival attempted nothing"
+        );
+        assert!(rival_sender.sent.borrow().is_empty());
+        for id in &ids {
+            let delivery = delivery(&kv, id);
+            assert_eq!(delivery.status, Status::Delivered);
+            assert_eq!(delivery.attempts.len(), 1);
+        }
+        assert!(
+            kv.scan(&keys::due_prefix(), None, 10, false).unwrap().is_empty(),
+            "no claim is left in the due index"
+        );
+
+        // A host that dies after claiming leaves the delivery due again when the lease ends.
+        let ids = publish(&events(&kv, &quiet), message("t", None, b"y", None));
+        let batch = stored(&kv, &ids);
+        let claimed = events(&kv, &quiet).with_lease(10_000).claim(batch, NOW).unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(
+            events(&kv, &quiet).due(10).unwrap().is_empty(),
+            "claimed deliveries are not due"
+        );
+        assert!(events(&kv, &quiet).deliver(&ids).unwrap().is_empty());
+        // With a lease of 0 (one host), nothing is claimed.
+        let unclaimed = events(&kv, &quiet).with_lease(0).claim(stored(&kv, &ids), NOW);
+        assert_eq!(unclaimed.unwrap().len(), 2);
+        assert_eq!(
+            events(&kv, &quiet).due(10).unwrap().len(),
+            0,
+            "the earlier claims still hold"
+        );
+        // A stopping host gives its claims back: due again at once.
+        assert_eq!(events(&kv, &quiet).release(&ids).unwrap(), 2);
+        assert_eq!(events(&kv, &quiet).due(10).unwrap().len(), 2);
+        assert_eq!(events(&kv, &quiet).release(&ids).unwrap(), 0, "nothing left to release");
+        let claimed = events(&kv, &quiet)
+            .with_lease(10_000)
+            .claim(stored(&kv, &ids), NOW)
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let lease_ended = FixedClock::at(NOW + 10_000);
+        let after_lease = Events::new(&kv, &quiet, &lease_ended).with_lease(10_000);
+        assert_eq!(after_lease.due(10).unwrap().len(), 2, "due again once the lease ended");
+        let outcomes = after_lease.deliver(&ids).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
+    }
+
+    #[test]
+    fn a_gone_receiver_disables_its_webhook_and_it_gets_nothing_more() {
+        let Deliveries { kv, sender } =
+            Deliveries::with_webhooks(&[("gone", "t", "http://a/410"), ("fine", "t", "http://b/200")]);
+        let events = events(&kv, &sender);
+        let ids = publish(&events, message("t", None, b"x", None));
+        events.deliver(&ids).unwrap();
+        let gone = Webhook::decode(&kv.get(&keys::webhook("gone")).unwrap().unwrap()).unwrap();
+        assert!(gone.disabled);
+        assert!(gone.disabled_reason.unwrap().starts_with("receiver answered 410 Gone"));
+        let next = events.on_message(message("t", None, b"y", None)).unwrap();
+        assert_eq!(
+            next.deliveries
+                .iter()
+                .map(|d| d.webhook_id.as_str())
+                .collect::<Vec<_>>(),
+            ["fine"]
+        );
+    }
+
+    #[test]
+    fn failures_are_retried_or_failed_by_class() {
+        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[
+            ("busy", "t", "http://a/503"),
+            ("gone", "t", "http://b/404"),
+            ("blocked", "t", "http://c/refused"),
+            ("down", "t", "http://d/down"),
+            ("local", "t", "http://e/loopback"),
+            ("broken", "t", "http://f/malformed"),
+        ]);
+        let events = events(&kv, &sender);
+        let deliveries = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
+        let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+        let outcomes = events.deliver(&ids).unwrap();
+        let status = |webhook: &str| outcomes.iter().find(|o| o.webhook_id == webhook).unwrap().clone();
+        assert_eq!(status("busy").status, DeliveryStatus::Pending);
+        assert_eq!(status("busy").next_attempt_ms, Some(NOW + 1_000));
+        assert_eq!(status("down").status, DeliveryStatus::Pending);
+        assert_eq!(status("gone").status, DeliveryStatus::Failed);
+        assert_eq!(status("blocked").status, DeliveryStatus::Failed);
+        assert_eq!(status("blocked").error.as_deref(), Some(DESTINATION_REFUSED));
+        // The host's explanation of a refusal is the attempt's reason, as given.
+        assert_eq!(status("local").status, DeliveryStatus::Failed);
+        assert_eq!(status("local").error.as_deref(), Some(LOOPBACK_REFUSED));
+        assert_eq!(
+            delivery(&kv, &status("local").id).attempts[0].error.as_deref(),
+            Some(LOOPBACK_REFUSED)
+        );
+        // A request that cannot be sent fails at once, its reason recorded.
+        let broken = delivery(&kv, &status("broken").id);
+        assert_eq!(broken.status, Status::Failed);
+        assert_eq!(broken.next_attempt_ms, None);
+        assert_eq!(
+            broken.attempts[0].error.as_deref(),
+            Some("invalid request: header \"X\" refused")
+        );
+        // Not due yet: nothing is attempted, and the due index says so.
+        assert!(events.deliver(&ids).unwrap().is_empty());
+        assert!(events.due(100).unwrap().is_empty());
+        let busy = outcomes.iter().find(|o| o.webhook_id == "busy").unwrap();
+        assert_eq!(delivery(&kv, &busy.id).attempts.len(), 1);
+    }
+}

@@ -1,0 +1,61 @@
+//! Deliveries: a published message on its way to each webhook of its thing. [`Events`] holds
+//! the message path's capabilities and settings; its operations live in one file per concern
+//! (intake, attempts, retention), beside the record, the retry policy, the request each attempt
+//! sends, the delivery log and the outgoing-HTTP port's `wasi:http` side.
+
+pub mod attempts;
+pub mod intake;
+pub mod log;
+pub mod outbound;
+pub mod record;
+pub mod request;
+pub mod retention;
+pub mod retry;
+
+use crate::deliveries::retry::{RetryPolicy, random_unit};
+use crate::ports::{Clock, Kv, Sender};
+
+/// The message operations over a store and an outgoing HTTP sender.
+pub struct Events<'a> {
+    kv: &'a dyn Kv,
+    sender: &'a dyn Sender,
+    clock: &'a dyn Clock,
+    policy: RetryPolicy,
+    random: fn() -> f64,
+    lease_ms: u64,
+}
+
+/// How long a claim holds when the host names no lease.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+
+impl<'a> Events<'a> {
+    /// Binds the operations to their capabilities and a clock, with the default retry policy.
+    pub fn new(kv: &'a dyn Kv, sender: &'a dyn Sender, clock: &'a dyn Clock) -> Self {
+        Events {
+            kv,
+            sender,
+            clock,
+            policy: RetryPolicy::default(),
+            random: random_unit,
+            lease_ms: DEFAULT_LEASE_MS,
+        }
+    }
+
+    /// Claims deliveries for this long while attempting them.
+    pub fn with_lease(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms;
+        self
+    }
+
+    /// Uses this retry policy.
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Draws the retry jitter from this source of numbers in [0, 1).
+    pub fn with_random(mut self, random: fn() -> f64) -> Self {
+        self.random = random;
+        self
+    }
+}

@@ -1,0 +1,93 @@
+//! The delivery record as stored (one per message and webhook, with every attempt) and its
+//! status, with the RFC 3339 times the API shows of it.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::Record;
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// More attempts will follow.
+    Pending,
+    /// A receiver answered 2xx.
+    Delivered,
+    /// No more attempts will be made.
+    Failed,
+}
+
+impl Status {
+    /// The name of a status, as the API shows it and the log index stores it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// RFC 3339 time of a millisecond timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it started, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The receiver's status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// The first 4 KiB of the receiver's answer body, if it answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
+/// A message on its way to one webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Format version of the stored record.
+    pub v: u32,
+    /// The delivery id, sent as `webhook-id` on every attempt.
+    pub id: String,
+    /// The webhook it goes to.
+    pub webhook_id: String,
+    /// The thing that published the message.
+    pub thing_id: String,
+    /// The message's id.
+    pub message_id: String,
+    /// The content type the thing published with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The subtopic the message was published to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subtopic: String,
+    /// Where it stands.
+    pub status: Status,
+    /// When it was recorded, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When the next attempt is due, while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<u64>,
+    /// Every attempt so far, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+impl Record for Delivery {
+    const KIND: &'static str = "delivery";
+
+    fn version(&mut self) -> &mut u32 {
+        &mut self.v
+    }
+}

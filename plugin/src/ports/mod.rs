@@ -1,0 +1,103 @@
+//! The ports: the capabilities the plugin's logic is written against, as small traits, and the
+//! values they carry. The component implements them over its imports (`component.rs`); unit
+//! tests over in-memory doubles (`testing.rs`), so the policy runs unchanged in both.
+
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op, StoreError};
+use crate::{Error, Role};
+
+/// An ordered key-value store with guarded atomic commits (the `store` capability).
+pub trait Kv {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads several keys; one slot per key, in order.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// Lists entries under a prefix in key order, after a cursor.
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError>;
+    /// Applies the ops atomically if every guard holds.
+    fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError>;
+}
+
+/// Answers the identity questions the plugin asks before acting (the `identity` capability).
+pub trait Access {
+    /// Checks that the token is known; returns the user's id.
+    fn authenticate(&self, token: &str) -> Result<String, Error>;
+    /// Checks the token's role in the thing's group; returns the group's id.
+    fn authorize_thing(&self, token: &str, thing_id: &str, role: Role) -> Result<String, Error>;
+    /// Checks the token's role in the group.
+    fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> Result<(), Error>;
+}
+
+/// Refuses an empty token before asking the identity capability anything.
+pub fn require_token(token: &str) -> Result<(), Error> {
+    if token.is_empty() {
+        Err(Error::Unauthenticated("missing or empty bearer token".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Sends a batch of requests concurrently (outgoing HTTP).
+pub trait Sender {
+    /// Sends every request, all in flight together; answers one result per request, in order.
+    fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult>;
+}
+
+/// The wall clock the plugin reads for "now".
+pub trait Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// One delivery attempt's HTTP request: always a POST.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Absolute http or https URL.
+    pub url: String,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The exact payload.
+    pub body: Vec<u8>,
+}
+
+/// The most of an answer body kept in the delivery log.
+pub const MAX_LOGGED_BODY: usize = 4096;
+
+/// A receiver's answer, as far as the policy and the log need it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The first [`MAX_LOGGED_BODY`] bytes of the body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// An answer with this status and nothing else.
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status,
+            ..Answer::default()
+        }
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    /// The receiver answered.
+    Answered(Answer),
+    /// The host refused the destination (SSRF guard), for this reason; never retried.
+    Refused(String),
+    /// The request failed before an answer in a way that may pass: connection, timeout,
+    /// protocol; retried on the schedule.
+    Failed(String),
+    /// The request failed in a way a retry cannot change (it cannot be built, the host found
+    /// it malformed, its webhook is gone); failed at once.
+    Permanent(String),
+}
+
+/// The reason recorded for a refused destination when the host gives none, and the start of
+/// every reason it gives (`destination refused: ...`).
+pub const DESTINATION_REFUSED: &str = "destination refused";

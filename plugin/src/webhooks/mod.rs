@@ -1,0 +1,8 @@
+//! Webhooks: the record and its validation, the operations behind the REST API, listings and
+//! the name-search index.
+
+pub mod listing;
+pub mod name_index;
+pub mod operations;
+pub mod record;
+pub mod storage;

@@ -1,0 +1,118 @@
+//! Where a webhook lives in the store: its record, the thing and group indexes that hold a copy
+//! of it, its name reservation and its name-search entries; the reads and the writes that keep
+//! them together.
+
+use std::collections::BTreeSet;
+
+use crate::bindings::mainflux::webhooks::store::{Entry, Op};
+use crate::error::Result;
+use crate::keys;
+use crate::ports::Kv;
+use crate::record::Record;
+use crate::store::{SCAN_CHUNK, store_error};
+use crate::webhooks::record::Webhook;
+
+/// Reads the webhook with this id.
+pub fn load_webhook(kv: &dyn Kv, id: &str) -> Result<Option<(Webhook, Vec<u8>)>> {
+    match kv.get(&keys::webhook(id)).map_err(store_error)? {
+        Some(bytes) => Ok(Some((Webhook::decode(&bytes)?, bytes))),
+        None => Ok(None),
+    }
+}
+
+/// Reads every record stored under an index prefix, in id order.
+pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
+    let mut webhooks = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = kv
+            .scan(prefix, after.as_deref(), SCAN_CHUNK, false)
+            .map_err(store_error)?;
+        let full = chunk.len() as u32 == SCAN_CHUNK;
+        for entry in &chunk {
+            webhooks.push(Webhook::decode(&entry.value)?);
+        }
+        if !full {
+            return Ok(webhooks);
+        }
+        after = chunk.into_iter().last().map(|entry| entry.key);
+    }
+}
+
+/// Whether every webhook has its name-search entries, so a group listing may narrow by them.
+pub fn group_names_indexed(kv: &dyn Kv) -> Result<bool> {
+    Ok(kv.get(&keys::group_names_indexed()).map_err(store_error)?.is_some())
+}
+
+/// Reads the group's webhooks whose name-search entries start with the lowercased query, each
+/// once, in id order: a superset of the names containing it, which the caller checks again.
+pub fn scan_name_candidates(kv: &dyn Kv, group_id: &str, query: &str) -> Result<Vec<Webhook>> {
+    let prefix = keys::name_suffix_prefix(group_id, query);
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = kv
+            .scan(&prefix, after.as_deref(), SCAN_CHUNK, false)
+            .map_err(store_error)?;
+        let full = chunk.len() as u32 == SCAN_CHUNK;
+        ids.extend(
+            chunk
+                .iter()
+                .filter_map(|entry| keys::name_suffix_id(&entry.key).map(str::to_owned)),
+        );
+        if !full {
+            break;
+        }
+        after = chunk.into_iter().last().map(|entry| entry.key);
+    }
+    let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::webhook(id)).collect();
+    let mut webhooks = Vec::with_capacity(record_keys.len());
+    for batch in record_keys.chunks(SCAN_CHUNK as usize) {
+        for bytes in kv.get_many(batch).map_err(store_error)?.into_iter().flatten() {
+            webhooks.push(Webhook::decode(&bytes)?);
+        }
+    }
+    Ok(webhooks)
+}
+
+/// The writes that store a webhook's name-search entries.
+pub fn put_name_suffixes(ops: &mut Vec<Op>, webhook: &Webhook) {
+    for key in keys::name_suffixes(&webhook.group_id, &webhook.id, &webhook.name) {
+        ops.push(Op::Put(Entry { key, value: Vec::new() }));
+    }
+}
+
+/// The writes that remove a webhook's name-search entries; before a rename's
+/// [`put_webhook`], since ops apply in order and the new name may share suffixes with the old.
+pub fn delete_name_suffixes(ops: &mut Vec<Op>, webhook: &Webhook) {
+    for key in keys::name_suffixes(&webhook.group_id, &webhook.id, &webhook.name) {
+        ops.push(Op::Delete(key));
+    }
+}
+
+/// The writes that store a webhook's record and its index entries.
+pub fn put_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
+    put_name_suffixes(ops, webhook);
+    let value = webhook.encode();
+    ops.push(Op::Put(Entry {
+        key: keys::by_thing(&webhook.thing_id, &webhook.id),
+        value: value.clone(),
+    }));
+    ops.push(Op::Put(Entry {
+        key: keys::by_group(&webhook.group_id, &webhook.id),
+        value: value.clone(),
+    }));
+    ops.push(Op::Put(Entry {
+        key: keys::webhook(&webhook.id),
+        value,
+    }));
+}
+
+/// The writes that remove a webhook's record, index entries and name reservation.
+pub fn delete_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
+    ops.push(Op::Delete(keys::webhook(&webhook.id)));
+    ops.push(Op::Delete(keys::by_thing(&webhook.thing_id, &webhook.id)));
+    ops.push(Op::Delete(keys::by_group(&webhook.group_id, &webhook.id)));
+    ops.push(Op::Delete(keys::name(&webhook.thing_id, &webhook.name)));
+    delete_name_suffixes(ops, webhook);
+}
