@@ -40,7 +40,6 @@ fn fault(variable: &'static str, message: impl ToString) -> StartupError {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
-    log_configuration(&config);
     let kv = store::open(&config.db_url, usize::from(config.db_pool))
         .await
         .map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
@@ -181,6 +180,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
+    // Once every setting has been taken: a refused one stops start-up with its one line alone.
+    log_configuration(&config);
     tracing::info!(%address, "webhooks service listening");
 
     let connections = ListenerConfig {

@@ -871,19 +871,19 @@ async fn a_receiver_answering_404_or_another_final_status_gets_exactly_one_attem
 
 /// The attempts of a webhook's only delivery, once it has this status.
 async fn attempts_once(host: &TestHost, webhook: &str, status: &str) -> anyhow::Result<Vec<Value>> {
-    let mut attempts = Vec::new();
-    eventually(LOG_BOUND, || async {
-        let path = format!("/webhooks/{webhook}/deliveries");
+    let path = format!("/webhooks/{webhook}/deliveries");
+    let deadline = Instant::now() + LOG_BOUND;
+    loop {
         let (code, page) = host.call(Method::GET, &path, ADMIN, None).await?;
         ensure!(code == StatusCode::OK, "{path} answered {code}: {page}");
         let delivery = &page["deliveries"][0];
-        ensure!(delivery["status"] == status, "not yet {status}: {page}");
-        ensure!(page["total"] == 1, "more than one delivery: {page}");
-        attempts = delivery["attempts"].as_array().cloned().unwrap_or_default();
-        Ok(())
-    })
-    .await?;
-    Ok(attempts)
+        if delivery["status"] == status {
+            ensure!(page["total"] == 1, "more than one delivery: {page}");
+            return Ok(delivery["attempts"].as_array().cloned().unwrap_or_default());
+        }
+        ensure!(Instant::now() < deadline, "not {status} within {LOG_BOUND:?}: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A refused destination's attempt says which address, what kind it is and which variable
