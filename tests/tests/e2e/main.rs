@@ -4,6 +4,7 @@
 
 mod crash;
 mod delivery;
+mod delivery_log;
 mod errors;
 mod fuzz;
 mod health;
@@ -12,6 +13,7 @@ mod paging;
 mod persistence;
 mod platform;
 mod registry;
-mod reliability;
+mod retries;
 mod runtime;
+mod signing;
 mod webhooks;
