@@ -2,10 +2,13 @@
 //! with the real plugin on a loopback port, talk to it over HTTP, stop and restart it.
 
 pub mod broker;
+pub mod delivery_log;
+pub mod flows;
 pub mod receiver;
 pub mod redis_server;
 pub mod stored;
 pub mod things_service;
+pub mod times;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -307,6 +310,33 @@ impl TestHost {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The lines of the host's log that contain every one of `words`.
+    pub fn log_lines_with(&self, words: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| words.iter().all(|word| line.contains(word)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until the host's log has a line containing every one of `words`; answers the
+    /// last such line.
+    pub async fn logged(&self, words: &[&str], within: Duration) -> Result<String> {
+        let mut found = String::new();
+        eventually(within, || {
+            let lines = self.log_lines_with(words);
+            found = lines.last().cloned().unwrap_or_default();
+            let result = if lines.is_empty() {
+                Err(anyhow::anyhow!("no log line with {words:?}; log:\n{}", self.log()))
+            } else {
+                Ok(())
+            };
+            async move { result }
+        })
+        .await?;
+        Ok(found)
+    }
+
     /// The URL of a path on this host.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
@@ -337,6 +367,25 @@ impl TestHost {
         }
         let response = request.send().await?;
         read(response).await
+    }
+
+    /// Sends a request with a JSON body, expecting `status`; answers the parsed body.
+    pub async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        status: StatusCode,
+    ) -> Result<Value> {
+        let (got, answer) = self
+            .call(method.clone(), path, token, body)
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        if got != status {
+            bail!("{method} {path} answered {got}, expected {status}: {answer}");
+        }
+        Ok(answer)
     }
 
     /// `PUT /admin/plugin` with these component bytes and this bearer token (none when
@@ -373,6 +422,19 @@ impl TestHost {
     /// The process id of the running host, to send it signals.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends the host a signal (`TERM`, `HUP`, `INT`) without waiting for anything.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.pid().context("the host is not running")?;
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {pid} failed");
+        }
+        Ok(())
     }
 
     /// Kills the host with SIGKILL, as a crash would.

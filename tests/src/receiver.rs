@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -213,6 +213,33 @@ impl Receiver {
         .await
     }
 
+    /// Waits until at least `count` requests have arrived anywhere, reading only the count
+    /// (cheap enough to poll while thousands arrive).
+    pub async fn wait_for_count(&self, count: usize, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while self.count() < count {
+            if Instant::now() > deadline {
+                bail!("{} of {count} requests arrived within {within:?}", self.count());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits [`QUIET`], then checks that exactly `count` requests arrived on `path` in all;
+    /// answers them.
+    pub async fn exactly_after_a_while(&self, path: &str, count: usize) -> Result<Vec<Received>> {
+        tokio::time::sleep(QUIET).await;
+        let got = self.received_on(path);
+        ensure!(
+            got.len() == count,
+            "{} requests arrived on {path}, expected {count}: {:?}",
+            got.len(),
+            summary(&got)
+        );
+        Ok(got)
+    }
+
     async fn wait_until(
         &self,
         count: usize,
@@ -234,6 +261,36 @@ impl Receiver {
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
         }
     }
+}
+
+/// How long to wait before concluding that nothing more arrives.
+pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// A short description of requests for failure messages (bodies may be a MiB).
+pub fn summary(requests: &[Received]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            let head: Vec<u8> = r.body.iter().take(40).copied().collect();
+            format!(
+                "{} {} ({} bytes: {:?})",
+                r.method,
+                r.path,
+                r.body.len(),
+                String::from_utf8_lossy(&head)
+            )
+        })
+        .collect()
+}
+
+/// The bodies of requests, as text, sorted.
+pub fn bodies(requests: &[Received]) -> Vec<String> {
+    let mut bodies: Vec<String> = requests
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    bodies.sort();
+    bodies
 }
 
 impl Drop for Receiver {

@@ -12,27 +12,22 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use webhooks_host::ingress::broker::{CONSUMER, DELIVER_GROUP, LEGACY_CONSUMER, STREAM, STREAM_SUBJECTS, SUBJECT};
 use webhooks_tests::broker::NatsServer;
-use webhooks_tests::receiver::Receiver;
-use webhooks_tests::{
-    ADMIN, GROUP_1, OTHER_ADMIN, THING_1, THING_2, THING_3, TestHost, postgres_database, standard_registry,
-};
+use webhooks_tests::flows::{ALLOW_PRIVATE, add_webhook};
+use webhooks_tests::receiver::{QUIET, Receiver};
+use webhooks_tests::{ADMIN, GROUP_1, THING_1, THING_2, THING_3, TestHost, postgres_database, standard_registry};
 
-/// The variable that lets the host deliver to loopback receivers.
-const ALLOW_PRIVATE: (&str, &str) = ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true");
 /// Claims lapse after deadline + timeout + 5 s: 9 s with these.
 const SHORT_CLAIMS: [(&str, &str); 2] = [
     ("MF_WEBHOOKS_DELIVERY_TIMEOUT", "2s"),
     ("MF_WEBHOOKS_PLUGIN_DEADLINE", "2s"),
 ];
-/// How long to wait before concluding that nothing more arrives.
-const QUIET: Duration = Duration::from_millis(1500);
 /// Messages of each two-host run.
 const MESSAGES: usize = 10_000;
-/// The (thing, admin, webhook paths) of the two-host runs: two webhooks per thing.
-const FLEET: [(&str, &str, [&str; 2]); 3] = [
-    (THING_1, ADMIN, ["/t1/a", "/t1/b"]),
-    (THING_2, ADMIN, ["/t2/a", "/t2/b"]),
-    (THING_3, OTHER_ADMIN, ["/t3/a", "/t3/b"]),
+/// The (thing, webhook paths) of the two-host runs: two webhooks per thing.
+const FLEET: [(&str, [&str; 2]); 3] = [
+    (THING_1, ["/t1/a", "/t1/b"]),
+    (THING_2, ["/t2/a", "/t2/b"]),
+    (THING_3, ["/t3/a", "/t3/b"]),
 ];
 
 /// The heavy tests take the machine one at a time, so their figures mean something.
@@ -72,20 +67,6 @@ async fn wait_broker_count(host: &TestHost, outcome: &str, count: f64, within: D
     }
 }
 
-/// Waits until the receiver has at least `count` requests, checking its count only.
-async fn wait_count(receiver: &Receiver, count: usize, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while receiver.count() < count {
-        ensure!(
-            Instant::now() < deadline,
-            "{} of {count} requests arrived within {within:?}",
-            receiver.count()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// How many times each (path, body) arrived.
 fn pair_counts(receiver: &Receiver) -> HashMap<(String, Vec<u8>), usize> {
     let mut counts = HashMap::new();
@@ -101,11 +82,6 @@ async fn host_on_broker(nats: &NatsServer, extra: &[(&str, &str)]) -> anyhow::Re
     TestHost::start_with(standard_registry(), &env).await
 }
 
-async fn add_webhook(host: &TestHost, thing: &str, token: &str, name: &str, url: &str) -> anyhow::Result<String> {
-    let created = host.create(thing, token, json!([{"name": name, "url": url}])).await?;
-    Ok(created[0]["id"].as_str().context("a webhook id")?.to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_messages_reach_each_webhook_of_their_thing_once_and_are_acked() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
@@ -117,9 +93,9 @@ async fn broker_messages_reach_each_webhook_of_their_thing_once_and_are_acked() 
     let subjects = stream.info().await?.config.subjects.clone();
     assert_eq!(subjects, STREAM_SUBJECTS.map(str::to_owned).to_vec());
 
-    add_webhook(&host, THING_1, ADMIN, "a", &receiver.url("/a")).await?;
-    add_webhook(&host, THING_1, ADMIN, "b", &receiver.url("/b")).await?;
-    add_webhook(&host, THING_3, OTHER_ADMIN, "c", &receiver.url("/c")).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
+    add_webhook(&host, THING_1, "b", &receiver.url("/b")).await?;
+    add_webhook(&host, THING_3, "c", &receiver.url("/c")).await?;
     // Payloads are bytes, not text: every byte value must come through unchanged.
     let payload = |i: u8| -> Vec<u8> { [b"m".as_slice(), &[i, 0, 0xff, b'\n']].concat() };
     let mut messages = Vec::new();
@@ -132,7 +108,7 @@ async fn broker_messages_reach_each_webhook_of_their_thing_once_and_are_acked() 
         }
     }
     nats.publish(messages).await?;
-    wait_count(&receiver, 150, Duration::from_secs(30)).await?;
+    receiver.wait_for_count(150, Duration::from_secs(30)).await?;
     let info = nats.wait_settled(Duration::from_secs(30)).await?;
     tokio::time::sleep(QUIET).await;
 
@@ -160,7 +136,7 @@ async fn a_malformed_broker_message_is_terminated_and_the_next_one_is_delivered(
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start().await?;
     let host = host_on_broker(&nats, &[]).await?;
-    add_webhook(&host, THING_1, ADMIN, "a", &receiver.url("/a")).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
 
     nats.publish_raw(b"\xff\xff\xff not protobuf".to_vec()).await?;
     // Well-formed, but naming no thing.
@@ -186,7 +162,7 @@ async fn messages_the_broker_sends_again_record_no_second_delivery() -> anyhow::
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start().await?;
     let mut host = host_on_broker(&nats, &[]).await?;
-    add_webhook(&host, THING_1, ADMIN, "a", &receiver.url("/a")).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
     let messages: Vec<_> = (0..20)
         .map(|i| (THING_1.to_owned(), format!("m{i}").into_bytes()))
         .collect();
@@ -283,9 +259,9 @@ async fn two_hosts(nats: &NatsServer, receiver: &Receiver) -> anyhow::Result<(Te
     ];
     env.extend_from_slice(&SHORT_CLAIMS);
     let (first, second) = tokio::try_join!(host_on_broker(nats, &env), host_on_broker(nats, &env))?;
-    for (thing, token, paths) in FLEET {
+    for (thing, paths) in FLEET {
         for path in paths {
-            add_webhook(&first, thing, token, &path.replace('/', "-"), &receiver.url(path)).await?;
+            add_webhook(&first, thing, &path.replace('/', "-"), &receiver.url(path)).await?;
         }
     }
     Ok((first, second))
@@ -303,7 +279,7 @@ fn expected_pairs() -> HashSet<(String, Vec<u8>)> {
     (0..MESSAGES)
         .flat_map(|i| {
             let body = format!("msg-{i:05}").into_bytes();
-            FLEET[i % FLEET.len()].2.map(|path| (path.to_owned(), body.clone()))
+            FLEET[i % FLEET.len()].1.map(|path| (path.to_owned(), body.clone()))
         })
         .collect()
 }
@@ -341,7 +317,7 @@ async fn two_hosts_share_the_work_and_deliver_every_pair_exactly_once() -> anyho
     nats.publish(fleet_messages()).await?;
     let published = started.elapsed();
     let pairs = expected_pairs();
-    wait_count(&receiver, pairs.len(), Duration::from_secs(240)).await?;
+    receiver.wait_for_count(pairs.len(), Duration::from_secs(240)).await?;
     let delivered = started.elapsed();
     nats.wait_settled(Duration::from_secs(30)).await?;
     tokio::time::sleep(QUIET).await;
@@ -380,7 +356,9 @@ async fn every_pair_arrives_although_one_of_two_hosts_is_killed_halfway() -> any
         let nats = nats.clone();
         tokio::spawn(async move { nats.publish(fleet_messages()).await })
     };
-    wait_count(&receiver, pairs.len() / 2, Duration::from_secs(240)).await?;
+    receiver
+        .wait_for_count(pairs.len() / 2, Duration::from_secs(240))
+        .await?;
     let killed_at = receiver.count();
     let victim_acked = broker_count(&victim, "acked").await?;
     victim.kill();

@@ -28,6 +28,7 @@ use anyhow::{Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use webhooks_tests::broker::NatsServer;
+use webhooks_tests::flows::ALLOW_PRIVATE;
 use webhooks_tests::receiver::Receiver;
 use webhooks_tests::{
     EDITOR, THING_1, TempDir, TestHost, VIEWER, plugin_component, plugin_variant, postgres_database, standard_registry,
@@ -202,19 +203,10 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// Publishes `messages` messages over HTTP, spread over `hosts`, and waits for their `k`
-/// deliveries each.
 /// A receiver, and a host on SQLite with `k` webhooks on `THING_1` pointing at it.
 async fn host_with_webhooks(k: usize) -> Result<(Receiver, TestHost)> {
     let receiver = Receiver::start().await?;
-    let host = TestHost::start_with(
-        standard_registry(),
-        &[
-            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
-            ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
-        ],
-    )
-    .await?;
+    let host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE, ("MF_WEBHOOKS_LOG_LEVEL", "warn")]).await?;
     let hooks: Vec<_> = (0..k)
         .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
         .collect();
@@ -222,6 +214,8 @@ async fn host_with_webhooks(k: usize) -> Result<(Receiver, TestHost)> {
     Ok((receiver, host))
 }
 
+/// Publishes `messages` messages over HTTP, spread over `hosts`, and waits for their `k`
+/// deliveries each.
 async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
     let urls: std::sync::Arc<Vec<String>> =
@@ -259,7 +253,8 @@ async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, 
             sent_at[index] = begun;
         }
     }
-    let received = wait_for_count(receiver, messages * k, Duration::from_secs(600)).await?;
+    receiver.wait_for_count(messages * k, Duration::from_secs(600)).await?;
+    let received = receiver.received();
     let elapsed = received.iter().map(|r| r.at).max().unwrap_or(started) - started;
     let latencies = received
         .iter()
@@ -270,23 +265,6 @@ async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, 
         elapsed,
         latency: summarize(latencies),
     })
-}
-
-/// Waits for `count` requests by polling the receiver's count (reading every request each
-/// time would cost the bench process as much as the service under test), then answers them.
-async fn wait_for_count(
-    receiver: &Receiver,
-    count: usize,
-    within: Duration,
-) -> Result<Vec<webhooks_tests::receiver::Received>> {
-    let deadline = Instant::now() + within;
-    while receiver.count() < count {
-        if Instant::now() > deadline {
-            bail!("{} of {count} requests arrived within {within:?}", receiver.count());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(receiver.received())
 }
 
 /// Publishes `messages` messages for `THING_1` through JetStream, with up to 512
@@ -314,7 +292,8 @@ async fn broker_run(nats: &NatsServer, receiver: &Receiver, messages: usize, k: 
     for ack in waiting {
         ack.await?;
     }
-    let received = wait_for_count(receiver, messages * k, Duration::from_secs(600)).await?;
+    receiver.wait_for_count(messages * k, Duration::from_secs(600)).await?;
+    let received = receiver.received();
     let elapsed = received.iter().map(|r| r.at).max().unwrap_or(started) - started;
     let latencies = received
         .iter()
@@ -352,10 +331,7 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
         } else {
             None
         };
-        let mut env = vec![
-            ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true"),
-            ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
-        ];
+        let mut env = vec![ALLOW_PRIVATE, ("MF_WEBHOOKS_LOG_LEVEL", "warn")];
         if let Some(database) = &database {
             env.push(("MF_WEBHOOKS_DB_URL", database));
         }
@@ -770,7 +746,8 @@ async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
             bail!("{error}; host log:\n{}", host.log());
         }
     }
-    let received = wait_for_count(&receiver, messages, Duration::from_secs(120)).await?;
+    receiver.wait_for_count(messages, Duration::from_secs(120)).await?;
+    let received = receiver.received();
     Ok(summarize(
         received
             .iter()

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
+use reqwest::StatusCode;
 use reqwest::header::AUTHORIZATION;
-use reqwest::{Method, StatusCode};
+use webhooks_tests::delivery_log::logged_total;
+use webhooks_tests::flows::{ALLOW_PRIVATE, MESSAGE_ID, add_webhook};
 use webhooks_tests::receiver::Receiver;
-use webhooks_tests::{ADMIN, THING_1, TestHost, standard_registry};
-
-use crate::delivery::{ALLOW_PRIVATE, MESSAGE_ID, add_webhook};
+use webhooks_tests::{THING_1, TestHost, standard_registry};
 
 /// Messages published.
 const MESSAGES: usize = 5_000;
@@ -106,20 +106,6 @@ fn arrivals(receiver: &Receiver) -> HashMap<&'static str, HashMap<String, usize>
             .or_default() += 1;
     }
     counts
-}
-
-/// The `total` of a webhook's delivery log with this query.
-async fn logged(host: &TestHost, webhook: &str, query: &str) -> anyhow::Result<u64> {
-    let (status, page) = host
-        .call(
-            Method::GET,
-            &format!("/webhooks/{webhook}/deliveries?limit=1{query}"),
-            ADMIN,
-            None,
-        )
-        .await?;
-    ensure!(status == StatusCode::OK, "{status}: {page}");
-    page["total"].as_u64().context("a total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,12 +255,12 @@ async fn every_accepted_message_reaches_both_webhooks_although_the_host_is_kille
     // all delivered. Attempts a killed host had claimed are made again once their claim lapses
     // (9 s here), so the log may need that long to show every one delivered.
     for webhook in &webhooks {
-        let total = logged(&host, webhook, "").await?;
+        let total = logged_total(&host, webhook, "?limit=1").await?;
         let settling = Instant::now();
-        let mut delivered = logged(&host, webhook, "&status=delivered").await?;
+        let mut delivered = logged_total(&host, webhook, "?limit=1&status=delivered").await?;
         while delivered < MESSAGES as u64 && settling.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            delivered = logged(&host, webhook, "&status=delivered").await?;
+            delivered = logged_total(&host, webhook, "?limit=1&status=delivered").await?;
         }
         println!("crash test: webhook {webhook}: {total} deliveries logged, {delivered} delivered");
         ensure!(

@@ -7,162 +7,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use webhooks_tests::receiver::{Behaviour, Received, Receiver};
-use webhooks_tests::{
-    ADMIN, GROUP_1, OTHER_ADMIN, THING_1, THING_2, THING_3, TestHost, eventually, read, standard_registry,
+use webhooks_tests::flows::{
+    ALLOW_PRIVATE, MESSAGE_ID, PROMPTLY, accepted, add_webhook, add_webhook_with, as_thing, fresh_message_id,
+    host_retrying_on, publish, send,
 };
+use webhooks_tests::receiver::{Behaviour, QUIET, Received, Receiver, bodies, summary};
+use webhooks_tests::{ADMIN, GROUP_1, THING_1, THING_2, THING_3, TestHost, eventually, standard_registry};
 
-/// The variable that lets the host deliver to loopback receivers.
-pub(crate) const ALLOW_PRIVATE: (&str, &str) = ("MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS", "true");
 /// A retry schedule short enough for tests (each delay ±20%).
-const SHORT_SCHEDULE: (&str, &str) = ("MF_WEBHOOKS_RETRY_SCHEDULE", "1s,5s,30s,2m,10m");
-/// How long a delivery that should happen at once may take, with room for a busy machine.
-pub(crate) const PROMPTLY: Duration = Duration::from_secs(5);
-/// How long to wait before concluding that nothing more arrives.
-pub(crate) const QUIET: Duration = Duration::from_millis(1500);
+const SHORT_SCHEDULE: &str = "1s,5s,30s,2m,10m";
 /// How long a log line or registry edit may take to show.
 const LOG_BOUND: Duration = Duration::from_secs(5);
 /// The publish endpoint's body limit.
 const MIB: usize = 1 << 20;
-/// The header carrying a message's id.
-pub(crate) const MESSAGE_ID: &str = "X-Message-Id";
 
 /// A host with the standard registry that may deliver to loopback receivers.
 async fn host_allowing_loopback() -> anyhow::Result<TestHost> {
-    TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE, SHORT_SCHEDULE]).await
-}
-
-/// The admin of a standard thing's group.
-fn admin_of(thing: &str) -> &'static str {
-    if thing == THING_3 { OTHER_ADMIN } else { ADMIN }
-}
-
-/// Creates one webhook (`{name, url, headers?}`) on a thing as its group's admin; answers its id.
-pub(crate) async fn add_webhook_with(host: &TestHost, thing: &str, item: Value) -> anyhow::Result<String> {
-    let created = host.create(thing, admin_of(thing), json!([item])).await?;
-    Ok(created[0]["id"]
-        .as_str()
-        .context("a webhook has a string id")?
-        .to_owned())
-}
-
-/// Creates one webhook without headers on a thing; answers its id.
-pub(crate) async fn add_webhook(host: &TestHost, thing: &str, name: &str, url: &str) -> anyhow::Result<String> {
-    add_webhook_with(host, thing, json!({"name": name, "url": url})).await
-}
-
-/// A publish request as the thing with this key, to a path such as `/messages`.
-pub(crate) fn as_thing(host: &TestHost, key: &str, path: &str) -> RequestBuilder {
-    host.request(Method::POST, path, "")
-        .header(AUTHORIZATION, format!("Thing {key}"))
-}
-
-/// The answer to a publish.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
-    /// The `X-Message-Id` header of the answer.
-    pub(crate) message_id: Option<String>,
-    /// The JSON body (`Null` when empty); errors are checked to be `{"error": "..."}`.
-    pub(crate) body: Value,
-}
-
-/// Sends a publish request and reads its answer.
-pub(crate) async fn send(request: RequestBuilder) -> anyhow::Result<Answer> {
-    let response = request.send().await?;
-    let message_id = response
-        .headers()
-        .get(MESSAGE_ID)
-        .map(|v| v.to_str().map(str::to_owned))
-        .transpose()?;
-    let (status, body) = read(response).await?;
-    Ok(Answer {
-        status,
-        message_id,
-        body,
-    })
-}
-
-/// Publishes a payload to `/messages` as the thing with this key, expecting `202`; answers
-/// the message id.
-pub(crate) async fn publish(host: &TestHost, key: &str, payload: impl Into<Vec<u8>>) -> anyhow::Result<String> {
-    accepted(send(as_thing(host, key, "/messages").body(payload.into())).await?)
-}
-
-/// Checks that a publish was accepted with a message id; answers the id.
-fn accepted(answer: Answer) -> anyhow::Result<String> {
-    ensure!(answer.status == StatusCode::ACCEPTED, "publish answered {answer:?}");
-    let id = answer.message_id.context("a 202 without X-Message-Id")?;
-    ensure!(is_uuid(&id), "the message id {id:?} is not a UUID");
-    Ok(id)
-}
-
-/// Whether `text` is a UUID in its canonical hyphenated form (any version, either case).
-pub(crate) fn is_uuid(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
-/// A fresh random UUID v4 for `X-Message-Id`.
-pub(crate) fn fresh_message_id() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    // Every `RandomState` has its own random keys.
-    let state = RandomState::new();
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
-    bytes[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
-/// A short description of requests for failure messages (bodies may be a MiB).
-pub(crate) fn summary(requests: &[Received]) -> Vec<String> {
-    requests
-        .iter()
-        .map(|r| {
-            let head: Vec<u8> = r.body.iter().take(40).copied().collect();
-            format!(
-                "{} {} ({} bytes: {:?})",
-                r.method,
-                r.path,
-                r.body.len(),
-                String::from_utf8_lossy(&head)
-            )
-        })
-        .collect()
-}
-
-/// Waits [`QUIET`], then checks that exactly `count` requests arrived on `path` in all;
-/// answers them.
-pub(crate) async fn exactly_after_a_while(
-    receiver: &Receiver,
-    path: &str,
-    count: usize,
-) -> anyhow::Result<Vec<Received>> {
-    tokio::time::sleep(QUIET).await;
-    let got = receiver.received_on(path);
-    ensure!(
-        got.len() == count,
-        "{} requests arrived on {path}, expected {count}: {:?}",
-        got.len(),
-        summary(&got)
-    );
-    Ok(got)
+    host_retrying_on(SHORT_SCHEDULE, &[]).await
 }
 
 /// The one request among `requests` whose body is `payload`.
@@ -177,16 +40,6 @@ fn the_copy_of<'a>(requests: &'a [Received], payload: &[u8]) -> anyhow::Result<&
         summary(requests)
     );
     Ok(copies[0])
-}
-
-/// The bodies of requests, as text, sorted.
-pub(crate) fn bodies(requests: &[Received]) -> Vec<String> {
-    let mut bodies: Vec<String> = requests
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
-    bodies.sort();
-    bodies
 }
 
 /// Whether the host logged a refused delivery to this webhook.
@@ -231,7 +84,7 @@ async fn payloads_arrive_byte_for_byte_as_a_post_to_the_exact_path_and_query_of_
     for payload in &payloads {
         the_copy_of(&got, payload)?;
     }
-    exactly_after_a_while(&receiver, "/ingest/v1", payloads.len()).await?;
+    receiver.exactly_after_a_while("/ingest/v1", payloads.len()).await?;
     Ok(())
 }
 
@@ -497,7 +350,7 @@ async fn deliveries_to_loopback_are_sent_when_private_destinations_are_allowed()
         let got = receiver.wait_for(Some(path), 1, PROMPTLY).await?;
         assert_eq!(got[0].body, "may leave");
     }
-    exactly_after_a_while(&receiver, "/x", 1).await?;
+    receiver.exactly_after_a_while("/x", 1).await?;
     assert_eq!(receiver.count(), 2, "{:?}", summary(&receiver.received()));
     for id in &webhooks {
         assert!(!logged_refusal(&host, id), "{}", host.log());
@@ -570,7 +423,7 @@ async fn refused_publishes_answer_401_413_or_400_and_deliver_nothing() -> anyhow
     // A valid publish still goes through, and it is the only thing that arrives.
     publish(&host, "key-1", "accepted").await?;
     receiver.wait_for(Some("/in"), 1, PROMPTLY).await?;
-    let got = exactly_after_a_while(&receiver, "/in", 1).await?;
+    let got = receiver.exactly_after_a_while("/in", 1).await?;
     assert_eq!(got[0].body, "accepted");
     Ok(())
 }
@@ -600,7 +453,7 @@ async fn publishing_to_a_subtopic_or_under_the_gateway_prefix_is_delivered() -> 
     }
 
     receiver.wait_for(Some("/in"), 3, PROMPTLY).await?;
-    let got = exactly_after_a_while(&receiver, "/in", 3).await?;
+    let got = receiver.exactly_after_a_while("/in", 3).await?;
     assert_eq!(
         bodies(&got),
         ["to a subtopic", "to a subtopic under the prefix", "under the prefix"]
@@ -628,7 +481,7 @@ async fn publishing_again_with_the_same_message_id_delivers_once() -> anyhow::Re
         assert_eq!(answer.message_id.as_deref(), Some(id.as_str()), "{attempt}: {answer:?}");
     }
     receiver.wait_for(Some("/in"), 1, PROMPTLY).await?;
-    let got = exactly_after_a_while(&receiver, "/in", 1).await?;
+    let got = receiver.exactly_after_a_while("/in", 1).await?;
     assert_eq!(got[0].body, "exactly once");
 
     let other = fresh_message_id();
@@ -641,7 +494,7 @@ async fn publishing_again_with_the_same_message_id_delivers_once() -> anyhow::Re
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
     assert_eq!(answer.message_id.as_deref(), Some(other.as_str()));
     receiver.wait_for(Some("/in"), 2, PROMPTLY).await?;
-    let got = exactly_after_a_while(&receiver, "/in", 2).await?;
+    let got = receiver.exactly_after_a_while("/in", 2).await?;
     assert_eq!(bodies(&got), ["exactly once", "exactly once"]);
     Ok(())
 }
@@ -656,7 +509,7 @@ async fn without_a_message_id_every_publish_is_a_new_message_with_its_own_id() -
     let second = publish(&host, "key-1", "same payload").await?;
     assert_ne!(first, second);
     receiver.wait_for(Some("/in"), 2, PROMPTLY).await?;
-    let got = exactly_after_a_while(&receiver, "/in", 2).await?;
+    let got = receiver.exactly_after_a_while("/in", 2).await?;
     assert_eq!(bodies(&got), ["same payload", "same payload"]);
     Ok(())
 }
@@ -787,7 +640,7 @@ async fn a_delivery_still_being_retried_is_resumed_after_a_restart() -> anyhow::
     assert_eq!(resumed.body, "survives a restart");
     assert_eq!(resumed.header("content-type"), Some("text/plain; charset=utf-8"));
     // Delivered is final.
-    exactly_after_a_while(&receiver, "/in", before_restart + 1).await?;
+    receiver.exactly_after_a_while("/in", before_restart + 1).await?;
     Ok(())
 }
 
@@ -810,7 +663,7 @@ async fn a_message_for_a_receiver_that_is_down_arrives_once_it_is_up_even_across
     assert_eq!(got[0].body, "waits for the receiver");
     assert_eq!(got[0].method, "POST");
     eprintln!("arrived {:?} after the receiver came up", got[0].at.duration_since(up));
-    exactly_after_a_while(&receiver, "/in", 1).await?;
+    receiver.exactly_after_a_while("/in", 1).await?;
     Ok(())
 }
 
@@ -839,7 +692,7 @@ async fn a_receiver_answering_503_twice_gets_the_message_on_the_third_attempt() 
         assert_eq!(attempt.header_values("content-type"), ["application/senml+json"]);
         assert_eq!(attempt.path, "/flaky");
     }
-    exactly_after_a_while(&receiver, "/flaky", 3).await?;
+    receiver.exactly_after_a_while("/flaky", 3).await?;
     Ok(())
 }
 

@@ -8,9 +8,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
 use reqwest::{Method, StatusCode};
+use webhooks_tests::flows::{add_webhook, publish};
 use webhooks_tests::{ADMIN, GROUP_1, THING_1, TestHost, standard_registry};
-
-use crate::delivery::{add_webhook, publish};
 
 /// Generated cases per operation and phase; about 1,700 requests in all.
 const MAX_EXAMPLES: &str = "40";

@@ -5,6 +5,7 @@
 mod connections;
 mod crash;
 mod delivery;
+mod delivery_log;
 mod errors;
 mod fuzz;
 mod health;
@@ -13,6 +14,7 @@ mod paging;
 mod persistence;
 mod platform;
 mod registry;
-mod reliability;
+mod retries;
 mod runtime;
+mod signing;
 mod webhooks;

@@ -12,20 +12,20 @@ use anyhow::{Context, bail, ensure};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use webhooks_tests::receiver::{Behaviour, Receiver};
+use webhooks_tests::delivery_log::deliveries_of;
+use webhooks_tests::flows::{
+    ALLOW_PRIVATE, PROMPTLY, UNKNOWN_WEBHOOK, add_webhook, add_webhook_with, as_thing, publish, send,
+};
+use webhooks_tests::receiver::{Behaviour, QUIET, Receiver, bodies};
 use webhooks_tests::{
     ADMIN, EDITOR, GROUP_1, LONER, OTHER_ADMIN, THING_1, TestHost, VIEWER, eventually, host_binary,
     plugin_variant_bytes, run_to_exit, standard_registry,
 };
 
-use crate::delivery::{ALLOW_PRIVATE, PROMPTLY, QUIET, add_webhook, add_webhook_with, as_thing, bodies, publish, send};
-
 /// The admin token of the hosts here that swap plugins.
 const OPS_ADMIN: &str = "ops-admin-token-9c41e07b5d";
 /// The variable that turns `PUT /admin/plugin` on with [`OPS_ADMIN`].
 const ADMIN_TOKEN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", OPS_ADMIN);
-/// A webhook id nobody has.
-const UNKNOWN_WEBHOOK: &str = "0f0f0f0f-0000-4000-8000-0000000000ff";
 /// How long in-flight work may take after `SIGTERM` (SPEC.md section 9).
 const GRACE: Duration = Duration::from_secs(10);
 /// Room on top of [`GRACE`] for the process to end and be reaped on a busy machine.
@@ -38,29 +38,9 @@ const IN_FLIGHT: Duration = Duration::from_secs(3);
 
 // --- helpers ----------------------------------------------------------------------------------
 
-/// Sends a request as `token`, expecting `status`; answers the body.
-async fn expect(
-    host: &TestHost,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-    status: StatusCode,
-) -> anyhow::Result<Value> {
-    let (got, answer) = host
-        .call(method.clone(), path, token, body)
-        .await
-        .with_context(|| format!("{method} {path}"))?;
-    ensure!(
-        got == status,
-        "{method} {path} answered {got}, expected {status}: {answer}"
-    );
-    Ok(answer)
-}
-
 /// `GET` as `token`, expecting `status`; answers the body.
 async fn get(host: &TestHost, path: &str, token: &str, status: StatusCode) -> anyhow::Result<Value> {
-    expect(host, Method::GET, path, token, None, status).await
+    host.expect(Method::GET, path, token, None, status).await
 }
 
 /// `POST` as `token` with this JSON body, if any, expecting `status`; answers the body.
@@ -71,48 +51,13 @@ async fn post(
     body: Option<Value>,
     status: StatusCode,
 ) -> anyhow::Result<Value> {
-    expect(host, Method::POST, path, token, body, status).await
-}
-
-/// Sends the host a signal (`TERM`, `HUP`) without waiting for anything.
-fn signal(host: &TestHost, name: &str) -> anyhow::Result<()> {
-    let pid = host.pid().context("the host is not running")?;
-    let status = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .context("running kill")?;
-    ensure!(status.success(), "kill -{name} {pid} failed");
-    Ok(())
+    host.expect(Method::POST, path, token, body, status).await
 }
 
 /// Stops the host with `SIGTERM` (again, if the test sent one already) and waits for its exit,
 /// off the async workers so the test's receivers keep answering meanwhile; answers the code.
 fn wait_for_exit(host: &mut TestHost) -> anyhow::Result<Option<i32>> {
     tokio::task::block_in_place(|| host.stop())
-}
-
-/// Waits until the host's log has a line containing every one of `words`.
-async fn logged(host: &TestHost, words: &[&str], within: Duration) -> anyhow::Result<()> {
-    eventually(within, || async {
-        let log = host.log();
-        ensure!(
-            log.lines().any(|line| words.iter().all(|word| line.contains(word))),
-            "no log line with {words:?}; log:\n{log}"
-        );
-        Ok(())
-    })
-    .await
-}
-
-/// Every delivery of a webhook, as the group's admin sees them in its delivery log.
-async fn deliveries_of(host: &TestHost, webhook: &str) -> anyhow::Result<Vec<Value>> {
-    let path = format!("/webhooks/{webhook}/deliveries?limit=200");
-    let page = get(host, &path, ADMIN, StatusCode::OK).await?;
-    let list = page["deliveries"]
-        .as_array()
-        .with_context(|| format!("a delivery log page without a deliveries array: {page}"))?;
-    ensure!(page["total"] == list.len(), "total disagrees with the list: {page:#}");
-    Ok(list.clone())
 }
 
 // --- the Prometheus text format, parsed -------------------------------------------------------
@@ -624,8 +569,10 @@ async fn a_debug_json_log_of_every_operation_is_json_lines_without_any_secret() 
         "url": receiver.url("/ok"),
         "headers": {"X-Api-Key": updated, "Authorization": format!("Bearer {bearer}")},
     });
-    expect(&host, Method::PUT, &view, EDITOR, Some(update.clone()), StatusCode::OK).await?;
-    expect(&host, Method::PUT, &view, VIEWER, Some(update), StatusCode::FORBIDDEN).await?;
+    host.expect(Method::PUT, &view, EDITOR, Some(update.clone()), StatusCode::OK)
+        .await?;
+    host.expect(Method::PUT, &view, VIEWER, Some(update), StatusCode::FORBIDDEN)
+        .await?;
     let search = Some(json!({"name": "sign"}));
     post(&host, &format!("{things}/search"), VIEWER, search, StatusCode::OK).await?;
     let search = Some(json!({"url": "/broken"}));
@@ -674,8 +621,8 @@ async fn a_debug_json_log_of_every_operation_is_json_lines_without_any_secret() 
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = host.put_plugin(OPS_ADMIN, plugin_variant_bytes("tagged")?).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
-    signal(&host, "HUP")?;
-    logged(&host, &["SIGHUP"], PROMPTLY).await?;
+    host.signal("HUP")?;
+    host.logged(&["SIGHUP"], PROMPTLY).await?;
     assert_eq!(wait_for_exit(&mut host)?, Some(0), "the exit code after SIGTERM");
 
     let log = host.log();
@@ -740,7 +687,7 @@ async fn sigterm_finishes_an_in_flight_delivery_and_records_it_before_exiting_0(
     receiver.wait_for_arrivals(1, PROMPTLY).await?;
 
     let signalled = Instant::now();
-    signal(&host, "TERM")?;
+    host.signal("TERM")?;
     // The host stops taking work while the delivery is still waiting on its receiver.
     let fresh = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
     let health = host.url("/health");
@@ -892,7 +839,7 @@ async fn a_delivery_outlasting_the_grace_period_does_not_hold_the_exit_and_is_de
 async fn sigint_stops_the_host_like_sigterm_with_exit_0() -> anyhow::Result<()> {
     let mut host = TestHost::start().await?;
     let webhook = add_webhook(&host, THING_1, "kept", "https://example.com/kept").await?;
-    signal(&host, "INT")?;
+    host.signal("INT")?;
     let fresh = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
     let health = host.url("/health");
     eventually(PROMPTLY, || async {

@@ -15,15 +15,14 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use webhooks_host::identity::Role;
 use webhooks_host::identity::things::{CAN_USER_ACCESS_THING, GET_GROUP_ID_BY_THING, IDENTIFY, ThingKey};
-use webhooks_tests::receiver::Receiver;
+use webhooks_tests::flows::{ALLOW_PRIVATE, PROMPTLY, add_webhook, admin_of, publish, send};
+use webhooks_tests::receiver::{Receiver, bodies};
 use webhooks_tests::redis_server::RedisServer;
 use webhooks_tests::things_service::{Call, EXTERNAL_KEY_1, EXTERNAL_KEY_3, Fixture, ThingsServer};
 use webhooks_tests::{
     ADMIN, EDITOR, GROUP_1, GROUP_2, LONER, OTHER_ADMIN, THING_1, THING_2, THING_3, TestHost, VIEWER, eventually,
     free_port, standard_registry,
 };
-
-use crate::delivery::{ALLOW_PRIVATE, PROMPTLY, add_webhook, bodies, exactly_after_a_while, publish, send};
 
 /// The things service's time limit in these tests: short, so a slow service is found out fast.
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -83,8 +82,7 @@ async fn total(host: &TestHost, listing: &str, token: &str) -> Result<u64> {
 
 /// The number of webhooks a thing has, as its group's admin sees it.
 async fn webhooks_of(host: &TestHost, thing: &str) -> Result<u64> {
-    let admin = if thing == THING_3 { OTHER_ADMIN } else { ADMIN };
-    total(host, &format!("/things/{thing}/webhooks"), admin).await
+    total(host, &format!("/things/{thing}/webhooks"), admin_of(thing)).await
 }
 
 /// Waits until a thing has no webhooks left.
@@ -522,7 +520,7 @@ async fn devices_publish_with_their_internal_or_external_key_and_their_messages_
     // Another thing's device is accepted, for its own webhooks: none reach THING_1's.
     let answer = send(as_device(&host, "External", EXTERNAL_KEY_3).body("another thing")).await?;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
-    exactly_after_a_while(&receiver, "/device", 2).await?;
+    receiver.exactly_after_a_while("/device", 2).await?;
 
     // The service was told which kind of key each was.
     let calls = things.calls();

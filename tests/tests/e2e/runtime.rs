@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use webhooks_tests::receiver::Receiver;
+use webhooks_tests::flows::{ALLOW_PRIVATE, PROMPTLY, add_webhook, publish};
+use webhooks_tests::receiver::{Receiver, bodies, summary};
 use webhooks_tests::{
     ADMIN, THING_1, TempDir, TestHost, eventually, host_binary, plugin_component, plugin_variant, plugin_variant_bytes,
     run_to_exit, standard_registry,
 };
-
-use crate::delivery::{ALLOW_PRIVATE, PROMPTLY, add_webhook, bodies, exactly_after_a_while, publish, summary};
 
 /// The admin token of the hosts here.
 const PLUGIN_ADMIN: &str = "plugin-admin-secret";
@@ -146,32 +145,6 @@ async fn list_tagged(host: &TestHost, count: usize) -> anyhow::Result<bool> {
     let listed = page["webhooks"].as_array().map_or(0, Vec::len);
     ensure!(listed == count, "{listed} webhooks listed, expected {count}: {page}");
     is_tagged(&page)
-}
-
-/// The lines of the host's log that contain every one of `words`.
-fn log_lines_with(host: &TestHost, words: &[&str]) -> Vec<String> {
-    host.log()
-        .lines()
-        .filter(|line| words.iter().all(|word| line.contains(word)))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until the host's log has a line containing every one of `words`; answers it.
-async fn logged(host: &TestHost, words: &[&str], within: Duration) -> anyhow::Result<String> {
-    let mut found = String::new();
-    eventually(within, || {
-        let lines = log_lines_with(host, words);
-        found = lines.last().cloned().unwrap_or_default();
-        let result = if lines.is_empty() {
-            Err(anyhow::anyhow!("no log line with {words:?}; log:\n{}", host.log()))
-        } else {
-            Ok(())
-        };
-        async move { result }
-    })
-    .await?;
-    Ok(found)
 }
 
 /// A host with the standard registry, the admin endpoint on, and these extra variables.
@@ -358,7 +331,7 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
             expected.len()
         );
         // Nothing failed, so nothing was sent twice either.
-        exactly_after_a_while(&receiver, path, published.len()).await?;
+        receiver.exactly_after_a_while(path, published.len()).await?;
     }
     Ok(())
 }
@@ -418,7 +391,7 @@ async fn a_refused_swap_leaves_the_old_plugin_serving() -> anyhow::Result<()> {
     assert_eq!(health_sha(&host).await?, original, "a refused swap changed the plugin");
     assert!(!list_tagged(&host, 1).await?, "the real plugin still answers");
     assert!(
-        !log_lines_with(&host, &["plugin swap refused"]).is_empty(),
+        !host.log_lines_with(&["plugin swap refused"]).is_empty(),
         "refusals are logged; log:\n{}",
         host.log()
     );
@@ -504,7 +477,7 @@ async fn faulty_call_fails_alone(variant: &str, extra: &[(&str, &str)], status: 
     assert_eq!(faulty_status, status, "{variant}: {body}");
     // `read` has checked the JSON error shape; say what it was.
     assert!(body["error"].is_string(), "{variant}: {body}");
-    logged(&host, &["ERROR", status.as_str()], SWAP_BOUND).await?;
+    host.logged(&["ERROR", status.as_str()], SWAP_BOUND).await?;
 
     // The host goes on, and the same call on the real plugin is fine.
     assert_eq!(health_sha(&host).await?, real_sha);
@@ -581,7 +554,7 @@ async fn a_delivery_whose_call_trapped_is_retried_later_and_not_lost() -> anyhow
     .await?;
 
     publish(&host, "key-1", "kept through a trap").await?;
-    logged(&host, &["ERROR", "delivery batch failed"], PROMPTLY).await?;
+    host.logged(&["ERROR", "delivery batch failed"], PROMPTLY).await?;
     // Several polls bring the delivery back to the trapping plugin meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
@@ -601,7 +574,7 @@ async fn a_delivery_whose_call_trapped_is_retried_later_and_not_lost() -> anyhow
     swap_in(&host, real_bytes()?, &sha256_of(&plugin_component())?).await?;
     let got = receiver.wait_for(Some("/trapped"), 1, PROMPTLY).await?;
     assert_eq!(bodies(&got), ["kept through a trap"]);
-    exactly_after_a_while(&receiver, "/trapped", 1).await?;
+    receiver.exactly_after_a_while("/trapped", 1).await?;
     let (_, page) = host
         .call(Method::GET, &format!("/webhooks/{webhook}/deliveries"), ADMIN, None)
         .await?;
@@ -626,17 +599,6 @@ fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the host SIGHUP.
-fn hang_up(host: &TestHost) -> anyhow::Result<()> {
-    let pid = host.pid().context("the host is not running")?;
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    ensure!(status.success(), "kill -HUP {pid} failed");
-    Ok(())
-}
-
 /// SIGHUP swaps in the plugin file as it is now; a file that does not implement the world is
 /// logged and the old plugin keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -652,7 +614,7 @@ async fn sighup_swaps_in_the_plugin_file_and_a_refused_one_leaves_the_old_servin
 
     replace_file(&file, &plugin_variant_bytes("tagged")?)?;
     let tagged = sha256_of(&file)?;
-    hang_up(&host)?;
+    host.signal("HUP")?;
     eventually(SWAP_BOUND, || async {
         let now = health_sha(&host).await?;
         ensure!(now == tagged, "/health still shows {now}");
@@ -660,11 +622,11 @@ async fn sighup_swaps_in_the_plugin_file_and_a_refused_one_leaves_the_old_servin
     })
     .await?;
     assert!(list_tagged(&host, 1).await?, "after SIGHUP the tagged build answers");
-    logged(&host, &["SIGHUP: plugin swapped", &tagged], SWAP_BOUND).await?;
+    host.logged(&["SIGHUP: plugin swapped", &tagged], SWAP_BOUND).await?;
 
     replace_file(&file, &plugin_variant_bytes("partial")?)?;
-    hang_up(&host)?;
-    let line = logged(&host, &["SIGHUP: plugin refused"], SWAP_BOUND).await?;
+    host.signal("HUP")?;
+    let line = host.logged(&["SIGHUP: plugin refused"], SWAP_BOUND).await?;
     assert!(line.contains(EVENTS), "the refusal names the missing export: {line}");
     assert_eq!(health_sha(&host).await?, tagged, "a refused file replaced the plugin");
     assert!(list_tagged(&host, 1).await?, "the tagged build still answers");
@@ -738,7 +700,9 @@ async fn a_restart_maps_the_cached_plugin_and_an_unusable_cache_file_is_compiled
         ["false", "true", "false"],
         "an unusable cache file is compiled again"
     );
-    let warning = logged(&host, &["WARN", "unusable compiled plugin in the cache"], PROMPTLY).await?;
+    let warning = host
+        .logged(&["WARN", "unusable compiled plugin in the cache"], PROMPTLY)
+        .await?;
     assert!(warning.contains(&files[0]), "the warning names the file: {warning}");
     assert!(!list_tagged(&host, 0).await?, "the recompiled plugin serves");
     assert_eq!(

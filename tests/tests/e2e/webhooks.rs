@@ -2,18 +2,13 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use webhooks_tests::flows::is_uuid;
 use webhooks_tests::{ADMIN, EDITOR, GROUP_1, GROUP_2, OTHER_ADMIN, THING_1, THING_2, THING_3, TestHost, VIEWER};
 
 /// Whether `text` is a UUID of version 4 (random), RFC 9562 variant, in its canonical form.
 fn is_uuid_v4(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
-        })
-        && bytes[14] == b'4'
-        && b"89ab".contains(&bytes[19])
+    is_uuid(text) && text == text.to_ascii_lowercase() && bytes[14] == b'4' && b"89ab".contains(&bytes[19])
 }
 
 fn id_of(webhook: &Value) -> String {
