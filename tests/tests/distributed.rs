@@ -193,7 +193,7 @@ async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start().await?;
     let mut host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await?;
-    add_webhook(&host, THING_1, ADMIN, "a", &receiver.url("/a")).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
 
     // The stream and the consumer as an earlier version left them: m00 to m09 acked, m10 to
     // m19 handed out and never acked.
