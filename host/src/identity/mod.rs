@@ -6,7 +6,7 @@ pub mod event_stream;
 pub mod registry;
 pub mod things;
 
-pub use capability::IdentityCtx;
+pub use capability::{IdentityCtx, IdentityView, add_to_linker};
 
 use crate::store::BoxFuture;
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
     UpdateDeadline,
@@ -296,17 +296,13 @@ fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
+/// Composes the capabilities of the world, each added by its own module.
 fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // Whatever Rust's std imports from WASI, served from an empty context.
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    // Outgoing HTTP only: `types` and `outgoing-handler`, through the host's hooks.
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    bindings::mainflux::webhooks::store::add_to_linker::<_, HasSelf<crate::store::StoreCtx>>(linker, |s| &mut s.store)?;
-    bindings::mainflux::webhooks::identity::add_to_linker::<_, HasSelf<crate::identity::IdentityCtx>>(linker, |s| {
-        &mut s.identity
-    })?;
-    bindings::mainflux::webhooks::settings::add_to_linker::<_, HasSelf<crate::settings::SettingsCtx>>(linker, |s| {
-        &mut s.settings
-    })?;
+    crate::outbound::add_to_linker(linker)?;
+    crate::store::add_to_linker(linker)?;
+    crate::identity::add_to_linker(linker)?;
+    crate::settings::add_to_linker(linker)?;
     Ok(())
 }
