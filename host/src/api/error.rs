@@ -38,33 +38,26 @@ impl ApiError {
     }
 }
 
-impl From<PluginError> for ApiError {
-    #[track_caller]
-    fn from(error: PluginError) -> Self {
-        let (status, message) = match error {
-            PluginError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
-            PluginError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-            PluginError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            PluginError::Conflict(m) => (StatusCode::CONFLICT, m),
-            PluginError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
-            PluginError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-            PluginError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
-        };
-        ApiError::new(status, message)
-    }
-}
-
 impl From<CallError> for ApiError {
     #[track_caller]
     fn from(error: CallError) -> Self {
-        let status = match &error {
-            CallError::Deadline | CallError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CallError::Trap { detail, .. } => {
+        let (status, message) = match error {
+            CallError::Refused(refusal) => match refusal {
+                PluginError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
+                PluginError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+                PluginError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+                PluginError::Conflict(m) => (StatusCode::CONFLICT, m),
+                PluginError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+                PluginError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+                PluginError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            },
+            CallError::Deadline | CallError::Instantiate(_) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+            CallError::Trap { ref detail, .. } => {
                 tracing::error!(detail, "the plugin trapped");
-                StatusCode::INTERNAL_SERVER_ERROR
+                (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
             }
         };
-        ApiError::new(status, error.to_string())
+        ApiError::new(status, message)
     }
 }
 

@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::request::read_body;
 use super::routes::Routes;
 use crate::identity::{IdentityError, KeyKind};
-use crate::ingress::{self, Incoming, IngressError};
+use crate::ingress::{self, Incoming};
 
 /// The header carrying a publisher's message id.
 pub const MESSAGE_ID: &str = "x-message-id";
@@ -75,12 +75,7 @@ async fn publish(State(app): State<AppState>, request: Request) -> Result<Respon
         content_type,
         subtopic: subtopic.unwrap_or_default(),
     };
-    let accepted = ingress::accept(&app.runtime, &app.dispatcher, incoming)
-        .await
-        .map_err(|e| match e {
-            IngressError::Refused(error) => ApiError::from(error),
-            IngressError::Call(error) => ApiError::from(error),
-        })?;
+    let accepted = ingress::accept(&app.runtime, &app.dispatcher, incoming).await?;
     let mut response = StatusCode::ACCEPTED.into_response();
     if let Ok(value) = HeaderValue::from_str(&accepted.message_id) {
         response.headers_mut().insert(MESSAGE_ID, value);
