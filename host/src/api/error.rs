@@ -4,6 +4,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::ingress::device_key::DeviceKeyError;
 use crate::runtime::CallError;
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
 
@@ -58,6 +59,17 @@ impl From<CallError> for ApiError {
             }
         };
         ApiError::new(status, message)
+    }
+}
+
+impl From<DeviceKeyError> for ApiError {
+    #[track_caller]
+    fn from(error: DeviceKeyError) -> Self {
+        let status = match error {
+            DeviceKeyError::Missing | DeviceKeyError::Unknown => StatusCode::UNAUTHORIZED,
+            DeviceKeyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error.to_string())
     }
 }
 

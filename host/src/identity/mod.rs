@@ -2,7 +2,6 @@
 //! one trait with one module per backend.
 
 mod capability;
-pub mod event_stream;
 pub mod registry;
 pub mod things;
 

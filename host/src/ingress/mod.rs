@@ -1,8 +1,11 @@
 //! Where messages come in: the device-facing publish endpoint and the broker. Each
 //! message is handed to the plugin, which records its deliveries; only then is it
-//! acknowledged, and its deliveries go to the dispatcher.
+//! acknowledged, and its deliveries go to the dispatcher. The platform's removals come in
+//! here too, from its event stream.
 
 pub mod broker;
+pub mod device_key;
+pub mod event_stream;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
