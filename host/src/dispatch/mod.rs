@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::metrics::METRICS;
-use crate::runtime::{CallError, Runtime};
+use crate::runtime::Runtime;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
 use crate::runtime::bindings::mainflux::webhooks::types::DueDelivery;
 
@@ -236,30 +236,6 @@ impl Dispatcher {
         }
     }
 
-    /// Deletes deliveries and message ids older than the retention, and carries out the plugin's
-    /// pending upkeep of stored data, at once and then every `interval`.
-    pub fn start_retention(runtime: Arc<Runtime>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let more_expired = full_batch(
-                    runtime.events().expire(RETENTION_BATCH).await,
-                    "expired deliveries and message ids past the retention",
-                    "expiring old deliveries failed",
-                );
-                // Upkeep a new plugin version asks for (an index over records an earlier one
-                // wrote) runs beside retention, in batches, so it never holds up a request.
-                let more_upkeep = full_batch(
-                    runtime.events().maintain(RETENTION_BATCH).await,
-                    "stored records brought up to date",
-                    "upkeep of stored records failed",
-                );
-                if !more_expired && !more_upkeep {
-                    tokio::time::sleep(interval).await;
-                }
-            }
-        })
-    }
-
     async fn poll_due(self: Arc<Self>) {
         const PAGE: u32 = 1024;
         while !self.stopping.load(Ordering::SeqCst) {
@@ -283,25 +259,6 @@ impl Dispatcher {
                 self.config.poll_interval
             };
             tokio::time::sleep(pause).await;
-        }
-    }
-}
-
-/// Records one retention call deletes or brings up to date, at most.
-const RETENTION_BATCH: u32 = 1000;
-
-/// Logs the outcome of one retention call; answers whether its batch was full, so more waits.
-fn full_batch(result: Result<u32, CallError>, done: &str, failed: &str) -> bool {
-    match result {
-        Ok(count) => {
-            if count > 0 {
-                tracing::info!(count, "{done}");
-            }
-            count >= RETENTION_BATCH
-        }
-        Err(error) => {
-            tracing::error!(%error, "{failed}");
-            false
         }
     }
 }
