@@ -19,8 +19,8 @@ use tokio::sync::{Semaphore, watch};
 use super::{Incoming, accept};
 use crate::dispatch::Dispatcher;
 use crate::metrics::METRICS;
-use crate::runtime::{CallError, Runtime};
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
+use crate::runtime::{CallError, Runtime};
 
 /// The platform's stream.
 pub const STREAM: &str = "mainflux";

@@ -32,7 +32,11 @@ pub struct Incoming {
 /// Records a message's deliveries through the plugin and hands them to the dispatcher;
 /// returning `Ok` means they are durably recorded; [`CallError::Refused`] means the plugin
 /// refused the message.
-pub async fn accept(runtime: &Runtime, dispatcher: &Arc<Dispatcher>, incoming: Incoming) -> Result<Accepted, CallError> {
+pub async fn accept(
+    runtime: &Runtime,
+    dispatcher: &Arc<Dispatcher>,
+    incoming: Incoming,
+) -> Result<Accepted, CallError> {
     let message = Message {
         id: incoming.id,
         thing_id: incoming.thing_id,

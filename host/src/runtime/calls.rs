@@ -57,7 +57,12 @@ impl ApiCalls<'_> {
     }
 
     /// `api.list-thing-webhooks`: answers a page of the thing's webhooks as JSON.
-    pub async fn list_thing_webhooks(&self, token: String, thing_id: String, query: Query) -> Result<String, CallError> {
+    pub async fn list_thing_webhooks(
+        &self,
+        token: String,
+        thing_id: String,
+        query: Query,
+    ) -> Result<String, CallError> {
         self.runtime
             .answer("api.list-thing-webhooks", Duration::ZERO, move |exports, store| {
                 Box::pin(async move {
@@ -71,7 +76,12 @@ impl ApiCalls<'_> {
     }
 
     /// `api.list-group-webhooks`: answers a page of the group's webhooks as JSON.
-    pub async fn list_group_webhooks(&self, token: String, group_id: String, query: Query) -> Result<String, CallError> {
+    pub async fn list_group_webhooks(
+        &self,
+        token: String,
+        group_id: String,
+        query: Query,
+    ) -> Result<String, CallError> {
         self.runtime
             .answer("api.list-group-webhooks", Duration::ZERO, move |exports, store| {
                 Box::pin(async move {
@@ -135,12 +145,7 @@ impl ApiCalls<'_> {
     pub async fn update_webhook(&self, token: String, id: String, body: Bytes) -> Result<(), CallError> {
         self.runtime
             .answer("api.update-webhook", Duration::ZERO, move |exports, store| {
-                Box::pin(async move {
-                    exports
-                        .api(store)?
-                        .call_update_webhook(store, &token, &id, &body)
-                        .await
-                })
+                Box::pin(async move { exports.api(store)?.call_update_webhook(store, &token, &id, &body).await })
             })
             .await
     }
