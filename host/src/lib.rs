@@ -8,7 +8,9 @@
 //! - [`store`]: the ordered key-value capability and its backends;
 //! - [`identity`]: the identity capability and its backends;
 //! - [`outbound`]: the pooled HTTP client and SSRF guard behind `wasi:http`;
-//! - [`ingress`] and [`dispatch`]: messages in, delivery attempts out;
+//! - [`ingress`] and [`dispatch`]: messages (and the platform's removals) in, delivery
+//!   attempts out;
+//! - [`retention`]: old records deleted and stored data kept up to date, beside the service;
 //! - [`settings`]: the operator's delivery settings, for the plugin's policy;
 //! - [`config`] and [`server`]: configuration, start-up and shutdown.
 #![deny(missing_docs)]
@@ -21,6 +23,7 @@ pub mod ingress;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod retention;
 pub mod runtime;
 pub mod server;
 pub mod settings;

@@ -8,12 +8,13 @@ use crate::api::{self, AppState, BuildInfo};
 use crate::config::{ServeConfig, redact_url};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::identity::IdentityBackend;
-use crate::identity::event_stream::{self, Owner};
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::identity::things::{ThingsConfig, ThingsService};
 use crate::ingress;
+use crate::ingress::event_stream::{self, Owner};
 use crate::listener::{self, ListenerConfig};
 use crate::outbound::{OutboundClient, OutboundConfig};
+use crate::retention;
 use crate::runtime::{Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
 use crate::store;
@@ -167,7 +168,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     };
     // Check often enough that nothing outlives the retention by more than a quarter of it.
     let sweep = (config.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let _retention = Dispatcher::start_retention(runtime.clone(), sweep);
+    let _retention = retention::start(runtime.clone(), sweep);
 
     let state = AppState {
         runtime,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use wasmtime::component::{HasSelf, Linker};
+
 use crate::runtime::bindings::mainflux::webhooks::settings as wit;
 
 /// The delivery settings of SPEC.md section 7, as configured.
@@ -68,6 +70,17 @@ impl SettingsCtx {
             claim_lease_ms: settings.claim_lease.as_millis() as u64,
         }
     }
+}
+
+/// How a call's data exposes its `settings` state, as `WasiHttpView` does for `wasi:http`.
+pub trait SettingsView: Send + 'static {
+    /// The call's `settings` state.
+    fn settings(&mut self) -> &mut SettingsCtx;
+}
+
+/// Adds the `settings` interface to `linker`, served from each call's [`SettingsCtx`].
+pub fn add_to_linker<T: SettingsView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<SettingsCtx>>(linker, T::settings)
 }
 
 impl wit::Host for SettingsCtx {

@@ -23,11 +23,7 @@ async fn list(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(
-        app,
-        "api.list-deliveries",
-        call_list_deliveries(&token, &webhook_id, &query)
-    )??;
+    let page = app.runtime.api().list_deliveries(token, webhook_id, query).await?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], page).into_response())
 }
 
@@ -36,11 +32,7 @@ async fn retry(
     PathParams((webhook_id, delivery_id)): PathParams<(String, String)>,
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
-    let due = call_api!(
-        app,
-        "api.retry-delivery",
-        call_retry_delivery(&token, &webhook_id, &delivery_id)
-    )??;
+    let due = app.runtime.api().retry_delivery(token, webhook_id, delivery_id).await?;
     app.dispatcher.enqueue(vec![due]);
     Ok(StatusCode::ACCEPTED.into_response())
 }

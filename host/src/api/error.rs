@@ -4,6 +4,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::ingress::device_key::DeviceKeyError;
 use crate::runtime::CallError;
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
 
@@ -47,31 +48,35 @@ impl ApiError {
     }
 }
 
-impl From<PluginError> for ApiError {
+impl From<CallError> for ApiError {
     #[track_caller]
-    fn from(error: PluginError) -> Self {
+    fn from(error: CallError) -> Self {
         let (status, message) = match error {
-            PluginError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
-            PluginError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-            PluginError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            PluginError::Conflict(m) => (StatusCode::CONFLICT, m),
-            PluginError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
-            PluginError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-            PluginError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            CallError::Refused(refusal) => match refusal {
+                PluginError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
+                PluginError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+                PluginError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+                PluginError::Conflict(m) => (StatusCode::CONFLICT, m),
+                PluginError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+                PluginError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+                PluginError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            },
+            CallError::Deadline | CallError::Instantiate(_) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+            CallError::Trap { ref detail, .. } => {
+                tracing::error!(detail, "the plugin trapped");
+                (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+            }
         };
         ApiError::new(status, message)
     }
 }
 
-impl From<CallError> for ApiError {
+impl From<DeviceKeyError> for ApiError {
     #[track_caller]
-    fn from(error: CallError) -> Self {
-        let status = match &error {
-            CallError::Deadline | CallError::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CallError::Trap { detail, .. } => {
-                tracing::error!(detail, "the plugin trapped");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+    fn from(error: DeviceKeyError) -> Self {
+        let status = match error {
+            DeviceKeyError::Missing | DeviceKeyError::Unknown => StatusCode::UNAUTHORIZED,
+            DeviceKeyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())
     }

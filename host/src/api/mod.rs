@@ -1,18 +1,6 @@
 //! The REST layer: one module per API area, each exposing its `router()`; this module only
 //! mounts them, at the root and under `/svcwebhooks`, with the JSON 404 and 405 answers.
 
-/// Calls one export of the plugin's `api` interface in a fresh instance, named for metrics;
-/// the arguments are moved into the call.
-macro_rules! call_api {
-    ($app:expr, $export:literal, $method:ident($($arg:expr),*)) => {
-        $app.runtime
-            .call($export, move |plugin, store| {
-                Box::pin(async move { plugin.api(store)?.$method(store, $($arg),*).await })
-            })
-            .await
-    };
-}
-
 pub mod admin;
 pub mod deliveries;
 pub mod error;

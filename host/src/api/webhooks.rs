@@ -34,11 +34,7 @@ async fn create(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let created = call_api!(
-        app,
-        "api.create-webhooks",
-        call_create_webhooks(&token, &thing_id, &body)
-    )??;
+    let created = app.runtime.api().create_webhooks(token, thing_id, body).await?;
     Ok(json(StatusCode::CREATED, created))
 }
 
@@ -48,11 +44,7 @@ async fn list_by_thing(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(
-        app,
-        "api.list-thing-webhooks",
-        call_list_thing_webhooks(&token, &thing_id, &query)
-    )??;
+    let page = app.runtime.api().list_thing_webhooks(token, thing_id, query).await?;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -62,11 +54,7 @@ async fn list_by_group(
     Bearer(token): Bearer,
     QueryPairs(query): QueryPairs,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(
-        app,
-        "api.list-group-webhooks",
-        call_list_group_webhooks(&token, &group_id, &query)
-    )??;
+    let page = app.runtime.api().list_group_webhooks(token, group_id, query).await?;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -76,11 +64,7 @@ async fn search_by_thing(
     Bearer(token): Bearer,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(
-        app,
-        "api.search-thing-webhooks",
-        call_search_thing_webhooks(&token, &thing_id, &body)
-    )??;
+    let page = app.runtime.api().search_thing_webhooks(token, thing_id, body).await?;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -90,11 +74,7 @@ async fn search_by_group(
     Bearer(token): Bearer,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    let page = call_api!(
-        app,
-        "api.search-group-webhooks",
-        call_search_group_webhooks(&token, &group_id, &body)
-    )??;
+    let page = app.runtime.api().search_group_webhooks(token, group_id, body).await?;
     Ok(json(StatusCode::OK, page))
 }
 
@@ -103,7 +83,7 @@ async fn view(
     PathParams(id): PathParams<String>,
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
-    let webhook = call_api!(app, "api.view-webhook", call_view_webhook(&token, &id))??;
+    let webhook = app.runtime.api().view_webhook(token, id).await?;
     Ok(json(StatusCode::OK, webhook))
 }
 
@@ -113,7 +93,7 @@ async fn update(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    call_api!(app, "api.update-webhook", call_update_webhook(&token, &id, &body))??;
+    app.runtime.api().update_webhook(token, id, body).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -122,6 +102,6 @@ async fn remove(
     Bearer(token): Bearer,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    call_api!(app, "api.remove-webhooks", call_remove_webhooks(&token, &body))??;
+    app.runtime.api().remove_webhooks(token, body).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

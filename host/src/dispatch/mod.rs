@@ -169,15 +169,8 @@ impl Dispatcher {
             let queues = self.queues.lock().expect("dispatch queues poisoned");
             queues.known.iter().cloned().collect()
         };
-        let result = self
-            .runtime
-            .call("events.release", move |plugin, store| {
-                Box::pin(async move { plugin.events(store)?.call_release(store, &ids).await })
-            })
-            .await;
-        match result {
-            Ok(Ok(released)) => tracing::info!(released, "claims of abandoned attempts given back"),
-            Ok(Err(error)) => tracing::error!(?error, "giving back claims failed; they lapse on their own"),
+        match self.runtime.events().release(ids).await {
+            Ok(released) => tracing::info!(released, "claims of abandoned attempts given back"),
             Err(error) => tracing::error!(%error, "giving back claims failed; they lapse on their own"),
         }
     }
@@ -190,15 +183,13 @@ impl Dispatcher {
             self.slots.clone().acquire_owned().await.ok()
         };
         if let Some(_slot) = slot {
-            let batch = ids.clone();
             let result = self
                 .runtime
-                .call_waiting("events.deliver", self.config.attempt_timeout, move |plugin, store| {
-                    Box::pin(async move { plugin.events(store)?.call_deliver(store, &batch).await })
-                })
+                .events()
+                .deliver(ids.clone(), self.config.attempt_timeout)
                 .await;
             match result {
-                Ok(Ok(outcomes)) => {
+                Ok(outcomes) => {
                     for outcome in outcomes {
                         let counted = match outcome.status {
                             DeliveryStatus::Delivered => "delivered",
@@ -220,7 +211,6 @@ impl Dispatcher {
                     }
                 }
                 // The deliveries stay pending in the store; the poller brings them back.
-                Ok(Err(error)) => tracing::error!(?error, webhook, "delivery batch refused by the plugin"),
                 Err(error) => tracing::error!(%error, webhook, "delivery batch failed; it will be retried"),
             }
         }
@@ -246,83 +236,16 @@ impl Dispatcher {
         }
     }
 
-    /// Deletes deliveries and message ids older than the retention, and carries out the plugin's
-    /// pending upkeep of stored data, at once and then every `interval`.
-    pub fn start_retention(runtime: Arc<Runtime>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        const BATCH: u32 = 1000;
-        tokio::spawn(async move {
-            loop {
-                let result = runtime
-                    .call("events.expire", |plugin, store| {
-                        Box::pin(async move { plugin.events(store)?.call_expire(store, BATCH).await })
-                    })
-                    .await;
-                let more_expired = match result {
-                    Ok(Ok(count)) => {
-                        if count > 0 {
-                            tracing::info!(count, "expired deliveries and message ids past the retention");
-                        }
-                        count >= BATCH
-                    }
-                    Ok(Err(error)) => {
-                        tracing::error!(?error, "expiring old deliveries failed");
-                        false
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "expiring old deliveries failed");
-                        false
-                    }
-                };
-                // Upkeep a new plugin version asks for (an index over records an earlier one
-                // wrote) runs beside retention, in batches, so it never holds up a request.
-                let result = runtime
-                    .call("events.maintain", |plugin, store| {
-                        Box::pin(async move { plugin.events(store)?.call_maintain(store, BATCH).await })
-                    })
-                    .await;
-                let more_upkeep = match result {
-                    Ok(Ok(count)) => {
-                        if count > 0 {
-                            tracing::info!(count, "stored records brought up to date");
-                        }
-                        count >= BATCH
-                    }
-                    Ok(Err(error)) => {
-                        tracing::error!(?error, "upkeep of stored records failed");
-                        false
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "upkeep of stored records failed");
-                        false
-                    }
-                };
-                if !more_expired && !more_upkeep {
-                    tokio::time::sleep(interval).await;
-                }
-            }
-        })
-    }
-
     async fn poll_due(self: Arc<Self>) {
         const PAGE: u32 = 1024;
         while !self.stopping.load(Ordering::SeqCst) {
-            let result = self
-                .runtime
-                .call("events.due", |plugin, store| {
-                    Box::pin(async move { plugin.events(store)?.call_due(store, PAGE).await })
-                })
-                .await;
-            let full = match result {
-                Ok(Ok(due)) => {
+            let full = match self.runtime.events().due(PAGE).await {
+                Ok(due) => {
                     let full = due.len() == PAGE as usize;
                     if !due.is_empty() {
                         self.enqueue(due);
                     }
                     full
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(?error, "reading due deliveries failed");
-                    false
                 }
                 Err(error) => {
                     tracing::error!(%error, "reading due deliveries failed");

@@ -2,9 +2,22 @@
 
 use std::sync::Arc;
 
+use wasmtime::component::{HasSelf, Linker};
+
 use super::{IdentityBackend, IdentityError, Role};
 use crate::runtime::bindings::mainflux::webhooks::identity as wit;
 use crate::runtime::bindings::mainflux::webhooks::types::{Error, Role as WitRole};
+
+/// How a call's data exposes its `identity` state, as `WasiHttpView` does for `wasi:http`.
+pub trait IdentityView: Send + 'static {
+    /// The call's `identity` state.
+    fn identity(&mut self) -> &mut IdentityCtx;
+}
+
+/// Adds the `identity` interface to `linker`, served from each call's [`IdentityCtx`].
+pub fn add_to_linker<T: IdentityView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<IdentityCtx>>(linker, T::identity)
+}
 
 /// The per-call state of the `identity` capability: a handle to the shared backend.
 pub struct IdentityCtx {

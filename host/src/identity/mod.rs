@@ -2,11 +2,10 @@
 //! one trait with one module per backend.
 
 mod capability;
-pub mod event_stream;
 pub mod registry;
 pub mod things;
 
-pub use capability::IdentityCtx;
+pub use capability::{IdentityCtx, IdentityView, add_to_linker};
 
 use crate::store::BoxFuture;
 

@@ -17,11 +17,11 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Incoming, IngressError, accept};
+use super::{Incoming, accept};
 use crate::dispatch::Dispatcher;
 use crate::metrics::METRICS;
-use crate::runtime::Runtime;
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
+use crate::runtime::{CallError, Runtime};
 
 /// The platform's stream.
 pub const STREAM: &str = "mainflux";
@@ -293,7 +293,7 @@ async fn handle(message: jetstream::Message, origin: &str, runtime: &Runtime, di
                     );
                     (AckKind::Ack, "acked")
                 }
-                Err(IngressError::Refused(error)) if passing(&error) => {
+                Err(CallError::Refused(error)) if passing(&error) => {
                     tracing::warn!(
                         sequence,
                         thing,
@@ -302,11 +302,11 @@ async fn handle(message: jetstream::Message, origin: &str, runtime: &Runtime, di
                     );
                     (AckKind::Nak(Some(RETRY_DELAY)), "retried")
                 }
-                Err(IngressError::Refused(error)) => {
+                Err(CallError::Refused(error)) => {
                     tracing::warn!(sequence, thing, ?error, "broker message refused; terminated");
                     (AckKind::Term, "terminated")
                 }
-                Err(IngressError::Call(error)) => {
+                Err(error) => {
                     tracing::error!(sequence, thing, %error, "broker message not recorded; it will be redelivered");
                     (AckKind::Nak(Some(RETRY_DELAY)), "retried")
                 }

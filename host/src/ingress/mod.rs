@@ -1,27 +1,18 @@
 //! Where messages come in: the device-facing publish endpoint and the broker. Each
 //! message is handed to the plugin, which records its deliveries; only then is it
-//! acknowledged, and its deliveries go to the dispatcher.
+//! acknowledged, and its deliveries go to the dispatcher. The platform's removals come in
+//! here too, from its event stream.
 
 pub mod broker;
+pub mod device_key;
+pub mod event_stream;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::dispatch::Dispatcher;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::{Accepted, Message};
-use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
 use crate::runtime::{CallError, Runtime};
-
-/// Why a message was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum IngressError {
-    /// The plugin refused it.
-    #[error("{0:?}")]
-    Refused(PluginError),
-    /// The plugin call failed.
-    #[error(transparent)]
-    Call(#[from] CallError),
-}
 
 /// A message as it arrives, before the plugin sees it.
 #[derive(Debug, Clone)]
@@ -39,12 +30,13 @@ pub struct Incoming {
 }
 
 /// Records a message's deliveries through the plugin and hands them to the dispatcher;
-/// returning `Ok` means they are durably recorded.
+/// returning `Ok` means they are durably recorded; [`CallError::Refused`] means the plugin
+/// refused the message.
 pub async fn accept(
     runtime: &Runtime,
     dispatcher: &Arc<Dispatcher>,
     incoming: Incoming,
-) -> Result<Accepted, IngressError> {
+) -> Result<Accepted, CallError> {
     let message = Message {
         id: incoming.id,
         thing_id: incoming.thing_id,
@@ -56,12 +48,7 @@ pub async fn accept(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    let accepted = runtime
-        .call("events.on-message", move |plugin, store| {
-            Box::pin(async move { plugin.events(store)?.call_on_message(store, &message).await })
-        })
-        .await?
-        .map_err(IngressError::Refused)?;
+    let accepted = runtime.events().on_message(message).await?;
     if !accepted.deliveries.is_empty() {
         dispatcher.enqueue(accepted.deliveries.clone());
     }

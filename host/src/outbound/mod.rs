@@ -13,12 +13,19 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView};
 
 use guard::{GuardedResolver, Refused, refusal, refused_class};
 
 /// The most of a receiver's answer body that is read; the rest is dropped.
 const MAX_RESPONSE_BODY: usize = 64 << 10;
+
+/// Adds outgoing HTTP only, `wasi:http`'s `types` and `outgoing-handler`, to `linker`: every
+/// request goes through the hooks the call's [`WasiHttpView`] names ([`OutboundHooks`]).
+pub fn add_to_linker<T: WasiHttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
 
 /// How deliveries reach receivers.
 #[derive(Debug, Clone, Copy)]

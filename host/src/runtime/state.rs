@@ -9,10 +9,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::identity::{IdentityBackend, IdentityCtx};
+use crate::identity::{IdentityBackend, IdentityCtx, IdentityView};
 use crate::outbound::{OutboundClient, OutboundHooks};
-use crate::settings::{DeliverySettings, SettingsCtx};
-use crate::store::{KvBackend, StoreCtx};
+use crate::settings::{DeliverySettings, SettingsCtx, SettingsView};
+use crate::store::{KvBackend, StoreCtx, StoreView};
 
 /// The capabilities every call is granted, shared by all calls.
 #[derive(Clone)]
@@ -35,9 +35,9 @@ pub struct HostState {
     hooks: OutboundHooks,
     pub(crate) limits: StoreLimits,
     pub(crate) deadline: Instant,
-    pub(crate) store: StoreCtx,
-    pub(crate) identity: IdentityCtx,
-    pub(crate) settings: SettingsCtx,
+    store: StoreCtx,
+    identity: IdentityCtx,
+    settings: SettingsCtx,
 }
 
 impl HostState {
@@ -74,5 +74,23 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+
+impl StoreView for HostState {
+    fn store(&mut self) -> &mut StoreCtx {
+        &mut self.store
+    }
+}
+
+impl IdentityView for HostState {
+    fn identity(&mut self) -> &mut IdentityCtx {
+        &mut self.identity
+    }
+}
+
+impl SettingsView for HostState {
+    fn settings(&mut self) -> &mut SettingsCtx {
+        &mut self.settings
     }
 }

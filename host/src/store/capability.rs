@@ -2,8 +2,21 @@
 
 use std::sync::Arc;
 
+use wasmtime::component::{HasSelf, Linker};
+
 use super::{Condition, KvBackend, Op, StoreError};
 use crate::runtime::bindings::mainflux::webhooks::store as wit;
+
+/// How a call's data exposes its `store` state, as `WasiHttpView` does for `wasi:http`.
+pub trait StoreView: Send + 'static {
+    /// The call's `store` state.
+    fn store(&mut self) -> &mut StoreCtx;
+}
+
+/// Adds the `store` interface to `linker`, served from each call's [`StoreCtx`].
+pub fn add_to_linker<T: StoreView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<StoreCtx>>(linker, T::store)
+}
 
 /// The per-call state of the `store` capability: a handle to the shared backend.
 pub struct StoreCtx {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use capability::StoreCtx;
+pub use capability::{StoreCtx, StoreView, add_to_linker};
 
 /// A boxed future, so backends can sit behind `dyn` trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -37,25 +37,13 @@ pub enum Owner {
 pub async fn remove_webhooks_of(runtime: &Runtime, owner: Owner, id: &str) -> u32 {
     let mut delay = Duration::from_millis(100);
     loop {
-        let target = id.to_owned();
-        let export = match owner {
-            Owner::Thing => "events.on-thing-removed",
-            Owner::Group => "events.on-group-removed",
+        let events = runtime.events();
+        let result = match owner {
+            Owner::Thing => events.on_thing_removed(id.to_owned()).await,
+            Owner::Group => events.on_group_removed(id.to_owned()).await,
         };
-        let result = runtime
-            .call(export, move |plugin, store| {
-                Box::pin(async move {
-                    let events = plugin.events(store)?;
-                    match owner {
-                        Owner::Thing => events.call_on_thing_removed(store, &target).await,
-                        Owner::Group => events.call_on_group_removed(store, &target).await,
-                    }
-                })
-            })
-            .await;
         match result {
-            Ok(Ok(count)) => return count,
-            Ok(Err(error)) => tracing::error!(?error, id, "removing webhooks failed; retrying"),
+            Ok(count) => return count,
             Err(error) => tracing::error!(%error, id, "removing webhooks failed; retrying"),
         }
         tokio::time::sleep(delay).await;

@@ -1,0 +1,275 @@
+//! The typed façade over calls into the plugin: one method per export the host calls, each
+//! in a fresh instance within the call limits, each answering [`CallError`] alone, so a caller
+//! handles the plugin's refusal and a failed call in one `match`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::Store;
+
+use super::bindings::BoxCall;
+use super::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Message};
+use super::bindings::mainflux::webhooks::types::{DueDelivery, Error as PluginError, Query};
+use super::{CallError, Exports, HostState, Runtime};
+
+impl Runtime {
+    /// The plugin's `api` exports, for the REST layer.
+    pub fn api(&self) -> ApiCalls<'_> {
+        ApiCalls { runtime: self }
+    }
+
+    /// The plugin's `events` exports, for intake, dispatch, retention and removals.
+    pub fn events(&self) -> EventCalls<'_> {
+        EventCalls { runtime: self }
+    }
+
+    /// Runs `call` like [`Runtime::call`] and lifts the plugin's own error into
+    /// [`CallError::Refused`].
+    async fn answer<R, F>(&self, export: &'static str, waiting: Duration, call: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> BoxCall<'a, Result<R, PluginError>>,
+    {
+        self.call_waiting(export, waiting, call)
+            .await?
+            .map_err(CallError::Refused)
+    }
+}
+
+/// The exports of the plugin's `api` interface; the arguments are moved into the call, a
+/// request body shared rather than copied.
+pub struct ApiCalls<'r> {
+    runtime: &'r Runtime,
+}
+
+impl ApiCalls<'_> {
+    /// `api.create-webhooks`: answers the created webhooks as JSON.
+    pub async fn create_webhooks(&self, token: String, thing_id: String, body: Bytes) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.create-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_create_webhooks(store, &token, &thing_id, &body)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `api.list-thing-webhooks`: answers a page of the thing's webhooks as JSON.
+    pub async fn list_thing_webhooks(
+        &self,
+        token: String,
+        thing_id: String,
+        query: Query,
+    ) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.list-thing-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_list_thing_webhooks(store, &token, &thing_id, &query)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `api.list-group-webhooks`: answers a page of the group's webhooks as JSON.
+    pub async fn list_group_webhooks(
+        &self,
+        token: String,
+        group_id: String,
+        query: Query,
+    ) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.list-group-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_list_group_webhooks(store, &token, &group_id, &query)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `api.search-thing-webhooks`: answers a page of the thing's webhooks matching `body`.
+    pub async fn search_thing_webhooks(
+        &self,
+        token: String,
+        thing_id: String,
+        body: Bytes,
+    ) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.search-thing-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_search_thing_webhooks(store, &token, &thing_id, &body)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `api.search-group-webhooks`: answers a page of the group's webhooks matching `body`.
+    pub async fn search_group_webhooks(
+        &self,
+        token: String,
+        group_id: String,
+        body: Bytes,
+    ) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.search-group-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_search_group_webhooks(store, &token, &group_id, &body)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `api.view-webhook`: answers the webhook as JSON.
+    pub async fn view_webhook(&self, token: String, id: String) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.view-webhook", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.api(store)?.call_view_webhook(store, &token, &id).await })
+            })
+            .await
+    }
+
+    /// `api.update-webhook`.
+    pub async fn update_webhook(&self, token: String, id: String, body: Bytes) -> Result<(), CallError> {
+        self.runtime
+            .answer("api.update-webhook", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.api(store)?.call_update_webhook(store, &token, &id, &body).await })
+            })
+            .await
+    }
+
+    /// `api.remove-webhooks`.
+    pub async fn remove_webhooks(&self, token: String, body: Bytes) -> Result<(), CallError> {
+        self.runtime
+            .answer("api.remove-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.api(store)?.call_remove_webhooks(store, &token, &body).await })
+            })
+            .await
+    }
+
+    /// `api.list-deliveries`: answers a page of the webhook's deliveries as JSON.
+    pub async fn list_deliveries(&self, token: String, webhook_id: String, query: Query) -> Result<String, CallError> {
+        self.runtime
+            .answer("api.list-deliveries", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_list_deliveries(store, &token, &webhook_id, &query)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `api.retry-delivery`: answers the delivery, due now, for the dispatcher.
+    pub async fn retry_delivery(
+        &self,
+        token: String,
+        webhook_id: String,
+        delivery_id: String,
+    ) -> Result<DueDelivery, CallError> {
+        self.runtime
+            .answer("api.retry-delivery", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    exports
+                        .api(store)?
+                        .call_retry_delivery(store, &token, &webhook_id, &delivery_id)
+                        .await
+                })
+            })
+            .await
+    }
+}
+
+/// The exports of the plugin's `events` interface; the arguments are moved into the call.
+pub struct EventCalls<'r> {
+    runtime: &'r Runtime,
+}
+
+impl EventCalls<'_> {
+    /// `events.on-message`: records the message's deliveries; answers them once durable.
+    pub async fn on_message(&self, message: Message) -> Result<Accepted, CallError> {
+        self.runtime
+            .answer("events.on-message", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_on_message(store, &message).await })
+            })
+            .await
+    }
+
+    /// `events.due`: up to `limit` deliveries due now.
+    pub async fn due(&self, limit: u32) -> Result<Vec<DueDelivery>, CallError> {
+        self.runtime
+            .answer("events.due", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_due(store, limit).await })
+            })
+            .await
+    }
+
+    /// `events.deliver`: one attempt of each delivery, requests in flight together. The call's
+    /// deadline is extended by `waiting`, the longest wait for an answer, so a slow receiver is
+    /// not taken for a runaway plugin.
+    pub async fn deliver(&self, ids: Vec<String>, waiting: Duration) -> Result<Vec<AttemptOutcome>, CallError> {
+        self.runtime
+            .answer("events.deliver", waiting, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_deliver(store, &ids).await })
+            })
+            .await
+    }
+
+    /// `events.release`: gives back the claims on these deliveries; answers how many.
+    pub async fn release(&self, ids: Vec<String>) -> Result<u32, CallError> {
+        self.runtime
+            .answer("events.release", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_release(store, &ids).await })
+            })
+            .await
+    }
+
+    /// `events.expire`: deletes up to `limit` records past the retention; answers how many.
+    pub async fn expire(&self, limit: u32) -> Result<u32, CallError> {
+        self.runtime
+            .answer("events.expire", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_expire(store, limit).await })
+            })
+            .await
+    }
+
+    /// `events.maintain`: brings up to `limit` stored records up to date; answers how many.
+    pub async fn maintain(&self, limit: u32) -> Result<u32, CallError> {
+        self.runtime
+            .answer("events.maintain", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_maintain(store, limit).await })
+            })
+            .await
+    }
+
+    /// `events.on-thing-removed`: removes the thing's webhooks; answers how many.
+    pub async fn on_thing_removed(&self, thing_id: String) -> Result<u32, CallError> {
+        self.runtime
+            .answer("events.on-thing-removed", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_on_thing_removed(store, &thing_id).await })
+            })
+            .await
+    }
+
+    /// `events.on-group-removed`: removes the group's webhooks; answers how many.
+    pub async fn on_group_removed(&self, group_id: String) -> Result<u32, CallError> {
+        self.runtime
+            .answer("events.on-group-removed", Duration::ZERO, move |exports, store| {
+                Box::pin(async move { exports.events(store)?.call_on_group_removed(store, &group_id).await })
+            })
+            .await
+    }
+}
