@@ -156,9 +156,15 @@ pub struct ServeConfig {
     pub db_pool: u16,
 
     /// NATS server whose JetStream subject `webhooks` (stream `mainflux`) is consumed as
-    /// durable queue consumer `webhooks`, e.g. nats://127.0.0.1:4222; empty: no broker.
+    /// durable queue consumer `webhooks_webhooks`, e.g. nats://127.0.0.1:4222; empty: no broker.
     // May carry credentials (nats://USER:PASS@HOST): the value is never printed.
-    #[arg(long, env = "MF_BROKER_URL", value_name = "MF_BROKER_URL", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MF_BROKER_URL",
+        value_name = "MF_BROKER_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub broker_url: String,
 
     /// Path of the identity registry file (users, groups, things), re-read when it changes.
@@ -352,7 +358,10 @@ mod tests {
             redact_url("postgres://app:s3cr%40t@db.internal:5432/webhooks?sslmode=disable"),
             "postgres://app:***@db.internal:5432/webhooks?sslmode=disable"
         );
-        assert_eq!(redact_url("redis://:pw@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
         assert_eq!(redact_url("nats://s3cr3t@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
         assert_eq!(redact_url("postgres://app@db/webhooks"), "postgres://app@db/webhooks");
         assert_eq!(redact_url("sqlite://./data/webhooks.db"), "sqlite://./data/webhooks.db");

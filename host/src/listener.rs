@@ -30,17 +30,11 @@ pub struct ListenerConfig {
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets each
 /// open connection finish its request in flight and returns once all are closed.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    config: ListenerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, router: Router, config: ListenerConfig, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.read_timeout);
+    http.timer(TokioTimer::new()).header_read_timeout(config.read_timeout);
     let service = TowerToHyperService::new(RequestBodyTimeout::new(router, config.read_timeout));
     tokio::pin!(shutdown);
     loop {

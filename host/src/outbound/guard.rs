@@ -241,7 +241,9 @@ mod tests {
         let error = guarded.call(name.clone()).await.unwrap_err();
         let refused = refusal(&error).expect("the guard's refusal");
         assert!(
-            refused.to_string().starts_with("destination refused: localhost resolves to "),
+            refused
+                .to_string()
+                .starts_with("destination refused: localhost resolves to "),
             "{refused}"
         );
         assert!(

@@ -55,17 +55,14 @@ impl PostgresStore {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| e.to_string())?;
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| {
-                let cause = match &e {
-                    // The pool's own wording adds nothing to the driver's.
-                    deadpool_postgres::PoolError::Backend(e) => causes(e),
-                    other => causes(other),
-                };
-                format!("cannot connect to {server}: {cause}")
-            })?;
+        let client = pool.get().await.map_err(|e| {
+            let cause = match &e {
+                // The pool's own wording adds nothing to the driver's.
+                deadpool_postgres::PoolError::Backend(e) => causes(e),
+                other => causes(other),
+            };
+            format!("cannot connect to {server}: {cause}")
+        })?;
         // Hosts starting together would race on the catalog: one creates, the others wait.
         client
             .batch_execute(&format!(
@@ -97,13 +94,22 @@ fn describe(config: &tokio_postgres::Config) -> String {
                 Host::Tcp(name) => name.clone(),
                 Host::Unix(path) => path.display().to_string(),
             };
-            let port = config.get_ports().get(index).or(config.get_ports().first()).copied().unwrap_or(5432);
+            let port = config
+                .get_ports()
+                .get(index)
+                .or(config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
             format!("{name}:{port}")
         })
         .collect();
     format!(
         "PostgreSQL at {} (database {:?}, user {:?})",
-        if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") },
+        if hosts.is_empty() {
+            "localhost:5432".to_owned()
+        } else {
+            hosts.join(",")
+        },
         config.get_dbname().unwrap_or_default(),
         config.get_user().unwrap_or_default(),
     )

@@ -94,9 +94,16 @@ async fn a_crowd_of_stalled_clients_is_dropped_after_the_read_timeout_while_othe
             .body(format!("served {n}"))
             .send()
             .await?;
-        ensure!(response.status() == StatusCode::ACCEPTED, "publish answered {}", response.status());
+        ensure!(
+            response.status() == StatusCode::ACCEPTED,
+            "publish answered {}",
+            response.status()
+        );
         let took = started.elapsed();
-        ensure!(took < READ_TIMEOUT, "request {n} took {took:?} beside the stalled crowd");
+        ensure!(
+            took < READ_TIMEOUT,
+            "request {n} took {took:?} beside the stalled crowd"
+        );
     }
 
     for (stall, stream) in crowd {

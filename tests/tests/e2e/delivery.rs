@@ -9,6 +9,7 @@ use anyhow::{Context, ensure};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use webhooks_tests::delivery_log::{attempts, the_only_delivery};
 use webhooks_tests::flows::{
     ALLOW_PRIVATE, MESSAGE_ID, PROMPTLY, accepted, add_webhook, add_webhook_with, as_thing, fresh_message_id,
     host_retrying_on, publish, send,
@@ -722,21 +723,10 @@ async fn a_receiver_answering_404_or_another_final_status_gets_exactly_one_attem
 
 // --- 8. failures a retry cannot change ----------------------------------------------------
 
-/// The attempts of a webhook's only delivery, once it has this status.
-async fn attempts_once(host: &TestHost, webhook: &str, status: &str) -> anyhow::Result<Vec<Value>> {
-    let path = format!("/webhooks/{webhook}/deliveries");
-    let deadline = Instant::now() + LOG_BOUND;
-    loop {
-        let (code, page) = host.call(Method::GET, &path, ADMIN, None).await?;
-        ensure!(code == StatusCode::OK, "{path} answered {code}: {page}");
-        let delivery = &page["deliveries"][0];
-        if delivery["status"] == status {
-            ensure!(page["total"] == 1, "more than one delivery: {page}");
-            return Ok(delivery["attempts"].as_array().cloned().unwrap_or_default());
-        }
-        ensure!(Instant::now() < deadline, "not {status} within {LOG_BOUND:?}: {page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The attempts of a webhook's only delivery, once it has failed.
+async fn failed_attempts(host: &TestHost, webhook: &str) -> anyhow::Result<Vec<Value>> {
+    let delivery = the_only_delivery(host, webhook, "failed", LOG_BOUND).await?;
+    Ok(attempts(&delivery)?.clone())
 }
 
 /// A refused destination's attempt says which address, what kind it is and which variable
@@ -747,16 +737,19 @@ async fn a_refused_destination_names_the_address_its_kind_and_the_variable_that_
     publish(&host, "key-1", "must not leave").await?;
     let allow = "; set MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=true to allow it";
 
-    let attempts = attempts_once(&host, &by_address, "failed").await?;
+    let attempts = failed_attempts(&host, &by_address).await?;
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(
         attempts[0]["error"],
         format!("destination refused: 127.0.0.1 is a loopback address{allow}")
     );
-    let attempts = attempts_once(&host, &by_name, "failed").await?;
+    let attempts = failed_attempts(&host, &by_name).await?;
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     let error = attempts[0]["error"].as_str().unwrap_or_default();
-    assert!(error.starts_with("destination refused: localhost resolves to "), "{error}");
+    assert!(
+        error.starts_with("destination refused: localhost resolves to "),
+        "{error}"
+    );
     assert!(error.contains("a loopback address"), "{error}");
     assert!(error.ends_with(allow), "{error}");
     assert_eq!(receiver.count(), 0);
@@ -776,18 +769,22 @@ async fn a_request_that_cannot_be_built_fails_at_once_with_its_reason_and_is_not
     )
     .await?;
     host.stop()?;
-    let changed = webhooks_tests::stored::replace_in_values(&host.db_url, b"\"X-Legacy-Hop\"", b"\"Connection\"").await?;
+    let changed =
+        webhooks_tests::stored::replace_in_values(&host.db_url, b"\"X-Legacy-Hop\"", b"\"Connection\"").await?;
     ensure!(changed >= 1, "no stored value named the header");
     host.start_again().await?;
 
     publish(&host, "key-1", "never sent").await?;
-    let attempts = attempts_once(&host, &id, "failed").await?;
+    let attempts = failed_attempts(&host, &id).await?;
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     let error = attempts[0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("Connection"), "the reason does not name the header: {error}");
+    assert!(
+        error.contains("Connection"),
+        "the reason does not name the header: {error}"
+    );
     // Past the first retry's delay (1 s ± 20 %): still one attempt, nothing sent.
     tokio::time::sleep(QUIET).await;
-    assert_eq!(attempts_once(&host, &id, "failed").await?.len(), 1);
+    assert_eq!(failed_attempts(&host, &id).await?.len(), 1);
     assert_eq!(receiver.count(), 0);
     Ok(())
 }

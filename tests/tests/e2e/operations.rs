@@ -917,7 +917,10 @@ fn readme_variables() -> anyhow::Result<Vec<(String, Option<String>)>> {
 fn run_host(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let (code, stdout, stderr) = run_host_to_exit(args, env)?;
     let printed = format!("{stdout}{stderr}");
-    ensure!(code == Some(0), "webhooks-host {args:?} exited with {code:?}:\n{printed}");
+    ensure!(
+        code == Some(0),
+        "webhooks-host {args:?} exited with {code:?}:\n{printed}"
+    );
     Ok(printed)
 }
 
@@ -1019,14 +1022,20 @@ fn run_host_to_exit(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Opti
 #[test]
 fn help_never_prints_the_value_of_a_variable_that_may_hold_a_secret() -> anyhow::Result<()> {
     let secrets = [
-        ("MF_WEBHOOKS_DB_URL", "postgres://app:db-password-7f3e@127.0.0.1:5432/webhooks"),
+        (
+            "MF_WEBHOOKS_DB_URL",
+            "postgres://app:db-password-7f3e@127.0.0.1:5432/webhooks",
+        ),
         ("MF_WEBHOOKS_ES_URL", "redis://:redis-password-7f3e@127.0.0.1:6379/0"),
         ("MF_BROKER_URL", "nats://nats-token-7f3e@127.0.0.1:4222"),
         ("MF_WEBHOOKS_ADMIN_TOKEN", "admin-token-7f3e"),
     ];
     for args in [&["--help"][..], &["serve", "--help"], &["help", "serve"]] {
         let printed = run_host(args, &secrets)?;
-        assert!(!printed.contains("7f3e"), "webhooks-host {args:?} shows a secret:\n{printed}");
+        assert!(
+            !printed.contains("7f3e"),
+            "webhooks-host {args:?} shows a secret:\n{printed}"
+        );
     }
     Ok(())
 }

@@ -616,7 +616,10 @@ async fn headers_a_delivery_cannot_carry_are_refused_at_create_and_update_naming
             .await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "create with {name}: {body}");
         let message = body["error"].as_str().unwrap_or_default();
-        assert!(message.contains(name), "create with {name}: {message:?} does not name it");
+        assert!(
+            message.contains(name),
+            "create with {name}: {message:?} does not name it"
+        );
 
         let (status, body) = host
             .call(
@@ -628,7 +631,10 @@ async fn headers_a_delivery_cannot_carry_are_refused_at_create_and_update_naming
             .await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "update with {name}: {body}");
         let message = body["error"].as_str().unwrap_or_default();
-        assert!(message.contains(name), "update with {name}: {message:?} does not name it");
+        assert!(
+            message.contains(name),
+            "update with {name}: {message:?} does not name it"
+        );
     }
     assert_eq!(names_of_thing(&host, THING_1).await?, ["kept"]);
     let (status, webhook) = view(&host, &id).await?;
