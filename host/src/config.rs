@@ -196,6 +196,11 @@ pub struct ServeConfig {
     #[arg(long, env = "MF_WEBHOOKS_DELIVERY_TIMEOUT", value_name = "MF_WEBHOOKS_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
 
+    /// Most delivery requests in flight toward one receiver (scheme, host and port) at once;
+    /// further ones wait their turn within their timeout, and connections are reused.
+    #[arg(long, env = "MF_WEBHOOKS_DESTINATION_MAX_IN_FLIGHT", value_name = "MF_WEBHOOKS_DESTINATION_MAX_IN_FLIGHT", default_value_t = crate::outbound::IN_FLIGHT_PER_DESTINATION as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub destination_max_in_flight: u32,
+
     /// Delays before each retry of a failed delivery, comma-separated (e.g. 5s,5m,30m).
     #[arg(long, env = "MF_WEBHOOKS_RETRY_SCHEDULE", value_name = "MF_WEBHOOKS_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = crate::settings::parse_schedule)]
     pub retry_schedule: RetrySchedule,

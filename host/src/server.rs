@@ -78,6 +78,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let outbound = OutboundClient::new(OutboundConfig {
         allow_private: config.allow_private_destinations,
         request_timeout: config.delivery_timeout,
+        in_flight_per_destination: config.destination_max_in_flight as usize,
         ..OutboundConfig::default()
     })
     .map_err(|e| {

@@ -111,6 +111,8 @@ struct State {
     received: Mutex<Vec<Received>>,
     behaviours: Mutex<HashMap<String, Behaviour>>,
     arrived: Notify,
+    /// Connections accepted so far.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// A running receiver; stops when dropped.
@@ -139,6 +141,7 @@ impl Receiver {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                shared.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| handle(state.clone(), request));
@@ -149,6 +152,11 @@ impl Receiver {
             }
         });
         Ok(Receiver { addr, state, task })
+    }
+
+    /// Connections accepted since the receiver started.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The URL of a path on this receiver.

@@ -336,11 +336,29 @@ async fn two_hosts_share_the_work_and_deliver_every_pair_exactly_once() -> anyho
         pairs.len(),
         pairs.len() as f64 / delivered.as_secs_f64()
     );
-    assert_eq!((missing, repeated, unexpected), (0, 0, 0), "every pair exactly once");
+    assert_eq!(
+        (missing, repeated, unexpected),
+        (0, 0, 0),
+        "every pair exactly once; the hosts' warnings:\n{}\n{}",
+        warnings(&first),
+        warnings(&second)
+    );
     assert_eq!(receiver.count(), pairs.len());
     assert_eq!(first_acked + second_acked, MESSAGES as f64);
     assert!(first_acked > 0.0 && second_acked > 0.0, "both hosts took messages");
     Ok(())
+}
+
+/// The first warnings and errors of a host's log, to explain a failed run.
+fn warnings(host: &TestHost) -> String {
+    let lines: Vec<String> = host
+        .log()
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .take(20)
+        .map(str::to_owned)
+        .collect();
+    lines.join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 
 pub mod guard;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView};
 
@@ -20,6 +22,12 @@ use guard::{GuardedResolver, Refused, refusal, refused_class};
 
 /// The most of a receiver's answer body that is read; the rest is dropped.
 const MAX_RESPONSE_BODY: usize = 64 << 10;
+
+/// Default of [`OutboundConfig::in_flight_per_destination`].
+pub const IN_FLIGHT_PER_DESTINATION: usize = 128;
+
+/// Destinations remembered before idle ones are forgotten.
+const DESTINATIONS_KEPT: usize = 4096;
 
 /// Adds outgoing HTTP only, `wasi:http`'s `types` and `outgoing-handler`, to `linker`: every
 /// request goes through the hooks the call's [`WasiHttpView`] names ([`OutboundHooks`]).
@@ -34,8 +42,14 @@ pub struct OutboundConfig {
     pub allow_private: bool,
     /// Longest wait for a connection.
     pub connect_timeout: Duration,
-    /// Longest wait for the whole request, answer body included.
+    /// Longest wait for the whole request, answer body included, from the moment it may go
+    /// out.
     pub request_timeout: Duration,
+    /// Most requests in flight toward one destination (scheme, host and port) at once; as many
+    /// idle connections to it are kept for reuse. Requests beyond it wait their turn, within
+    /// their timeout, so a burst toward one receiver reuses connections instead of opening one
+    /// per request.
+    pub in_flight_per_destination: usize,
 }
 
 impl Default for OutboundConfig {
@@ -44,6 +58,7 @@ impl Default for OutboundConfig {
             allow_private: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
+            in_flight_per_destination: IN_FLIGHT_PER_DESTINATION,
         }
     }
 }
@@ -54,6 +69,8 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 pub struct OutboundClient {
     client: Client<Connector, Full<Bytes>>,
     config: OutboundConfig,
+    /// The in-flight bound of each destination.
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl OutboundClient {
@@ -72,9 +89,13 @@ impl OutboundClient {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(config.in_flight_per_destination)
             .build(connector);
-        Ok(Arc::new(OutboundClient { client, config }))
+        Ok(Arc::new(OutboundClient {
+            client,
+            config,
+            destinations: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Sends one request: checks a literal destination address, sends through the pool, and
@@ -88,7 +109,14 @@ impl OutboundClient {
         }
         let timeout = self.config.request_timeout;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange(request)).await {
+        let bound = self.bound_of(request.uri());
+        let exchange = async {
+            // Waiting for a turn counts against the timeout: a receiver that cannot keep up
+            // with its share times out as a slow one does.
+            let _turn = bound.acquire_owned().await.map_err(|_| HttpError::ConnectionTimeout)?;
+            self.exchange(request).await
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(HttpError::HttpResponseTimeout),
         };
@@ -96,6 +124,28 @@ impl OutboundClient {
             .delivery_latency
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// The in-flight bound of the request's destination.
+    fn bound_of(&self, uri: &http::Uri) -> Arc<Semaphore> {
+        let destination = format!(
+            "{}://{}:{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.host().unwrap_or_default(),
+            uri.port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 })
+        );
+        let mut destinations = self.destinations.lock().expect("destinations poisoned");
+        if let Some(bound) = destinations.get(&destination) {
+            return bound.clone();
+        }
+        if destinations.len() >= DESTINATIONS_KEPT {
+            let whole = self.config.in_flight_per_destination;
+            destinations.retain(|_, bound| bound.available_permits() < whole);
+        }
+        let bound = Arc::new(Semaphore::new(self.config.in_flight_per_destination));
+        destinations.insert(destination, bound.clone());
+        bound
     }
 
     async fn exchange(&self, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, HttpError> {

@@ -34,7 +34,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Limits {
     /// Largest linear memory of one instance, in bytes.
     pub memory_bytes: usize,
-    /// Longest wall time of one call, beside the time it is granted for outgoing requests.
+    /// Longest wall time of one call once it has an instance, beside the time it is granted
+    /// for outgoing requests.
     pub deadline: Duration,
     /// Instances that may exist at once.
     pub max_instances: u32,
@@ -186,14 +187,18 @@ impl Runtime {
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         let budget = self.limits.deadline + waiting;
-        let deadline = Instant::now() + budget;
-        let run = async {
-            let _slot = self.instances.acquire().await.map_err(|_| CallError::Deadline)?;
-            self.run_in_slot(deadline, call).await
+        // The deadline starts once the call has an instance: time queued behind other calls is
+        // not the plugin's. Counted from before the queue, a delivery batch that waited could be
+        // stopped after its requests went out and before their outcomes were recorded, and be
+        // sent again when its claims lapse. A call that finds no slot within its budget ends
+        // having done nothing.
+        let _slot = match tokio::time::timeout(budget, self.instances.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) | Err(_) => return Err(CallError::Deadline),
         };
-        // Epochs only interrupt guest code; this also bounds a call stuck inside a host import
-        // or waiting for a free instance slot.
-        match tokio::time::timeout(budget + 10 * EPOCH_TICK, run).await {
+        let deadline = Instant::now() + budget;
+        // Epochs only interrupt guest code; this also bounds a call stuck inside a host import.
+        match tokio::time::timeout(budget + 10 * EPOCH_TICK, self.run_in_slot(deadline, call)).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Deadline),
         }

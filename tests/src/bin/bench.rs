@@ -8,6 +8,12 @@
 //! publish-to-receipt latency, beside a native baseline: the same POSTs sent by a pooled hyper
 //! client to the same receiver in the same run.
 //!
+//! `bench drain [MESSAGES] [K...]`: pre-loads MESSAGES broker messages (default 20,000) over 100
+//! things with K webhooks each (default 1 and 3) into NATS JetStream while the host is stopped,
+//! starts it on SQLite, and prints deliveries/s until the last is received, the host's CPU time
+//! per delivery and peak resident memory (from `/proc`), and the connections the receiver
+//! accepted; median of 3 runs.
+//!
 //! `bench scale [MESSAGES] [K]`: end-to-end deliveries/s and publish-to-receipt latency of
 //! MESSAGES messages (default 10,000) to a thing with K webhooks (default 2) on SQLite, on
 //! PostgreSQL, and on PostgreSQL with two hosts (publishing over HTTP to both, then through NATS
@@ -24,7 +30,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use webhooks_tests::broker::NatsServer;
@@ -56,6 +62,14 @@ async fn main() -> Result<()> {
             }
             deliver(messages, &ks).await
         }
+        Some("drain") => {
+            let messages = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+            let mut ks: Vec<usize> = args.iter().skip(2).map(|k| k.parse()).collect::<Result<_, _>>()?;
+            if ks.is_empty() {
+                ks = vec![1, 3];
+            }
+            drain(messages, &ks).await
+        }
         Some("report") => {
             let out = args.get(1).map_or("BENCHMARKS.md", String::as_str);
             report(std::path::Path::new(out)).await
@@ -82,7 +96,7 @@ async fn main() -> Result<()> {
             );
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark {other:?}; try: report, list, deliver, steady, scale, runtime"),
+        Some(other) => bail!("unknown benchmark {other:?}; try: report, list, deliver, drain, steady, scale, runtime"),
     }
 }
 
@@ -217,9 +231,15 @@ async fn host_with_webhooks(k: usize) -> Result<(Receiver, TestHost)> {
 /// Publishes `messages` messages over HTTP, spread over `hosts`, and waits for their `k`
 /// deliveries each.
 async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
+    let urls = hosts.iter().map(|h| h.url("/messages/bench")).collect();
+    publish_run(urls, receiver, messages, k).await
+}
+
+/// Publishes `messages` messages over HTTP, spread over `urls`, and waits for their `k`
+/// deliveries each.
+async fn publish_run(urls: Vec<String>, receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
-    let urls: std::sync::Arc<Vec<String>> =
-        std::sync::Arc::new(hosts.iter().map(|h| h.url("/messages/bench")).collect());
+    let urls = std::sync::Arc::new(urls);
     let started = Instant::now();
     let mut sent_at = vec![started; messages];
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -363,6 +383,82 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// A native relay: a plain hyper server that answers `202` to each publish and POSTs its body
+/// to each of `targets` with a pooled client; no storage, no Wasm, no retries. Stops when
+/// dropped.
+struct NativeRelay {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NativeRelay {
+    async fn start(targets: Vec<String>) -> Result<Self> {
+        use http_body_util::{BodyExt, Full};
+        use hyper_util::client::legacy::Client;
+        use hyper_util::client::legacy::connect::HttpConnector;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<_, Full<bytes::Bytes>> =
+            Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let targets: std::sync::Arc<Vec<hyper::Uri>> =
+            std::sync::Arc::new(targets.iter().map(|t| t.parse()).collect::<Result<_, _>>()?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/messages/bench", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (client, targets) = (client.clone(), targets.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (client, targets) = (client.clone(), targets.clone());
+                        async move {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            for target in targets.iter() {
+                                let forward = hyper::Request::post(target.clone())
+                                    .header("content-type", "application/octet-stream")
+                                    .body(Full::new(body.clone()))
+                                    .expect("a valid request");
+                                let client = client.clone();
+                                tokio::spawn(async move {
+                                    if let Ok(response) = client.request(forward).await {
+                                        let _ = response.into_body().collect().await;
+                                    }
+                                });
+                            }
+                            let answer = hyper::Response::builder()
+                                .status(202)
+                                .body(Full::new(bytes::Bytes::new()))
+                                .expect("a valid answer");
+                            Ok::<_, hyper::Error>(answer)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(NativeRelay { url, task })
+    }
+}
+
+impl Drop for NativeRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The same publishes as a service run, through a [`NativeRelay`] to `k` paths of a fresh
+/// receiver.
+async fn relay_run(messages: usize, k: usize) -> Result<Run> {
+    let receiver = Receiver::start().await?;
+    let relay = NativeRelay::start((0..k).map(|i| receiver.url(&format!("/relay/{i}"))).collect()).await?;
+    publish_run(vec![relay.url.clone()], &receiver, messages, k).await
+}
+
 async fn native_run(receiver: &Receiver, requests: usize) -> Result<Run> {
     use http_body_util::Full;
     use hyper_util::client::legacy::Client;
@@ -412,6 +508,135 @@ async fn native_run(receiver: &Receiver, requests: usize) -> Result<Run> {
         elapsed,
         latency: summarize(latencies),
     })
+}
+
+/// Things the drain's messages are spread over.
+const DRAIN_THINGS: usize = 100;
+
+/// One drain of pre-loaded broker messages.
+struct Drain {
+    deliveries: usize,
+    elapsed: Duration,
+    /// Host CPU time (user and system) over the drain.
+    cpu: Duration,
+    /// The host's peak resident memory, in KiB.
+    peak_rss_kib: u64,
+    /// Connections the receiver accepted during the drain.
+    connections: usize,
+}
+
+impl Drain {
+    fn rate(&self) -> f64 {
+        self.deliveries as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn cpu_per_delivery_ms(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e3 / self.deliveries as f64
+    }
+}
+
+/// Loads `messages` broker messages spread over [`DRAIN_THINGS`] things with `k` webhooks each
+/// into JetStream while the host is stopped, then starts it on SQLite and times until every
+/// delivery has been received, reading the host's CPU time and peak memory from `/proc`.
+async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start().await?;
+    let env = [
+        ALLOW_PRIVATE,
+        ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+        ("MF_BROKER_URL", nats.url.as_str()),
+    ];
+    // The first start makes the stream and the durable consumer; the messages then wait in it.
+    let mut host = TestHost::start_with(registry_with_things(DRAIN_THINGS), &env).await?;
+    for t in 0..DRAIN_THINGS {
+        let hooks: Vec<_> = (0..k)
+            .map(|i| json!({"name": format!("drain-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
+            .collect();
+        host.create(&bench_thing(t), EDITOR, json!(hooks)).await?;
+    }
+    host.stop()?;
+    nats.publish((0..messages).map(|i| (bench_thing(i % DRAIN_THINGS), payload(i as u64))))
+        .await?;
+
+    let connections_before = receiver.connections();
+    let started = Instant::now();
+    host.start_again().await?;
+    let pid = host.pid().context("the host runs")?;
+    receiver.wait_for_count(messages * k, Duration::from_secs(600)).await?;
+    let elapsed = started.elapsed();
+    let cpu = process_cpu(pid)?;
+    let peak_rss_kib = process_status_kib(pid, "VmHWM:")?;
+    let connections = receiver.connections() - connections_before;
+    host.stop()?;
+    Ok(Drain {
+        deliveries: messages * k,
+        elapsed,
+        cpu,
+        peak_rss_kib,
+        connections,
+    })
+}
+
+/// The median drain of three by deliveries/s.
+async fn drain_median(messages: usize, k: usize) -> Result<Drain> {
+    let mut runs = Vec::with_capacity(3);
+    for _ in 0..3 {
+        runs.push(drain_run(messages, k).await?);
+    }
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    Ok(runs.swap_remove(1))
+}
+
+/// `bench drain`: the drain table for each K.
+async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
+    println!(
+        "{messages} messages of {PAYLOAD_BYTES} B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, SQLite store, \
+         receiver on loopback; median of 3 runs"
+    );
+    println!(
+        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS | new connections to the receiver |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &k in ks {
+        let run = drain_median(messages, k).await?;
+        println!("{}", drain_row(k, &run));
+    }
+    Ok(())
+}
+
+fn drain_row(k: usize, run: &Drain) -> String {
+    format!(
+        "| {k} | {} | {:.0} | {:.3} ms | {:.1} MiB | {} |",
+        run.deliveries,
+        run.rate(),
+        run.cpu_per_delivery_ms(),
+        run.peak_rss_kib as f64 / 1024.0,
+        run.connections
+    )
+}
+
+/// A process's CPU time so far, user and system, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("a stat line")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let per_second: u64 = String::from_utf8(std::process::Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+        .trim()
+        .parse()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// A `/proc/PID/status` figure given in kB (`VmHWM:`, `VmRSS:`).
+fn process_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{field} in /proc/{pid}/status"))
 }
 
 /// Starts of each kind measured; the table shows the median.
@@ -796,21 +1021,82 @@ async fn report(out: &std::path::Path) -> Result<()> {
     let mut targets = Vec::new();
 
     let (service, native) = throughput(10_000, 1).await?;
-    let ratio = service / native;
+    let relay = relay_run(10_000, 1).await?;
+    let relay_rate = relay.deliveries as f64 / relay.elapsed.as_secs_f64();
+    let relay_ratio = service / relay_rate;
     targets.push(Target {
-        measure:
-            "end-to-end durable deliveries/s, SQLite, 1 webhook per thing (10,000 messages of 256 B, 32 publishers)"
-                .into(),
-        target: "≥ 25,000/s and ≥ 0.25× native",
-        measured: format!("{service:.0}/s, {ratio:.2}× native ({native:.0}/s)"),
-        met: service >= 25_000.0 && ratio >= 0.25,
+        measure: "HTTP end to end (publish → recorded → receiver 2xx), SQLite, 1 webhook per thing (10,000 \
+                  messages of 256 B, 32 publishers), beside a native relay (hyper, answers 202, pooled client, no \
+                  storage, no Wasm)"
+            .into(),
+        target: "≥ 0.35× the native relay",
+        measured: format!(
+            "{service:.0}/s, {relay_ratio:.2}× the relay ({relay_rate:.0}/s); one-hop native {native:.0}/s"
+        ),
+        met: relay_ratio >= 0.35,
+    });
+    // The issue's absolute drain targets were set where one hop ran at 65,412/s; they scale
+    // with this machine's one-hop baseline.
+    let drains = [(1, 0.115, 7_500), (3, 0.21, 14_000)];
+    let mut drained = Vec::new();
+    for (k, share, nominal) in drains {
+        let run = drain_median(20_000, k).await?;
+        let target = share * native;
+        targets.push(Target {
+            measure: format!(
+                "drain of 20,000 pre-loaded JetStream messages over {DRAIN_THINGS} things, {k} webhook(s) per thing \
+                 (median of 3)"
+            ),
+            target: if k == 1 {
+                "≥ 7,500/s at 65,412/s one-hop native: ≥ 0.115× one-hop native"
+            } else {
+                "≥ 14,000/s at 65,412/s one-hop native: ≥ 0.21× one-hop native"
+            },
+            measured: format!(
+                "{:.0}/s ({:.3}× one-hop native; {target:.0}/s here, {nominal}/s there)",
+                run.rate(),
+                run.rate() / native
+            ),
+            met: run.rate() >= target,
+        });
+        drained.push((k, run));
+    }
+    let (_, drain_1) = &drained[0];
+    let (_, drain_3) = &drained[1];
+    targets.push(Target {
+        measure: "host CPU per delivery during the drain, 1 webhook per thing (from `/proc`)".into(),
+        target: "≤ 0.12 ms",
+        measured: format!(
+            "{:.3} ms ({:.3} ms at 3 per thing)",
+            drain_1.cpu_per_delivery_ms(),
+            drain_3.cpu_per_delivery_ms()
+        ),
+        met: drain_1.cpu_per_delivery_ms() <= 0.12,
+    });
+    let peak = drain_3.peak_rss_kib as f64 / 1024.0;
+    targets.push(Target {
+        measure: "peak RSS of the host during a 60,000-delivery drain (3 webhooks per thing)".into(),
+        target: "≤ 64 MiB",
+        measured: format!("{peak:.1} MiB"),
+        met: peak <= 64.0,
+    });
+    let limit = webhooks_host::outbound::IN_FLIGHT_PER_DESTINATION;
+    let most_connections = drain_1.connections.max(drain_3.connections);
+    targets.push(Target {
+        measure: format!("new connections to the one receiver over a drain (in-flight limit toward it: {limit})"),
+        target: "≤ 2× the in-flight limit",
+        measured: format!(
+            "{} at 1 webhook per thing, {} at 3",
+            drain_1.connections, drain_3.connections
+        ),
+        met: most_connections <= 2 * limit,
     });
     let steady = steady_latency(1_000, 10).await?;
     targets.push(Target {
         measure: "publish → receipt latency at a steady 1,000 messages/s (10 s)".into(),
-        target: "p99 ≤ 5 ms",
+        target: "p99 ≤ 2 ms",
         measured: format!("p50 {:.1} ms, p99 {:.1} ms", ms(steady.p50), ms(steady.p99)),
-        met: steady.p99 <= Duration::from_millis(5),
+        met: steady.p99 <= Duration::from_millis(2),
     });
     let listed = group_list(10_000, 100, 500).await?;
     targets.push(Target {
@@ -899,12 +1185,25 @@ async fn report(out: &std::path::Path) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let mut drain_table = String::from(
+        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS | new connections to the receiver |\n|---|---|---|---|---|---|\n",
+    );
+    for (k, run) in &drained {
+        drain_table.push_str(&drain_row(*k, run));
+        drain_table.push('\n');
+    }
     let text = format!(
-        "end-to-end: {service:.0} deliveries/s, {ratio:.2}× native\n\n# Benchmarks\n\nMeasured {date} on {} by \
-         `make bench` (`target/release/bench report`), with the receiver and the load generator on the same machine; \
-         the native baseline is a pooled hyper client sending the same POSTs to the same receiver in the same run.\n\n\
-         ## Targets\n\n{table}\n## Cost growth\n\nEnd-to-end deliveries/s by webhooks per thing (10,000 deliveries \
-         in all):\n\n{growth}\nGroup listing filtered by name (one match) by webhooks stored:\n\n{lists}",
+        "end-to-end: {service:.0} deliveries/s, {relay_ratio:.2}× native relay; drain: {:.0} deliveries/s, {:.3} ms CPU \
+         per delivery\n\n# Benchmarks\n\nMeasured {date} on {} by `make bench` (`target/release/bench report`), with \
+         the receiver, NATS and the load generator on the same machine. Baselines measured in the same run: the \
+         one-hop native client (a pooled hyper client sending the same POSTs straight to the receiver) and the \
+         native relay (a hyper server answering `202` and forwarding each body to the receiver).\n\n## Targets\n\n\
+         {table}\n## Drain\n\n20,000 messages of 256 B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, the \
+         host started on SQLite, until the last delivery is received (median of 3 by deliveries/s):\n\n{drain_table}\n\
+         ## Cost growth\n\nEnd-to-end deliveries/s by webhooks per thing (10,000 deliveries in all):\n\n{growth}\n\
+         Group listing filtered by name (one match) by webhooks stored:\n\n{lists}",
+        drain_1.rate(),
+        drain_1.cpu_per_delivery_ms(),
         machine()
     );
     print!("{text}");

@@ -537,6 +537,57 @@ async fn a_call_past_the_memory_limit_answers_500_and_other_calls_go_on() -> any
     Ok(())
 }
 
+/// A call's deadline starts once it has an instance: a call queued behind others for most of
+/// its deadline still gets all of it, so a delivery batch is never stopped between sending its
+/// requests and recording their outcomes because it waited for a free instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_queued_for_an_instance_does_not_count_against_a_calls_deadline() -> anyhow::Result<()> {
+    use webhooks_host::identity::registry::RegistryBackend;
+    use webhooks_host::outbound::{OutboundClient, OutboundConfig};
+    use webhooks_host::runtime::{Capabilities, CompileCache, Limits, Runtime};
+    use webhooks_host::settings::DeliverySettings;
+
+    let dir = TempDir::new("runtime-queue");
+    let registry = dir.path().join("registry.json");
+    std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
+    let capabilities = Capabilities {
+        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display()), 1).await?,
+        identity: Arc::new(RegistryBackend::open(&registry)?),
+        outbound: OutboundClient::new(OutboundConfig::default())?,
+        settings: Arc::new(DeliverySettings::default()),
+    };
+    // One instance at a time, and calls that each hold it for 70 % of the deadline, waiting
+    // inside the call as a batch waits on its receivers and the store.
+    let limits = Limits {
+        deadline: Duration::from_secs(1),
+        max_instances: 1,
+        ..Limits::default()
+    };
+    let cache = CompileCache::new(Some(dir.path().join("cache")));
+    let runtime = Runtime::new(&plugin_component(), limits, capabilities, cache)?;
+    let held = Duration::from_millis(700);
+    let call = |runtime: Arc<Runtime>| async move {
+        runtime
+            .call("test", move |_, _| {
+                Box::pin(async move {
+                    tokio::time::sleep(held).await;
+                    Ok(())
+                })
+            })
+            .await
+    };
+    let started = Instant::now();
+    let (first, second) = tokio::join!(call(runtime.clone()), call(runtime.clone()));
+    let took = started.elapsed();
+    assert!(first.is_ok(), "the first call failed: {first:?}");
+    assert!(
+        second.is_ok(),
+        "the queued call was stopped after {took:?} although it held its instance for {held:?} of its 1 s deadline: {second:?}"
+    );
+    assert!(took >= 2 * held, "the calls ran one after the other ({took:?})");
+    Ok(())
+}
+
 // --- 4. a delivery whose call trapped -----------------------------------------------------------
 
 /// A delivery whose plugin call trapped stays pending and arrives, once, when a working plugin
