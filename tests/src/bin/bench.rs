@@ -521,6 +521,8 @@ struct Drain {
     cpu: Duration,
     /// The host's peak resident memory, in KiB.
     peak_rss_kib: u64,
+    /// Its anonymous and file-backed (the mapped database) resident memory at the end, in KiB.
+    end_rss_kib: (u64, u64),
     /// Connections the receiver accepted during the drain.
     connections: usize,
 }
@@ -566,6 +568,10 @@ async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
     let elapsed = started.elapsed();
     let cpu = process_cpu(pid)?;
     let peak_rss_kib = process_status_kib(pid, "VmHWM:")?;
+    let end_rss_kib = (
+        process_status_kib(pid, "RssAnon:")?,
+        process_status_kib(pid, "RssFile:")? + process_status_kib(pid, "RssShmem:")?,
+    );
     let connections = receiver.connections() - connections_before;
     host.stop()?;
     Ok(Drain {
@@ -573,6 +579,7 @@ async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
         elapsed,
         cpu,
         peak_rss_kib,
+        end_rss_kib,
         connections,
     })
 }
@@ -594,7 +601,7 @@ async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
          receiver on loopback; median of 3 runs"
     );
     println!(
-        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS | new connections to the receiver |"
+        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver |"
     );
     println!("|---|---|---|---|---|---|");
     for &k in ks {
@@ -606,11 +613,13 @@ async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
 
 fn drain_row(k: usize, run: &Drain) -> String {
     format!(
-        "| {k} | {} | {:.0} | {:.3} ms | {:.1} MiB | {} |",
+        "| {k} | {} | {:.0} | {:.3} ms | {:.1} MiB ({:.1} + {:.1} MiB) | {} |",
         run.deliveries,
         run.rate(),
         run.cpu_per_delivery_ms(),
         run.peak_rss_kib as f64 / 1024.0,
+        run.end_rss_kib.0 as f64 / 1024.0,
+        run.end_rss_kib.1 as f64 / 1024.0,
         run.connections
     )
 }
@@ -1186,7 +1195,7 @@ async fn report(out: &std::path::Path) -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let mut drain_table = String::from(
-        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS | new connections to the receiver |\n|---|---|---|---|---|---|\n",
+        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver |\n|---|---|---|---|---|---|\n",
     );
     for (k, run) in &drained {
         drain_table.push_str(&drain_row(*k, run));
