@@ -85,16 +85,62 @@ pub struct ServeConfig {
     )]
     pub http_host: String,
 
-    /// Storage: sqlite://PATH (created if missing) or postgres://USER:PASS@HOST:PORT/DB.
+    /// Storage: sqlite://PATH (created if missing) or postgres://USER:PASS@HOST:PORT/DB
+    /// [default: sqlite://./data/webhooks.db, or PostgreSQL from the MF_WEBHOOKS_DB_* parts
+    /// below when any of them is set].
     #[arg(
         long,
         env = "MF_WEBHOOKS_DB_URL",
         value_name = "MF_WEBHOOKS_DB_URL",
         // May carry a password: the value is never printed.
-        hide_env_values = true,
-        default_value = "sqlite://./data/webhooks.db"
+        hide_env_values = true
     )]
-    pub db_url: String,
+    pub db_url: Option<String>,
+
+    /// PostgreSQL host, as the platform's Go webhooks service names it [default: localhost].
+    #[arg(long, env = "MF_WEBHOOKS_DB_HOST", value_name = "MF_WEBHOOKS_DB_HOST")]
+    pub db_host: Option<String>,
+
+    /// PostgreSQL port [default: 5432].
+    #[arg(long, env = "MF_WEBHOOKS_DB_PORT", value_name = "MF_WEBHOOKS_DB_PORT")]
+    pub db_port: Option<u16>,
+
+    /// PostgreSQL user [default: mainflux].
+    #[arg(long, env = "MF_WEBHOOKS_DB_USER", value_name = "MF_WEBHOOKS_DB_USER")]
+    pub db_user: Option<String>,
+
+    /// PostgreSQL password [default: mainflux].
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_DB_PASS",
+        value_name = "MF_WEBHOOKS_DB_PASS",
+        hide_env_values = true
+    )]
+    pub db_pass: Option<String>,
+
+    /// PostgreSQL database [default: webhooks].
+    #[arg(long = "db", env = "MF_WEBHOOKS_DB", value_name = "MF_WEBHOOKS_DB")]
+    pub db_name: Option<String>,
+
+    /// PostgreSQL SSL mode; only `disable` is supported by this version [default: disable].
+    #[arg(long, env = "MF_WEBHOOKS_DB_SSL_MODE", value_name = "MF_WEBHOOKS_DB_SSL_MODE")]
+    pub db_ssl_mode: Option<String>,
+
+    /// PostgreSQL client certificate (not supported by this version: set, it stops start-up).
+    #[arg(long, env = "MF_WEBHOOKS_DB_SSL_CERT", value_name = "MF_WEBHOOKS_DB_SSL_CERT")]
+    pub db_ssl_cert: Option<String>,
+
+    /// PostgreSQL client key (not supported by this version: set, it stops start-up).
+    #[arg(long, env = "MF_WEBHOOKS_DB_SSL_KEY", value_name = "MF_WEBHOOKS_DB_SSL_KEY")]
+    pub db_ssl_key: Option<String>,
+
+    /// PostgreSQL root certificate (not supported by this version: set, it stops start-up).
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_DB_SSL_ROOT_CERT",
+        value_name = "MF_WEBHOOKS_DB_SSL_ROOT_CERT"
+    )]
+    pub db_ssl_root_cert: Option<String>,
 
     /// The platform's things service, HOST:PORT; when set, identity comes from it over gRPC
     /// instead of the registry file.
@@ -259,7 +305,143 @@ pub struct ServeConfig {
     pub plugin_deadline: Duration,
 }
 
+/// The store when neither `MF_WEBHOOKS_DB_URL` nor any database part is set.
+pub const DEFAULT_DB_URL: &str = "sqlite://./data/webhooks.db";
+
+/// A configuration variable at fault and what is wrong with it, in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFault {
+    /// The variable to fix.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn config_fault(variable: &'static str, message: impl Into<String>) -> ConfigFault {
+    ConfigFault {
+        variable,
+        message: message.into(),
+    }
+}
+
 impl ServeConfig {
+    /// The store to open: `MF_WEBHOOKS_DB_URL`; else, when any of the Go service's database
+    /// variables is set, PostgreSQL built from them with that service's defaults for the
+    /// others; else [`DEFAULT_DB_URL`]. A URL and parts that disagree are refused, naming the
+    /// part, never a password.
+    pub fn store_url(&self) -> Result<String, ConfigFault> {
+        let any_part = self.db_host.is_some()
+            || self.db_port.is_some()
+            || self.db_user.is_some()
+            || self.db_pass.is_some()
+            || self.db_name.is_some()
+            || self.db_ssl_mode.is_some()
+            || self.db_ssl_cert.is_some()
+            || self.db_ssl_key.is_some()
+            || self.db_ssl_root_cert.is_some();
+        if !any_part {
+            return Ok(self.db_url.clone().unwrap_or_else(|| DEFAULT_DB_URL.to_owned()));
+        }
+        if let Some(mode) = self.db_ssl_mode.as_deref()
+            && mode != "disable"
+        {
+            return Err(config_fault(
+                "MF_WEBHOOKS_DB_SSL_MODE",
+                format!("{mode:?} is not supported: this version connects to PostgreSQL without TLS; set disable"),
+            ));
+        }
+        for (variable, value) in [
+            ("MF_WEBHOOKS_DB_SSL_CERT", &self.db_ssl_cert),
+            ("MF_WEBHOOKS_DB_SSL_KEY", &self.db_ssl_key),
+            ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", &self.db_ssl_root_cert),
+        ] {
+            if value.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Err(config_fault(
+                    variable,
+                    "is not supported: this version connects to PostgreSQL without TLS",
+                ));
+            }
+        }
+        let Some(url) = &self.db_url else {
+            return Ok(self.url_from_parts());
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(config_fault(
+                "MF_WEBHOOKS_DB_URL",
+                format!(
+                    "{} is not PostgreSQL, but MF_WEBHOOKS_DB_* parts are set; set the URL or the parts",
+                    redact_url(url)
+                ),
+            ));
+        }
+        let given: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| config_fault("MF_WEBHOOKS_DB_URL", format!("not a PostgreSQL URL: {e}")))?;
+        let host = given.get_hosts().first().map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        });
+        let port = given.get_ports().first().copied().unwrap_or(5432);
+        let disagrees = |variable: &'static str, what: String| {
+            config_fault(
+                variable,
+                format!("disagrees with MF_WEBHOOKS_DB_URL: {what}; set one or the other"),
+            )
+        };
+        if let Some(part) = &self.db_host
+            && host.as_deref() != Some(part.as_str())
+        {
+            return Err(disagrees(
+                "MF_WEBHOOKS_DB_HOST",
+                format!("{part} against {}", host.unwrap_or_default()),
+            ));
+        }
+        if let Some(part) = self.db_port
+            && part != port
+        {
+            return Err(disagrees("MF_WEBHOOKS_DB_PORT", format!("{part} against {port}")));
+        }
+        if let Some(part) = &self.db_user
+            && given.get_user() != Some(part.as_str())
+        {
+            return Err(disagrees(
+                "MF_WEBHOOKS_DB_USER",
+                format!("{part} against {}", given.get_user().unwrap_or_default()),
+            ));
+        }
+        if let Some(part) = &self.db_pass
+            && given.get_password() != Some(part.as_bytes())
+        {
+            return Err(disagrees("MF_WEBHOOKS_DB_PASS", "the passwords differ".to_owned()));
+        }
+        if let Some(part) = &self.db_name
+            && given.get_dbname() != Some(part.as_str())
+        {
+            return Err(disagrees(
+                "MF_WEBHOOKS_DB",
+                format!("{part} against {}", given.get_dbname().unwrap_or_default()),
+            ));
+        }
+        Ok(url.clone())
+    }
+
+    /// `postgres://` from the database parts, with the Go service's defaults.
+    fn url_from_parts(&self) -> String {
+        let host = self.db_host.as_deref().unwrap_or("localhost");
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        format!(
+            "postgres://{}:{}@{host}:{}/{}",
+            url_encoded(self.db_user.as_deref().unwrap_or("mainflux")),
+            url_encoded(self.db_pass.as_deref().unwrap_or("mainflux")),
+            self.db_port.unwrap_or(5432),
+            url_encoded(self.db_name.as_deref().unwrap_or("webhooks")),
+        )
+    }
+
     /// The plugin to load: the configured path, else the one `make build` writes, looked for
     /// beside this executable's build folder and then under the working directory.
     pub fn plugin_path(&self) -> PathBuf {
@@ -305,6 +487,19 @@ pub fn redact_url(url: &str) -> String {
         },
         None => url.to_owned(),
     }
+}
+
+/// Percent-encodes all but the unreserved characters, for a URL's user, password or path.
+fn url_encoded(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// A parsed retry schedule.
@@ -372,6 +567,98 @@ mod tests {
         assert_eq!(redact_url("sqlite://./data/webhooks.db"), "sqlite://./data/webhooks.db");
         assert_eq!(redact_url("postgres://a:b@c/d@e"), "postgres://a:***@c/d@e");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    fn serve_with(env: &[(&str, &str)]) -> ServeConfig {
+        let mut args = vec!["webhooks-host".to_owned(), "serve".to_owned()];
+        for (name, value) in env {
+            let flag = match *name {
+                "MF_WEBHOOKS_DB" => "--db".to_owned(),
+                other => format!(
+                    "--{}",
+                    other
+                        .trim_start_matches("MF_WEBHOOKS_")
+                        .to_lowercase()
+                        .replace('_', "-")
+                ),
+            };
+            args.push(format!("{flag}={value}"));
+        }
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Serve(config) => *config,
+            Command::CheckPlugin(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_go_services_database_parts_build_a_postgresql_url_with_its_defaults() {
+        assert_eq!(serve_with(&[]).store_url().unwrap(), DEFAULT_DB_URL);
+        assert_eq!(
+            serve_with(&[("MF_WEBHOOKS_DB_HOST", "db.internal")])
+                .store_url()
+                .unwrap(),
+            "postgres://mainflux:mainflux@db.internal:5432/webhooks"
+        );
+        assert_eq!(
+            serve_with(&[
+                ("MF_WEBHOOKS_DB_USER", "app"),
+                ("MF_WEBHOOKS_DB_PASS", "p@ss:w/rd"),
+                ("MF_WEBHOOKS_DB_PORT", "6543"),
+                ("MF_WEBHOOKS_DB", "hooks"),
+                ("MF_WEBHOOKS_DB_SSL_MODE", "disable"),
+            ])
+            .store_url()
+            .unwrap(),
+            "postgres://app:p%40ss%3Aw%2Frd@localhost:6543/hooks"
+        );
+        let parsed: tokio_postgres::Config = "postgres://app:p%40ss%3Aw%2Frd@localhost:6543/hooks".parse().unwrap();
+        assert_eq!(
+            parsed.get_password(),
+            Some(&b"p@ss:w/rd"[..]),
+            "the password survives encoding"
+        );
+        assert_eq!(
+            serve_with(&[("MF_WEBHOOKS_DB_HOST", "::1")]).store_url().unwrap(),
+            "postgres://mainflux:mainflux@[::1]:5432/webhooks"
+        );
+    }
+
+    #[test]
+    fn a_url_and_parts_that_disagree_are_refused_naming_the_part_and_no_password() {
+        let url = ("MF_WEBHOOKS_DB_URL", "postgres://app:s3cret@db:5432/hooks");
+        assert_eq!(
+            serve_with(&[url, ("MF_WEBHOOKS_DB_HOST", "db"), ("MF_WEBHOOKS_DB_PASS", "s3cret")])
+                .store_url()
+                .unwrap(),
+            url.1,
+            "parts that agree are fine"
+        );
+        for (part, variable) in [
+            (("MF_WEBHOOKS_DB_HOST", "other"), "MF_WEBHOOKS_DB_HOST"),
+            (("MF_WEBHOOKS_DB_PORT", "5433"), "MF_WEBHOOKS_DB_PORT"),
+            (("MF_WEBHOOKS_DB_USER", "root"), "MF_WEBHOOKS_DB_USER"),
+            (("MF_WEBHOOKS_DB_PASS", "guess"), "MF_WEBHOOKS_DB_PASS"),
+            (("MF_WEBHOOKS_DB", "other"), "MF_WEBHOOKS_DB"),
+        ] {
+            let fault = serve_with(&[url, part]).store_url().unwrap_err();
+            assert_eq!(fault.variable, variable);
+            assert!(
+                !fault.message.contains("s3cret") && !fault.message.contains("guess"),
+                "{fault:?}"
+            );
+        }
+        let fault = serve_with(&[("MF_WEBHOOKS_DB_URL", "sqlite://./x.db"), ("MF_WEBHOOKS_DB_HOST", "db")])
+            .store_url()
+            .unwrap_err();
+        assert_eq!(fault.variable, "MF_WEBHOOKS_DB_URL");
+        let fault = serve_with(&[("MF_WEBHOOKS_DB_SSL_MODE", "verify-full")])
+            .store_url()
+            .unwrap_err();
+        assert_eq!(fault.variable, "MF_WEBHOOKS_DB_SSL_MODE");
+        let fault = serve_with(&[("MF_WEBHOOKS_DB_SSL_ROOT_CERT", "/ca.pem")])
+            .store_url()
+            .unwrap_err();
+        assert_eq!(fault.variable, "MF_WEBHOOKS_DB_SSL_ROOT_CERT");
     }
 
     #[test]

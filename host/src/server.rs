@@ -41,9 +41,18 @@ fn fault(variable: &'static str, message: impl ToString) -> StartupError {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
-    let kv = store::open(&config.db_url, usize::from(config.db_pool))
+    let db_url = config
+        .store_url()
+        .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
+    // A store built from the Go service's parts is theirs to answer for.
+    let store_variable = if config.db_url.is_none() && db_url != crate::config::DEFAULT_DB_URL {
+        "MF_WEBHOOKS_DB_HOST"
+    } else {
+        "MF_WEBHOOKS_DB_URL"
+    };
+    let kv = store::open(&db_url, usize::from(config.db_pool))
         .await
-        .map_err(|e| fault("MF_WEBHOOKS_DB_URL", e))?;
+        .map_err(|e| fault(store_variable, e))?;
     // The platform's things service when configured, else the registry file.
     let (identity, registry): (Arc<dyn IdentityBackend>, Option<Arc<RegistryBackend>>) = if config
         .things_grpc_url
@@ -91,7 +100,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         retry_schedule: config.retry_schedule.clone(),
         retention: config.retention,
         // A SQLite file serves one host, whose dispatcher never runs a delivery twice at once.
-        claim_lease: if config.db_url.starts_with("sqlite://") {
+        claim_lease: if db_url.starts_with("sqlite://") {
             Duration::ZERO
         } else {
             crate::settings::claim_lease(config.plugin_deadline, config.delivery_timeout)
@@ -183,7 +192,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         .await
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
     // Once every setting has been taken: a refused one stops start-up with its one line alone.
-    log_configuration(&config);
+    log_configuration(&config, &db_url);
     tracing::info!(%address, "webhooks service listening");
 
     let connections = ListenerConfig {
@@ -217,7 +226,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
 
 /// One line saying what this service runs on, so an operator can check it at a glance; no
 /// secret is in it.
-fn log_configuration(config: &ServeConfig) {
+fn log_configuration(config: &ServeConfig, db_url: &str) {
     let identity = if config.things_grpc_url.is_empty() {
         format!("registry file {}", config.registry.display())
     } else {
@@ -229,7 +238,7 @@ fn log_configuration(config: &ServeConfig) {
         redact_url(&config.broker_url)
     };
     tracing::info!(
-        store = %redact_url(&config.db_url),
+        store = %redact_url(db_url),
         identity,
         broker = %broker,
         event_stream = %if config.es_url.is_empty() { "none".to_owned() } else { redact_url(&config.es_url) },

@@ -448,3 +448,109 @@ async fn start_up_logs_one_line_with_the_effective_configuration_and_no_secret()
     }
     Ok(())
 }
+
+/// A host process stopped when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The platform's Go webhooks service names its PostgreSQL database with `MF_WEBHOOKS_DB_HOST`,
+/// `_DB_PORT`, `_DB_USER`, `_DB_PASS` and `MF_WEBHOOKS_DB`: with those alone, no URL, the host
+/// runs on that database (the password left to the Go service's default, which the test
+/// server's trust authentication ignores), and what it stores is there for a host given the
+/// database's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_services_database_variables_alone_run_the_host_on_that_postgresql_database() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let database = webhooks_tests::postgres_database()?;
+    // postgres://USER@HOST:PORT/NAME, as the test server's superuser.
+    let rest = database.strip_prefix("postgres://").context("a postgres:// URL")?;
+    let (user, rest) = rest.split_once('@').context("a user")?;
+    let (address, name) = rest.split_once('/').context("a database")?;
+    let (address, port) = address.rsplit_once(':').context("a port")?;
+    let parts = [
+        ("MF_WEBHOOKS_DB_HOST", address),
+        ("MF_WEBHOOKS_DB_PORT", port),
+        ("MF_WEBHOOKS_DB_USER", user),
+        ("MF_WEBHOOKS_DB", name),
+        ("MF_WEBHOOKS_DB_SSL_MODE", "disable"),
+        ("MF_WEBHOOKS_LOG_LEVEL", "info"),
+    ];
+    let host = TestHost::prepare(standard_registry(), &parts)?;
+    let log = std::fs::File::create(host.log_path())?;
+    let mut command = host.command();
+    command
+        .env_remove("MF_WEBHOOKS_DB_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let running = Running(command.spawn()?);
+    eventually(Duration::from_secs(30), || async {
+        let response = host.request(Method::GET, "/health", ADMIN).send().await?;
+        ensure!(response.status() == StatusCode::OK, "not healthy yet");
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("host log:\n{}", host.log()))?;
+    let configured = host.log_lines_with(&["configuration", "store"]);
+    assert!(
+        configured
+            .iter()
+            .any(|line| line.contains(&format!("@{address}:{port}/{name}"))),
+        "the configuration line names the database built from the parts: {configured:?}"
+    );
+    assert!(
+        !host.log().contains(":mainflux@"),
+        "the default password is never logged"
+    );
+    webhooks_tests::flows::add_webhook(&host, THING_1, "from-parts", "https://example.com/parts").await?;
+    drop(running);
+
+    let by_url = TestHost::start_with(standard_registry(), &[("MF_WEBHOOKS_DB_URL", database.as_str())]).await?;
+    let listed = by_url
+        .expect(
+            Method::GET,
+            &format!("/things/{THING_1}/webhooks"),
+            ADMIN,
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    let names: Vec<&str> = listed["webhooks"]
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["from-parts"]);
+    Ok(())
+}
+
+/// A URL and Go-service database parts that disagree stop start-up with one line naming the
+/// part, and never the password; so do TLS settings this version cannot honour.
+#[test]
+fn a_database_url_and_parts_that_disagree_stop_start_up_naming_the_part() -> anyhow::Result<()> {
+    let url = ("MF_WEBHOOKS_DB_URL", "postgres://app:s3cret-pw@127.0.0.1:1/hooks");
+    for (part, value) in [
+        ("MF_WEBHOOKS_DB_PORT", "5433"),
+        ("MF_WEBHOOKS_DB_PASS", "another-pw"),
+        ("MF_WEBHOOKS_DB", "other"),
+    ] {
+        let line = start_up_failure(&[url, (part, value)], part)?;
+        assert!(
+            !line.contains("s3cret-pw") && !line.contains("another-pw"),
+            "no password in: {line}"
+        );
+    }
+    assert_start_up_fails_naming(
+        &[("MF_WEBHOOKS_DB_URL", "sqlite://./x.db"), ("MF_WEBHOOKS_DB_HOST", "db")],
+        "MF_WEBHOOKS_DB_URL",
+    )?;
+    assert_start_up_fails_naming(&[("MF_WEBHOOKS_DB_SSL_MODE", "require")], "MF_WEBHOOKS_DB_SSL_MODE")?;
+    Ok(())
+}
