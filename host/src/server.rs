@@ -44,7 +44,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let db_url = config
         .store_url()
         .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
-    // A store built from the Go service's parts is theirs to answer for.
+    // A store that cannot be opened is reported under the variables it was configured by.
     let store_variable = if config.db_url.is_none() && db_url != crate::config::DEFAULT_DB_URL {
         "MF_WEBHOOKS_DB_HOST"
     } else {

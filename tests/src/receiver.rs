@@ -113,6 +113,8 @@ struct State {
     arrived: Notify,
     /// Connections accepted so far.
     connections: std::sync::atomic::AtomicUsize,
+    /// Requests read and not yet answered, and the most there have been at once.
+    in_flight: Mutex<(usize, usize)>,
 }
 
 /// A running receiver; stops when dropped.
@@ -157,6 +159,11 @@ impl Receiver {
     /// Connections accepted since the receiver started.
     pub fn connections(&self) -> usize {
         self.state.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most requests this receiver has held at once, read and not yet answered.
+    pub fn most_in_flight(&self) -> usize {
+        self.state.in_flight.lock().unwrap().1
     }
 
     /// The URL of a path on this receiver.
@@ -341,10 +348,16 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     };
     state.arrivals.lock().unwrap().push(request.clone());
     state.arrived.notify_waiters();
+    {
+        let mut in_flight = state.in_flight.lock().unwrap();
+        in_flight.0 += 1;
+        in_flight.1 = in_flight.1.max(in_flight.0);
+    }
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
         request.at = Instant::now();
     }
+    state.in_flight.lock().unwrap().0 -= 1;
     state.received.lock().unwrap().push(request);
     state.arrived.notify_waiters();
     let body = behaviour.body.unwrap_or_else(|| Bytes::from_static(b"ok"));

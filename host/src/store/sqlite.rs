@@ -201,8 +201,8 @@ fn run_writer(mut conn: Connection, queue: std::sync::mpsc::Receiver<PendingComm
 /// One transaction for the group. A commit whose guard fails has written nothing (guards are
 /// read before any write), so it needs no savepoint to be undone; a write that fails leaves a
 /// commit half applied, so the whole transaction rolls back and every commit of the group
-/// fails, none of it kept. Savepoints cost a statement journal page copy per page first
-/// touched, about a tenth of the writer's time.
+/// fails, none of it kept. Savepoints copied each page a commit first touched to a statement
+/// journal: 6.5 % of the host's CPU during a drain, a quarter of the writer thread's.
 fn commit_group(conn: &mut Connection, group: &[PendingCommit]) -> Vec<Result<(), StoreError>> {
     let all_failed = |e: &StoreError| group.iter().map(|_| Err(e.clone())).collect();
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {

@@ -299,6 +299,40 @@ async fn a_slow_receiver_does_not_delay_another_webhooks_deliveries() -> anyhow:
     Ok(())
 }
 
+/// Requests toward one receiver (scheme, host and port), whichever webhooks they belong to, are
+/// bounded by `MF_WEBHOOKS_DESTINATION_MAX_IN_FLIGHT` and reuse that many connections; every
+/// delivery still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_toward_one_receiver_are_bounded_across_webhooks_and_reuse_their_connections() -> anyhow::Result<()> {
+    const BOUND: usize = 2;
+    let receiver = Receiver::start().await?;
+    let host = TestHost::start_with(
+        standard_registry(),
+        &[ALLOW_PRIVATE, ("MF_WEBHOOKS_DESTINATION_MAX_IN_FLIGHT", "2")],
+    )
+    .await?;
+    for i in 0..4 {
+        let path = format!("/bounded/{i}");
+        receiver.set_behaviour(&path, Behaviour::status(200).after(Duration::from_millis(300)));
+        add_webhook(&host, THING_1, &format!("bounded-{i}"), &receiver.url(&path)).await?;
+    }
+    for n in 0..3 {
+        publish(&host, "key-1", format!("message {n}")).await?;
+    }
+    receiver.wait_for_count(12, Duration::from_secs(60)).await?;
+    assert_eq!(
+        receiver.most_in_flight(),
+        BOUND,
+        "12 deliveries of 4 webhooks to one receiver, at most {BOUND} at a time, and that many in parallel"
+    );
+    assert!(
+        receiver.connections() <= 2 * BOUND,
+        "{} connections opened for {BOUND} in flight",
+        receiver.connections()
+    );
+    Ok(())
+}
+
 // --- 6. SSRF guard ------------------------------------------------------------------------
 
 /// A host started with these variables, a receiver, and two webhooks of `THING_1` to it, one
