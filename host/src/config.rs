@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: REST API, plugin runtime, storage and identity.
     Serve(Box<ServeConfig>),
+    /// Import the webhooks the platform's Go webhooks service kept in its PostgreSQL database
+    /// (configured as for serve), keeping their ids, and print how many were imported and
+    /// skipped; `serve` does it once by itself on its first start.
+    Import(Box<ServeConfig>),
     /// Say whether a component implements the webhooks world, and list what it imports and
     /// exports, before swapping it in.
     CheckPlugin(CheckPluginArgs),
@@ -102,8 +106,9 @@ pub struct ServeConfig {
     pub db_host: Option<String>,
 
     /// PostgreSQL port [default: 5432].
+    // A string: the Go service's compose files may set it empty, which means unset.
     #[arg(long, env = "MF_WEBHOOKS_DB_PORT", value_name = "MF_WEBHOOKS_DB_PORT")]
-    pub db_port: Option<u16>,
+    pub db_port: Option<String>,
 
     /// PostgreSQL user [default: mainflux].
     #[arg(long, env = "MF_WEBHOOKS_DB_USER", value_name = "MF_WEBHOOKS_DB_USER")]
@@ -141,6 +146,29 @@ pub struct ServeConfig {
         value_name = "MF_WEBHOOKS_DB_SSL_ROOT_CERT"
     )]
     pub db_ssl_root_cert: Option<String>,
+
+    /// PEM file of the certificate chain the REST API is served with over HTTPS; with
+    /// MF_WEBHOOKS_SERVER_KEY. Unset: plain HTTP.
+    #[arg(long, env = "MF_WEBHOOKS_SERVER_CERT", value_name = "MF_WEBHOOKS_SERVER_CERT")]
+    pub server_cert: Option<String>,
+
+    /// PEM file of the private key of MF_WEBHOOKS_SERVER_CERT.
+    #[arg(long, env = "MF_WEBHOOKS_SERVER_KEY", value_name = "MF_WEBHOOKS_SERVER_KEY")]
+    pub server_key: Option<String>,
+
+    /// Where traces go (Jaeger or any OTLP collector); accepted so the Go service's configuration
+    /// starts this one, but this version exports no traces and says so once at start-up.
+    #[arg(long, env = "MF_JAEGER_URL", value_name = "MF_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
+
+    /// The platform's auth service, as the Go webhooks service names it: accepted and unused,
+    /// since the things service answers every access question.
+    #[arg(long, env = "MF_AUTH_GRPC_URL", value_name = "MF_AUTH_GRPC_URL")]
+    pub auth_grpc_url: Option<String>,
+
+    /// Time limit of calls to the auth service: accepted and unused, as MF_AUTH_GRPC_URL.
+    #[arg(long, env = "MF_AUTH_GRPC_TIMEOUT", value_name = "MF_AUTH_GRPC_TIMEOUT")]
+    pub auth_grpc_timeout: Option<String>,
 
     /// The platform's things service, HOST:PORT; when set, identity comes from it over gRPC
     /// instead of the registry file.
@@ -330,19 +358,31 @@ impl ServeConfig {
     /// others; else [`DEFAULT_DB_URL`]. A URL and parts that disagree are refused, naming the
     /// part, never a password.
     pub fn store_url(&self) -> Result<String, ConfigFault> {
-        let any_part = self.db_host.is_some()
-            || self.db_port.is_some()
-            || self.db_user.is_some()
-            || self.db_pass.is_some()
-            || self.db_name.is_some()
-            || self.db_ssl_mode.is_some()
-            || self.db_ssl_cert.is_some()
-            || self.db_ssl_key.is_some()
-            || self.db_ssl_root_cert.is_some();
+        let db_url = set(&self.db_url);
+        let any_part = [
+            &self.db_host,
+            &self.db_port,
+            &self.db_user,
+            &self.db_pass,
+            &self.db_name,
+            &self.db_ssl_mode,
+            &self.db_ssl_cert,
+            &self.db_ssl_key,
+            &self.db_ssl_root_cert,
+        ]
+        .into_iter()
+        .any(|part| set(part).is_some());
         if !any_part {
-            return Ok(self.db_url.clone().unwrap_or_else(|| DEFAULT_DB_URL.to_owned()));
+            return Ok(db_url.unwrap_or(DEFAULT_DB_URL).to_owned());
         }
-        if let Some(mode) = self.db_ssl_mode.as_deref()
+        let db_port = match set(&self.db_port) {
+            None => None,
+            Some(port) => Some(
+                port.parse::<u16>()
+                    .map_err(|_| config_fault("MF_WEBHOOKS_DB_PORT", format!("{port:?} is not a port number")))?,
+            ),
+        };
+        if let Some(mode) = set(&self.db_ssl_mode)
             && mode != "disable"
         {
             return Err(config_fault(
@@ -355,15 +395,15 @@ impl ServeConfig {
             ("MF_WEBHOOKS_DB_SSL_KEY", &self.db_ssl_key),
             ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", &self.db_ssl_root_cert),
         ] {
-            if value.as_deref().is_some_and(|v| !v.is_empty()) {
+            if set(value).is_some() {
                 return Err(config_fault(
                     variable,
                     "is not supported: this version connects to PostgreSQL without TLS",
                 ));
             }
         }
-        let Some(url) = &self.db_url else {
-            return Ok(self.url_from_parts());
+        let Some(url) = db_url else {
+            return Ok(self.url_from_parts(db_port));
         };
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(config_fault(
@@ -388,46 +428,46 @@ impl ServeConfig {
                 format!("disagrees with MF_WEBHOOKS_DB_URL: {what}; set one or the other"),
             )
         };
-        if let Some(part) = &self.db_host
-            && host.as_deref() != Some(part.as_str())
+        if let Some(part) = set(&self.db_host)
+            && host.as_deref() != Some(part)
         {
             return Err(disagrees(
                 "MF_WEBHOOKS_DB_HOST",
                 format!("{part} against {}", host.unwrap_or_default()),
             ));
         }
-        if let Some(part) = self.db_port
+        if let Some(part) = db_port
             && part != port
         {
             return Err(disagrees("MF_WEBHOOKS_DB_PORT", format!("{part} against {port}")));
         }
-        if let Some(part) = &self.db_user
-            && given.get_user() != Some(part.as_str())
+        if let Some(part) = set(&self.db_user)
+            && given.get_user() != Some(part)
         {
             return Err(disagrees(
                 "MF_WEBHOOKS_DB_USER",
                 format!("{part} against {}", given.get_user().unwrap_or_default()),
             ));
         }
-        if let Some(part) = &self.db_pass
+        if let Some(part) = set(&self.db_pass)
             && given.get_password() != Some(part.as_bytes())
         {
             return Err(disagrees("MF_WEBHOOKS_DB_PASS", "the passwords differ".to_owned()));
         }
-        if let Some(part) = &self.db_name
-            && given.get_dbname() != Some(part.as_str())
+        if let Some(part) = set(&self.db_name)
+            && given.get_dbname() != Some(part)
         {
             return Err(disagrees(
                 "MF_WEBHOOKS_DB",
                 format!("{part} against {}", given.get_dbname().unwrap_or_default()),
             ));
         }
-        Ok(url.clone())
+        Ok(url.to_owned())
     }
 
     /// `postgres://` from the database parts, with the Go service's defaults.
-    fn url_from_parts(&self) -> String {
-        let host = self.db_host.as_deref().unwrap_or("localhost");
+    fn url_from_parts(&self, port: Option<u16>) -> String {
+        let host = set(&self.db_host).unwrap_or("localhost");
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
@@ -435,10 +475,10 @@ impl ServeConfig {
         };
         format!(
             "postgres://{}:{}@{host}:{}/{}",
-            url_encoded(self.db_user.as_deref().unwrap_or("mainflux")),
-            url_encoded(self.db_pass.as_deref().unwrap_or("mainflux")),
-            self.db_port.unwrap_or(5432),
-            url_encoded(self.db_name.as_deref().unwrap_or("webhooks")),
+            url_encoded(set(&self.db_user).unwrap_or("mainflux")),
+            url_encoded(set(&self.db_pass).unwrap_or("mainflux")),
+            port.unwrap_or(5432),
+            url_encoded(set(&self.db_name).unwrap_or("webhooks")),
         )
     }
 
@@ -465,10 +505,33 @@ impl ServeConfig {
         (!self.plugin_cache.is_empty()).then(|| PathBuf::from(&self.plugin_cache))
     }
 
+    /// The certificate chain and key files of HTTPS on the API, when both are set; one
+    /// without the other is refused, naming the missing one.
+    pub fn server_tls(&self) -> Result<Option<(PathBuf, PathBuf)>, ConfigFault> {
+        match (set(&self.server_cert), set(&self.server_key)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some((PathBuf::from(cert), PathBuf::from(key)))),
+            (Some(_), None) => Err(config_fault(
+                "MF_WEBHOOKS_SERVER_KEY",
+                "is required with MF_WEBHOOKS_SERVER_CERT to serve HTTPS",
+            )),
+            (None, Some(_)) => Err(config_fault(
+                "MF_WEBHOOKS_SERVER_CERT",
+                "is required with MF_WEBHOOKS_SERVER_KEY to serve HTTPS",
+            )),
+        }
+    }
+
     /// The admin token, unless unset or empty.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref().filter(|token| !token.is_empty())
     }
+}
+
+/// A variable's value unless unset or empty: compose files often list every variable of the
+/// Go service, leaving the unused ones empty.
+fn set(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|value| !value.is_empty())
 }
 
 /// A URL fit for logs: the password of its user information, if any, replaced by `***`.
@@ -574,6 +637,8 @@ mod tests {
         for (name, value) in env {
             let flag = match *name {
                 "MF_WEBHOOKS_DB" => "--db".to_owned(),
+                "MF_AUTH_GRPC_URL" => "--auth-grpc-url".to_owned(),
+                "MF_JAEGER_URL" => "--jaeger-url".to_owned(),
                 other => format!(
                     "--{}",
                     other
@@ -586,7 +651,7 @@ mod tests {
         }
         match Cli::try_parse_from(args).unwrap().command {
             Command::Serve(config) => *config,
-            Command::CheckPlugin(_) => unreachable!(),
+            Command::CheckPlugin(_) | Command::Import(_) => unreachable!(),
         }
     }
 
@@ -659,6 +724,64 @@ mod tests {
             .store_url()
             .unwrap_err();
         assert_eq!(fault.variable, "MF_WEBHOOKS_DB_SSL_ROOT_CERT");
+    }
+
+    #[test]
+    fn parts_set_empty_count_as_unset() {
+        let empty = [
+            ("MF_WEBHOOKS_DB_HOST", ""),
+            ("MF_WEBHOOKS_DB_PORT", ""),
+            ("MF_WEBHOOKS_DB_USER", ""),
+            ("MF_WEBHOOKS_DB_PASS", ""),
+            ("MF_WEBHOOKS_DB", ""),
+            ("MF_WEBHOOKS_DB_SSL_MODE", ""),
+            ("MF_WEBHOOKS_DB_SSL_CERT", ""),
+            ("MF_WEBHOOKS_DB_SSL_KEY", ""),
+            ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", ""),
+            ("MF_WEBHOOKS_SERVER_CERT", ""),
+            ("MF_WEBHOOKS_SERVER_KEY", ""),
+        ];
+        let config = serve_with(&empty);
+        assert_eq!(config.store_url().unwrap(), DEFAULT_DB_URL);
+        assert_eq!(config.server_tls().unwrap(), None);
+        let with_host: Vec<(&str, &str)> = empty
+            .iter()
+            .map(|&(name, value)| {
+                if name == "MF_WEBHOOKS_DB_HOST" {
+                    (name, "db")
+                } else {
+                    (name, value)
+                }
+            })
+            .collect();
+        assert_eq!(
+            serve_with(&with_host).store_url().unwrap(),
+            "postgres://mainflux:mainflux@db:5432/webhooks",
+            "the empty ones take the Go service's defaults"
+        );
+        let fault = serve_with(&[("MF_WEBHOOKS_DB_PORT", "http")]).store_url().unwrap_err();
+        assert_eq!(fault.variable, "MF_WEBHOOKS_DB_PORT");
+    }
+
+    #[test]
+    fn https_needs_both_the_certificate_and_the_key() {
+        assert_eq!(
+            serve_with(&[
+                ("MF_WEBHOOKS_SERVER_CERT", "/c.pem"),
+                ("MF_WEBHOOKS_SERVER_KEY", "/k.pem")
+            ])
+            .server_tls()
+            .unwrap(),
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        let fault = serve_with(&[("MF_WEBHOOKS_SERVER_CERT", "/c.pem")])
+            .server_tls()
+            .unwrap_err();
+        assert_eq!(fault.variable, "MF_WEBHOOKS_SERVER_KEY");
+        let fault = serve_with(&[("MF_WEBHOOKS_SERVER_KEY", "/k.pem")])
+            .server_tls()
+            .unwrap_err();
+        assert_eq!(fault.variable, "MF_WEBHOOKS_SERVER_CERT");
     }
 
     #[test]

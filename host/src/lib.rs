@@ -12,6 +12,7 @@
 //!   attempts out;
 //! - [`retention`]: old records deleted and stored data kept up to date, beside the service;
 //! - [`settings`]: the operator's delivery settings, for the plugin's policy;
+//! - [`migration`]: the import of the webhooks the platform's Go service kept;
 //! - [`config`] and [`server`]: configuration, start-up and shutdown.
 #![deny(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod identity;
 pub mod ingress;
 pub mod listener;
 pub mod metrics;
+pub mod migration;
 pub mod outbound;
 pub mod retention;
 pub mod runtime;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(config) => serve(*config),
         Command::CheckPlugin(args) => check_plugin(&args),
+        Command::Import(config) => import(*config),
     }
 }
 
@@ -100,6 +101,28 @@ fn serve(config: ServeConfig) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Exactly one line, naming the variable at fault.
+            eprintln!("webhooks-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Imports the Go service's table and prints the counts; exit 1 with one line on failure.
+fn import(config: ServeConfig) -> ExitCode {
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("webhooks-host: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(webhooks_host::server::import(config)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("webhooks-host: {e}");
             ExitCode::FAILURE
         }

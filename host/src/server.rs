@@ -44,12 +44,23 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let db_url = config
         .store_url()
         .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
-    // A store that cannot be opened is reported under the variables it was configured by.
-    let store_variable = if config.db_url.is_none() && db_url != crate::config::DEFAULT_DB_URL {
-        "MF_WEBHOOKS_DB_HOST"
-    } else {
-        "MF_WEBHOOKS_DB_URL"
+    // Before anything is opened or logged: HTTPS settings that cannot work are the only line.
+    let tls = match config
+        .server_tls()
+        .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?
+    {
+        None => None,
+        Some((certificate, key)) => {
+            Some(listener::server_tls(&certificate, &key).map_err(|e| fault("MF_WEBHOOKS_SERVER_CERT", e))?)
+        }
     };
+    // A store that cannot be opened is reported under the variables it was configured by.
+    let store_variable =
+        if config.db_url.as_deref().is_none_or(str::is_empty) && db_url != crate::config::DEFAULT_DB_URL {
+            "MF_WEBHOOKS_DB_HOST"
+        } else {
+            "MF_WEBHOOKS_DB_URL"
+        };
     let kv = store::open(&db_url, usize::from(config.db_pool))
         .await
         .map_err(|e| fault(store_variable, e))?;
@@ -121,6 +132,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let cache = CompileCache::new(config.plugin_cache_dir());
     let runtime = Runtime::new(&plugin_path, limits, capabilities, cache)
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
+    if db_url.starts_with("postgres") {
+        crate::migration::import_on_first_start(&db_url, &runtime)
+            .await
+            .map_err(|e| {
+                fault(
+                    store_variable,
+                    format!("importing the Go webhooks service's table: {e}"),
+                )
+            })?;
+    }
     let plugin = runtime.current();
     tracing::info!(
         plugin = %plugin_path.display(),
@@ -187,17 +208,22 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         dispatcher: dispatcher.clone(),
         admin_token: config.admin_token().map(Arc::from),
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let address = format!("{}:{}", config.http_host, config.http_port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
     // Once every setting has been taken: a refused one stops start-up with its one line alone.
     log_configuration(&config, &db_url);
-    tracing::info!(%address, "webhooks service listening");
+    if config.jaeger_url.as_deref().is_some_and(|url| !url.is_empty()) {
+        tracing::warn!("MF_JAEGER_URL is set, but this version exports no traces; it is ignored");
+    }
+    tracing::info!(%address, scheme, "webhooks service listening");
 
     let connections = ListenerConfig {
         read_timeout: config.http_read_timeout,
         max_connections: config.http_max_connections as usize,
+        tls,
     };
     let server = listener::serve(listener, api::router(state), connections, async move {
         stop_signal().await;
@@ -222,6 +248,64 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     dispatcher.drain(stopped + SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `webhooks-host import`: imports the Go webhooks service's table from the configured
+/// PostgreSQL database now, whether or not it was imported before, and answers what it did.
+pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportReport, StartupError> {
+    use crate::migration::{GoTable, Standing};
+    let db_url = config
+        .store_url()
+        .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
+    let store_variable = if config.db_url.as_deref().is_none_or(str::is_empty) {
+        "MF_WEBHOOKS_DB_HOST"
+    } else {
+        "MF_WEBHOOKS_DB_URL"
+    };
+    if !db_url.starts_with("postgres") {
+        return Err(fault(
+            store_variable,
+            "the Go webhooks service's table is in PostgreSQL; configure its database",
+        ));
+    }
+    let table = GoTable::connect(&db_url).await.map_err(|e| fault(store_variable, e))?;
+    if table.standing().await.map_err(|e| fault(store_variable, e))? == Standing::NoTable {
+        return Err(fault(store_variable, "the database holds no webhooks table to import"));
+    }
+    let kv = store::open(&db_url, usize::from(config.db_pool))
+        .await
+        .map_err(|e| fault(store_variable, e))?;
+    let capabilities = Capabilities {
+        store: kv,
+        identity: Arc::new(crate::identity::offline::Offline),
+        outbound: OutboundClient::new(OutboundConfig::default()).map_err(|e| {
+            fault(
+                "MF_WEBHOOKS_PLUGIN",
+                format!("cannot set up the plugin's HTTP client: {e}"),
+            )
+        })?,
+        settings: Arc::new(DeliverySettings::default()),
+    };
+    let limits = Limits {
+        memory_bytes: config.plugin_memory,
+        deadline: config.plugin_deadline,
+        ..Limits::default()
+    };
+    let plugin_path = config.plugin_path();
+    let runtime = Runtime::new(
+        &plugin_path,
+        limits,
+        capabilities,
+        CompileCache::new(config.plugin_cache_dir()),
+    )
+    .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
+    if !runtime.migration().available() {
+        return Err(fault(
+            "MF_WEBHOOKS_PLUGIN",
+            format!("{}: this plugin version cannot import webhooks", plugin_path.display()),
+        ));
+    }
+    table.import(&runtime).await.map_err(|e| fault(store_variable, e))
 }
 
 /// One line saying what this service runs on, so an operator can check it at a glance; no

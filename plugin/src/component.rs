@@ -1,4 +1,4 @@
-//! The component's face: the `api` and `events` exports over the `store`, `identity`,
+//! The component's face: the `api`, `events` and `migration` exports over the `store`, `identity`,
 //! `settings` and `wasi:http` imports. It only adapts: each import becomes a port, each export
 //! one call into the module that decides.
 
@@ -10,7 +10,7 @@ use crate::ports::{Access, Clock, Kv};
 use crate::webhooks::operations::Service;
 use crate::{Error, Role};
 
-/// The component: implements the `api` and `events` exports.
+/// The component: implements the `api`, `events` and `migration` exports.
 pub struct Plugin;
 
 /// The `store` capability granted by the host.
@@ -112,6 +112,14 @@ impl Guest for Plugin {
 
     fn retry_delivery(token: String, webhook_id: String, delivery_id: String) -> Result<DueDelivery, Error> {
         DeliveryLog::new(&HostStore, &HostIdentity, &WallClock).retry(&token, &webhook_id, &delivery_id)
+    }
+}
+
+impl crate::bindings::exports::mainflux::webhooks::migration::Guest for Plugin {
+    fn import_webhooks(
+        webhooks: Vec<crate::bindings::exports::mainflux::webhooks::migration::ForeignWebhook>,
+    ) -> Result<Vec<crate::bindings::exports::mainflux::webhooks::migration::ImportOutcome>, Error> {
+        crate::webhooks::import::Import::new(&HostStore).import(&webhooks)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod times;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -205,6 +206,8 @@ pub struct TestHost {
     /// Extra environment variables it was started with.
     pub env: Vec<(String, String)>,
     client: reqwest::Client,
+    /// `http`, or `https` once [`TestHost::over_https`] said so.
+    scheme: &'static str,
 }
 
 impl TestHost {
@@ -236,15 +239,40 @@ impl TestHost {
             dir,
             port: free_port(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            client: client_builder().build()?,
+            scheme: "http",
         })
+    }
+
+    /// Speaks HTTPS to this host, trusting the CA certificates of this PEM file alone; the
+    /// host is to be started with a certificate they signed (`MF_WEBHOOKS_SERVER_CERT`).
+    pub fn over_https(mut self, ca_pem: &Path) -> Result<Self> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_file_iter(ca_pem)? {
+            roots.add(certificate?)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.client = client_builder().tls_backend_preconfigured(tls).build()?;
+        self.scheme = "https";
+        Ok(self)
     }
 
     /// The command line that starts this host, without running it.
     pub fn command(&self) -> Command {
+        self.command_for("serve")
+    }
+
+    /// The command line of another `webhooks-host` command (`import`) with this host's
+    /// configuration.
+    pub fn command_for(&self, subcommand: &str) -> Command {
         let mut command = Command::new(host_binary());
         command
-            .arg("serve")
+            .arg(subcommand)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("MF_WEBHOOKS_HTTP_HOST", "127.0.0.1")
@@ -339,7 +367,7 @@ impl TestHost {
 
     /// The URL of a path on this host.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     /// A request to a path, with a bearer token unless it is empty.
@@ -528,6 +556,87 @@ impl TestHost {
         }
         Ok(serde_json::from_value(body)?)
     }
+}
+
+/// A throwaway CA and a server certificate it signed for 127.0.0.1, made by the `openssl`
+/// command line; answers the folder holding `ca.pem`, `server.pem` and `server.key`.
+pub fn test_certificates() -> Result<TempDir> {
+    let dir = TempDir::new("tls");
+    let run = |args: &[&str]| -> Result<()> {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .context("running openssl")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=webhooks test CA",
+        ],
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec,
+        &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+    ]
+    .concat())?;
+    std::fs::write(
+        dir.path().join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    Ok(dir)
+}
+
+/// A new HTTP client's settings, with a 30 s timeout; every client of the tests and the bench
+/// starts here, since reqwest builds its TLS settings even for plain HTTP, from the process's
+/// default rustls provider, which this installs once.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Err only when another thread installed one first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().timeout(Duration::from_secs(30))
 }
 
 impl Drop for TestHost {

@@ -184,19 +184,17 @@ async fn messages_the_broker_sends_again_record_no_second_delivery() -> anyhow::
     Ok(())
 }
 
-/// A consumer `webhooks` left by an earlier version of this service is taken over from its ack
-/// floor and deleted: nothing it acked is delivered again, everything after is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and_deleted() -> anyhow::Result<()> {
+/// The platform's stream with m00 to m19 of `THING_1` in it, and a durable push consumer
+/// `durable` (deliver group `group`, redelivering after `ack_wait`) that has acked m00 to m09
+/// and was handed m10 to m19 without acking them, as a consumer that stopped halfway leaves it.
+async fn stream_consumed_halfway(
+    nats: &NatsServer,
+    durable: &str,
+    group: &str,
+    ack_wait: Duration,
+) -> anyhow::Result<()> {
     use async_nats::jetstream::{consumer, stream};
     use futures_util::StreamExt;
-    let nats = NatsServer::start().await?;
-    let receiver = Receiver::start().await?;
-    let mut host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await?;
-    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
-
-    // The stream and the consumer as an earlier version left them: m00 to m09 acked, m10 to
-    // m19 handed out and never acked.
     let context = nats.jetstream().await?;
     let stream = context
         .create_stream(stream::Config {
@@ -205,25 +203,33 @@ async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and
             ..Default::default()
         })
         .await?;
-    let legacy = stream
+    let consumer = stream
         .create_consumer(consumer::push::Config {
-            durable_name: Some(LEGACY_CONSUMER.to_owned()),
-            deliver_subject: "_INBOX.earlier-version".to_owned(),
-            deliver_group: Some(LEGACY_CONSUMER.to_owned()),
+            durable_name: Some(durable.to_owned()),
+            deliver_subject: format!("_INBOX.{durable}-before"),
+            deliver_group: Some(group.to_owned()),
             filter_subject: SUBJECT.to_owned(),
             ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
             ..Default::default()
         })
         .await?;
     nats.publish((0..20).map(|i| (THING_1.to_owned(), format!("m{i:02}").into_bytes())))
         .await?;
-    let mut messages = legacy.messages().await?;
+    let mut messages = consumer.messages().await?;
     for _ in 0..10 {
-        let message = messages.next().await.context("the legacy consumer ended")??;
+        let message = messages.next().await.context("the consumer ended")??;
         message.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    drop(messages);
+    Ok(())
+}
 
+/// Starts `host` on the broker and answers the sorted bodies it delivers to `/a` of `THING_1`.
+async fn bodies_once_on_broker(
+    host: &mut TestHost,
+    nats: &NatsServer,
+    receiver: &Receiver,
+) -> anyhow::Result<Vec<String>> {
     host.stop()?;
     host.env.push(("MF_BROKER_URL".to_owned(), nats.url.clone()));
     host.start_again().await?;
@@ -235,6 +241,20 @@ async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
         .collect();
     bodies.sort();
+    Ok(bodies)
+}
+
+/// A consumer `webhooks` left by an earlier version of this service is taken over from its ack
+/// floor and deleted: nothing it acked is delivered again, everything after is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and_deleted() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start().await?;
+    let mut host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
+    stream_consumed_halfway(&nats, LEGACY_CONSUMER, LEGACY_CONSUMER, Duration::from_secs(30)).await?;
+
+    let bodies = bodies_once_on_broker(&mut host, &nats, &receiver).await?;
     let expected: Vec<String> = (10..20).map(|i| format!("m{i:02}")).collect();
     assert_eq!(bodies, expected, "only what the earlier consumer had not acked");
 
@@ -242,9 +262,33 @@ async fn the_consumer_of_an_earlier_version_is_taken_over_from_its_ack_floor_and
     assert_eq!(info.name, CONSUMER);
     let config = &info.config;
     assert_eq!(config.deliver_group.as_deref(), Some(DELIVER_GROUP));
+    let context = nats.jetstream().await?;
     let gone = context.get_stream(STREAM).await?.consumer_info(LEGACY_CONSUMER).await;
     assert!(gone.is_err(), "the earlier consumer is still there: {gone:?}");
     nats.wait_settled(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// The platform's own webhooks service stopped halfway through the stream: its durable queue
+/// consumer `webhooks_webhooks` has acked half of it. This service continues from there as a
+/// member of that consumer: nothing acked before is delivered again, everything after is. The
+/// messages the Go service was handed and had not acked come once the consumer's ack wait has
+/// passed (30 s as that service sets it; 2 s here, so the test does not wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_services_consumer_continues_from_what_it_acked_and_nothing_acked_is_delivered_again()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start().await?;
+    let mut host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE]).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
+    stream_consumed_halfway(&nats, CONSUMER, DELIVER_GROUP, Duration::from_secs(2)).await?;
+
+    let bodies = bodies_once_on_broker(&mut host, &nats, &receiver).await?;
+    let expected: Vec<String> = (10..20).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(bodies, expected, "only what the Go service had not acked");
+    let info = nats.wait_settled(Duration::from_secs(30)).await?;
+    assert_eq!(info.name, CONSUMER, "the Go service's consumer, not a new one");
+    assert_eq!(info.ack_floor.stream_sequence, 20, "everything acked in the end");
     Ok(())
 }
 

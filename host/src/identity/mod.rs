@@ -2,6 +2,7 @@
 //! one trait with one module per backend.
 
 mod capability;
+pub mod offline;
 pub mod registry;
 pub mod things;
 

@@ -9,6 +9,7 @@ use wasmtime::Store;
 
 use super::bindings::BoxCall;
 use super::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Message};
+use super::bindings::exports::mainflux::webhooks::migration::{ForeignWebhook, ImportOutcome};
 use super::bindings::mainflux::webhooks::types::{DueDelivery, Error as PluginError, Query};
 use super::{CallError, Exports, HostState, Runtime};
 
@@ -21,6 +22,11 @@ impl Runtime {
     /// The plugin's `events` exports, for intake, dispatch, retention and removals.
     pub fn events(&self) -> EventCalls<'_> {
         EventCalls { runtime: self }
+    }
+
+    /// The plugin's `migration` exports, for the import of the Go service's webhooks.
+    pub fn migration(&self) -> MigrationCalls<'_> {
+        MigrationCalls { runtime: self }
     }
 
     /// Runs `call` like [`Runtime::call`] and lifts the plugin's own error into
@@ -269,6 +275,37 @@ impl EventCalls<'_> {
         self.runtime
             .answer("events.on-group-removed", Duration::ZERO, move |exports, store| {
                 Box::pin(async move { exports.events(store)?.call_on_group_removed(store, &group_id).await })
+            })
+            .await
+    }
+}
+
+/// The exports of the plugin's `migration` interface, which a plugin built before it was added
+/// lacks: calls then answer [`PluginError::Unavailable`] saying so.
+pub struct MigrationCalls<'r> {
+    runtime: &'r Runtime,
+}
+
+impl MigrationCalls<'_> {
+    /// Whether the current plugin has the `migration` exports.
+    pub fn available(&self) -> bool {
+        self.runtime.current().migration.is_some()
+    }
+
+    /// `migration.import-webhooks`: stores the webhooks not stored yet, with their ids; one
+    /// outcome per webhook, in order.
+    pub async fn import_webhooks(&self, webhooks: Vec<ForeignWebhook>) -> Result<Vec<ImportOutcome>, CallError> {
+        self.runtime
+            .answer("migration.import-webhooks", Duration::ZERO, move |exports, store| {
+                Box::pin(async move {
+                    match exports.migration(store)? {
+                        Some(migration) => migration.call_import_webhooks(store, &webhooks).await,
+                        None => Ok(Err(PluginError::Unavailable(
+                            "this plugin version has no migration exports; load a newer one to import webhooks"
+                                .to_owned(),
+                        ))),
+                    }
+                })
             })
             .await
     }

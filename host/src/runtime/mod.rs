@@ -18,12 +18,12 @@ use wasmtime::{
 };
 
 pub use cache::CompileCache;
-pub use calls::{ApiCalls, EventCalls};
+pub use calls::{ApiCalls, EventCalls, MigrationCalls};
 pub use plugin::{Inspection, LoadError, Plugin};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
-use bindings::exports::mainflux::webhooks::{api, events};
+use bindings::exports::mainflux::webhooks::{api, events, migration};
 use bindings::mainflux::webhooks::types::Error as PluginError;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
@@ -226,7 +226,6 @@ impl Runtime {
         });
         let instance = plugin
             .pre
-            .instance_pre()
             .instantiate_async(&mut store)
             .await
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
@@ -273,6 +272,15 @@ impl Exports {
     /// The instance's `events` interface.
     pub fn events(&self, store: &mut Store<HostState>) -> wasmtime::Result<events::Guest> {
         self.plugin.events.load(store, &self.instance)
+    }
+
+    /// The instance's `migration` interface, if this version of the plugin has it.
+    pub fn migration(&self, store: &mut Store<HostState>) -> wasmtime::Result<Option<migration::Guest>> {
+        self.plugin
+            .migration
+            .as_ref()
+            .map(|indices| indices.load(store, &self.instance))
+            .transpose()
     }
 }
 

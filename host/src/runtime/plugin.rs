@@ -5,11 +5,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::HostState;
-use super::bindings::WebhooksPre;
-use super::bindings::exports::mainflux::webhooks::{api, events};
+use super::bindings::exports::mainflux::webhooks::{api, events, migration};
 use super::cache::{CompileCache, Origin};
 
 /// Why a plugin could not be loaded.
@@ -28,11 +27,14 @@ pub enum LoadError {
 
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {
-    pub(super) pre: WebhooksPre<HostState>,
+    pub(super) pre: InstancePre<HostState>,
     /// Where the `api` exports are, found once per version.
     pub(super) api: api::GuestIndices,
     /// Where the `events` exports are, found once per version.
     pub(super) events: events::GuestIndices,
+    /// Where the `migration` exports are, if this version has them: a plugin built before
+    /// they were added runs without the import of the Go service's webhooks.
+    pub(super) migration: Option<migration::GuestIndices>,
     /// Hex SHA-256 of the component's bytes.
     pub sha256: String,
     /// When this version was loaded.
@@ -56,10 +58,8 @@ pub(super) fn load(
     let (component, origin) = cache
         .component(engine, bytes, &sha256)
         .map_err(|e| LoadError::Compile(one_line(&e)))?;
-    let pre = check(linker, &component)?;
-    let instance_pre = pre.instance_pre();
-    let api = api::GuestIndices::new(instance_pre).map_err(|e| LoadError::World(one_line(&e)))?;
-    let events = events::GuestIndices::new(instance_pre).map_err(|e| LoadError::World(one_line(&e)))?;
+    let (pre, api, events) = check(linker, &component)?;
+    let migration = migration::GuestIndices::new(&pre).ok();
     if origin == Origin::Compiled {
         cache.store(engine, &component, &sha256);
     }
@@ -67,6 +67,7 @@ pub(super) fn load(
         pre,
         api,
         events,
+        migration,
         sha256,
         loaded_at: SystemTime::now(),
         load_time: started.elapsed(),
@@ -74,12 +75,18 @@ pub(super) fn load(
     })
 }
 
-/// Links `component` against the host's capabilities and finds every export of the world.
-pub(super) fn check(linker: &Linker<HostState>, component: &Component) -> Result<WebhooksPre<HostState>, LoadError> {
-    let instance_pre = linker
+/// The component linked against the host's capabilities, and where its required exports are.
+type Checked = (InstancePre<HostState>, api::GuestIndices, events::GuestIndices);
+
+/// Links `component` against the host's capabilities and finds the exports every plugin must
+/// have (`api` and `events`); the others are looked for by [`load`].
+pub(super) fn check(linker: &Linker<HostState>, component: &Component) -> Result<Checked, LoadError> {
+    let pre = linker
         .instantiate_pre(component)
         .map_err(|e| LoadError::World(one_line(&e)))?;
-    WebhooksPre::new(instance_pre).map_err(|e| LoadError::World(one_line(&e)))
+    let api = api::GuestIndices::new(&pre).map_err(|e| LoadError::World(one_line(&e)))?;
+    let events = events::GuestIndices::new(&pre).map_err(|e| LoadError::World(one_line(&e)))?;
+    Ok((pre, api, events))
 }
 
 /// What `check-plugin` tells an operator about a component.

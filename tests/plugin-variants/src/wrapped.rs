@@ -2,7 +2,7 @@
 //! with this build's difference applied on the way.
 
 use webhooks_plugin::Error;
-use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events};
+use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events, migration};
 use webhooks_plugin::bindings::mainflux::webhooks::types::DueDelivery;
 use webhooks_plugin::component::Plugin as Real;
 
@@ -134,6 +134,12 @@ impl events::Guest for Variant {
 
     fn maintain(limit: u32) -> Result<u32, Error> {
         <Real as events::Guest>::maintain(limit)
+    }
+}
+
+impl migration::Guest for Variant {
+    fn import_webhooks(webhooks: Vec<migration::ForeignWebhook>) -> Result<Vec<migration::ImportOutcome>, Error> {
+        <Real as migration::Guest>::import_webhooks(webhooks)
     }
 }
 

@@ -240,7 +240,9 @@ async fn service_run(hosts: &[&TestHost], receiver: &Receiver, messages: usize, 
 /// Publishes `messages` messages over HTTP, spread over `urls`, and waits for their `k`
 /// deliveries each.
 async fn publish_run(urls: Vec<String>, receiver: &Receiver, messages: usize, k: usize) -> Result<Run> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build()?;
+    let client = webhooks_tests::client_builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()?;
     let urls = std::sync::Arc::new(urls);
     let started = Instant::now();
     let mut sent_at = vec![started; messages];
@@ -949,7 +951,7 @@ async fn group_list(webhooks: usize, things: usize, requests: usize) -> Result<S
 /// a slow answer never delays the next one.
 async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
     let (receiver, host) = host_with_webhooks(1).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let client = webhooks_tests::client_builder().pool_max_idle_per_host(64).build()?;
     let url = host.url("/messages/steady");
     let messages = (rate * seconds) as usize;
     let started = Instant::now();

@@ -134,7 +134,12 @@ async fn beyond_the_connection_cap_a_client_waits_until_a_stalled_connection_is_
     // Let the host accept them before the fifth arrives, on a connection of its own (the
     // host's test client keeps one from start-up, which holds a slot as well).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let status = reqwest::Client::new().get(host.url("/health")).send().await?.status();
+    let status = webhooks_tests::client_builder()
+        .build()?
+        .get(host.url("/health"))
+        .send()
+        .await?
+        .status();
     let waited = opened.elapsed();
     ensure!(status == StatusCode::OK, "health answered {status}");
     ensure!(

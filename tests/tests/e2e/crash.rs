@@ -51,7 +51,9 @@ struct Published {
 /// Takes message numbers from `next` until none are left, publishing each as `THING_1` until
 /// it is answered `202`.
 async fn publisher(url: String, next: Arc<AtomicUsize>, accepted: Arc<AtomicUsize>) -> anyhow::Result<Published> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let client = webhooks_tests::client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let mut done = Published {
         accepted: Vec::new(),
         repeated: 0,

@@ -14,6 +14,7 @@ mod paging;
 mod persistence;
 mod platform;
 mod registry;
+mod replacement;
 mod retries;
 mod runtime;
 mod signing;

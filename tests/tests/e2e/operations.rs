@@ -689,7 +689,9 @@ async fn sigterm_finishes_an_in_flight_delivery_and_records_it_before_exiting_0(
     let signalled = Instant::now();
     host.signal("TERM")?;
     // The host stops taking work while the delivery is still waiting on its receiver.
-    let fresh = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let fresh = webhooks_tests::client_builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
     let health = host.url("/health");
     eventually(PROMPTLY, || async {
         let answer = fresh.get(&health).send().await;
@@ -840,7 +842,9 @@ async fn sigint_stops_the_host_like_sigterm_with_exit_0() -> anyhow::Result<()> 
     let mut host = TestHost::start().await?;
     let webhook = add_webhook(&host, THING_1, "kept", "https://example.com/kept").await?;
     host.signal("INT")?;
-    let fresh = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let fresh = webhooks_tests::client_builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
     let health = host.url("/health");
     eventually(PROMPTLY, || async {
         let answer = fresh.get(&health).send().await;

@@ -668,81 +668,12 @@ async fn a_restarted_host_resumes_from_its_cursor_not_from_the_start_of_the_stre
     Ok(())
 }
 
-/// A throwaway CA and a server certificate it signed for 127.0.0.1, made by the `openssl`
-/// command line; answers the folder holding `ca.pem`, `server.pem` and `server.key`.
-fn test_certificates() -> Result<webhooks_tests::TempDir> {
-    let dir = webhooks_tests::TempDir::new("tls");
-    let run = |args: &[&str]| -> Result<()> {
-        let output = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .context("running openssl")?;
-        ensure!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=webhooks test CA",
-        ],
-        &[
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    ]
-    .concat())?;
-    run(&[
-        &["req"][..],
-        &ec,
-        &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-    ]
-    .concat())?;
-    std::fs::write(
-        dir.path().join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ])?;
-    Ok(dir)
-}
-
 /// With `MF_WEBHOOKS_CLIENT_TLS`, the host speaks TLS to the things service and verifies it
 /// against `MF_WEBHOOKS_CA_CERTS`: a service signed by that CA is used; without the CA (the web
 /// PKI roots), or without TLS, the same service is unreachable: 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_things_service_is_verified_against_the_configured_ca() -> Result<()> {
-    let certificates = test_certificates()?;
+    let certificates = webhooks_tests::test_certificates()?;
     let read = |name: &str| std::fs::read(certificates.path().join(name));
     let things = ThingsServer::start_tls(&read("server.pem")?, &read("server.key")?).await?;
     let ca = certificates.path().join("ca.pem");
