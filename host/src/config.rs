@@ -127,19 +127,21 @@ pub struct ServeConfig {
     #[arg(long = "db", env = "MF_WEBHOOKS_DB", value_name = "MF_WEBHOOKS_DB")]
     pub db_name: Option<String>,
 
-    /// PostgreSQL SSL mode; only `disable` is supported by this version [default: disable].
+    /// PostgreSQL SSL mode, as libpq's: disable, allow, prefer, require, verify-ca or verify-full
+    /// [default: disable].
     #[arg(long, env = "MF_WEBHOOKS_DB_SSL_MODE", value_name = "MF_WEBHOOKS_DB_SSL_MODE")]
     pub db_ssl_mode: Option<String>,
 
-    /// PostgreSQL client certificate (not supported by this version: set, it stops start-up).
+    /// PEM file of the client certificate PostgreSQL may ask for, with MF_WEBHOOKS_DB_SSL_KEY.
     #[arg(long, env = "MF_WEBHOOKS_DB_SSL_CERT", value_name = "MF_WEBHOOKS_DB_SSL_CERT")]
     pub db_ssl_cert: Option<String>,
 
-    /// PostgreSQL client key (not supported by this version: set, it stops start-up).
+    /// PEM file of that client certificate's private key.
     #[arg(long, env = "MF_WEBHOOKS_DB_SSL_KEY", value_name = "MF_WEBHOOKS_DB_SSL_KEY")]
     pub db_ssl_key: Option<String>,
 
-    /// PostgreSQL root certificate (not supported by this version: set, it stops start-up).
+    /// PEM file of the CA certificates PostgreSQL's certificate is checked with [default: the
+    /// web PKI roots].
     #[arg(
         long,
         env = "MF_WEBHOOKS_DB_SSL_ROOT_CERT",
@@ -382,26 +384,6 @@ impl ServeConfig {
                     .map_err(|_| config_fault("MF_WEBHOOKS_DB_PORT", format!("{port:?} is not a port number")))?,
             ),
         };
-        if let Some(mode) = set(&self.db_ssl_mode)
-            && mode != "disable"
-        {
-            return Err(config_fault(
-                "MF_WEBHOOKS_DB_SSL_MODE",
-                format!("{mode:?} is not supported: this version connects to PostgreSQL without TLS; set disable"),
-            ));
-        }
-        for (variable, value) in [
-            ("MF_WEBHOOKS_DB_SSL_CERT", &self.db_ssl_cert),
-            ("MF_WEBHOOKS_DB_SSL_KEY", &self.db_ssl_key),
-            ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", &self.db_ssl_root_cert),
-        ] {
-            if set(value).is_some() {
-                return Err(config_fault(
-                    variable,
-                    "is not supported: this version connects to PostgreSQL without TLS",
-                ));
-            }
-        }
         let Some(url) = db_url else {
             return Ok(self.url_from_parts(db_port));
         };
@@ -454,6 +436,16 @@ impl ServeConfig {
         {
             return Err(disagrees("MF_WEBHOOKS_DB_PASS", "the passwords differ".to_owned()));
         }
+        if let Some(part) = set(&self.db_ssl_mode)
+            && url.contains("sslmode=")
+            && let Ok(mode) = crate::store::tls::SslMode::parse(part)
+            && mode.negotiation() != given.get_ssl_mode()
+        {
+            return Err(disagrees(
+                "MF_WEBHOOKS_DB_SSL_MODE",
+                format!("{part} against the URL's sslmode"),
+            ));
+        }
         if let Some(part) = set(&self.db_name)
             && given.get_dbname() != Some(part)
         {
@@ -463,6 +455,34 @@ impl ServeConfig {
             ));
         }
         Ok(url.to_owned())
+    }
+
+    /// PostgreSQL's TLS settings from `MF_WEBHOOKS_DB_SSL_MODE` and its three files, checked
+    /// here (files read, modes known) so a mistake stops start-up naming its variable. With the
+    /// other database parts and no mode, `disable`, the Go service's default; with only a URL,
+    /// the URL's own `sslmode`.
+    pub fn database_tls(&self) -> Result<crate::store::tls::TlsSettings, ConfigFault> {
+        use crate::store::tls::{SslMode, TlsSettings};
+        let mode = match set(&self.db_ssl_mode) {
+            Some(mode) => Some(SslMode::parse(mode).map_err(|e| config_fault("MF_WEBHOOKS_DB_SSL_MODE", e))?),
+            None if set(&self.db_url).is_none() => Some(SslMode::Disable),
+            None => None,
+        };
+        let settings = TlsSettings {
+            mode,
+            root_cert: set(&self.db_ssl_root_cert).map(PathBuf::from),
+            client_cert: set(&self.db_ssl_cert).map(PathBuf::from),
+            client_key: set(&self.db_ssl_key).map(PathBuf::from),
+        };
+        settings.connector().map_err(|fault| {
+            let variable = match fault.setting {
+                "client certificate" => "MF_WEBHOOKS_DB_SSL_CERT",
+                "client key" => "MF_WEBHOOKS_DB_SSL_KEY",
+                _ => "MF_WEBHOOKS_DB_SSL_ROOT_CERT",
+            };
+            config_fault(variable, fault.message)
+        })?;
+        Ok(settings)
     }
 
     /// `postgres://` from the database parts, with the Go service's defaults.
@@ -716,14 +736,52 @@ mod tests {
             .store_url()
             .unwrap_err();
         assert_eq!(fault.variable, "MF_WEBHOOKS_DB_URL");
-        let fault = serve_with(&[("MF_WEBHOOKS_DB_SSL_MODE", "verify-full")])
-            .store_url()
-            .unwrap_err();
+        let fault = serve_with(&[
+            ("MF_WEBHOOKS_DB_URL", "postgres://app@db/hooks?sslmode=disable"),
+            ("MF_WEBHOOKS_DB_SSL_MODE", "verify-full"),
+        ])
+        .store_url()
+        .unwrap_err();
         assert_eq!(fault.variable, "MF_WEBHOOKS_DB_SSL_MODE");
-        let fault = serve_with(&[("MF_WEBHOOKS_DB_SSL_ROOT_CERT", "/ca.pem")])
-            .store_url()
-            .unwrap_err();
-        assert_eq!(fault.variable, "MF_WEBHOOKS_DB_SSL_ROOT_CERT");
+    }
+
+    #[test]
+    fn the_ssl_variables_make_the_tls_settings_and_bad_ones_are_refused_naming_them() {
+        use crate::store::tls::SslMode;
+        assert_eq!(serve_with(&[]).database_tls().unwrap().mode, Some(SslMode::Disable));
+        assert_eq!(
+            serve_with(&[("MF_WEBHOOKS_DB_URL", "postgres://a@b/c?sslmode=require")])
+                .database_tls()
+                .unwrap()
+                .mode,
+            None,
+            "a URL alone says itself"
+        );
+        assert_eq!(
+            serve_with(&[("MF_WEBHOOKS_DB_SSL_MODE", "verify-full")])
+                .database_tls()
+                .unwrap()
+                .mode,
+            Some(SslMode::VerifyFull)
+        );
+        for (env, variable) in [
+            (("MF_WEBHOOKS_DB_SSL_MODE", "on"), "MF_WEBHOOKS_DB_SSL_MODE"),
+            (
+                ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", "/nonexistent/ca.pem"),
+                "MF_WEBHOOKS_DB_SSL_ROOT_CERT",
+            ),
+            (
+                ("MF_WEBHOOKS_DB_SSL_CERT", "/nonexistent/c.pem"),
+                "MF_WEBHOOKS_DB_SSL_KEY",
+            ),
+            (
+                ("MF_WEBHOOKS_DB_SSL_KEY", "/nonexistent/k.pem"),
+                "MF_WEBHOOKS_DB_SSL_CERT",
+            ),
+        ] {
+            let fault = serve_with(&[env]).database_tls().unwrap_err();
+            assert_eq!(fault.variable, variable, "{env:?}");
+        }
     }
 
     #[test]

@@ -9,10 +9,11 @@
 
 use std::fmt;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::runtime::bindings::exports::mainflux::webhooks::migration::{ForeignWebhook, ImportOutcome};
 use crate::runtime::{CallError, Runtime};
+use crate::store::tls::TlsSettings;
 
 /// Rows read and handed to the plugin at once.
 const PAGE: i64 = 200;
@@ -96,9 +97,12 @@ pub struct GoTable {
 }
 
 impl GoTable {
-    /// Connects to the PostgreSQL database at `url`.
-    pub async fn connect(url: &str) -> Result<Self, ImportError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+    /// Connects to the PostgreSQL database at `url`, over TLS as `tls` says.
+    pub async fn connect(url: &str, tls: &TlsSettings) -> Result<Self, ImportError> {
+        let (config, connector) =
+            crate::store::postgres::connection_settings(url, tls).map_err(ImportError::Database)?;
+        let (client, connection) = config
+            .connect(connector)
             .await
             .map_err(|e| database("cannot connect", e))?;
         tokio::spawn(async move {
@@ -245,10 +249,11 @@ impl GoTable {
 }
 
 /// At start-up, before any message is taken in: imports the Go service's table if the
-/// database holds one not imported yet. A failure stops start-up, since messages taken in
-/// meanwhile would miss the webhooks not imported; the next start tries again.
-pub async fn import_on_first_start(url: &str, runtime: &Runtime) -> Result<(), ImportError> {
-    let table = GoTable::connect(url).await?;
+/// database holds one not imported yet. A failure to read it or to store it stops start-up,
+/// since messages taken in meanwhile would miss the webhooks not imported; the next start
+/// tries again. A `webhooks` table of another shape is not the Go service's: it is left alone.
+pub async fn import_on_first_start(url: &str, tls: &TlsSettings, runtime: &Runtime) -> Result<(), ImportError> {
+    let table = GoTable::connect(url, tls).await?;
     if table.standing().await? != Standing::Pending {
         return Ok(());
     }
@@ -257,7 +262,15 @@ pub async fn import_on_first_start(url: &str, runtime: &Runtime) -> Result<(), I
         return Ok(());
     }
     tracing::info!("importing the Go webhooks service's webhooks table");
-    let report = table.import(runtime).await?;
+    let report = match table.import(runtime).await {
+        Ok(report) => report,
+        // Another application's table of that name: nothing of the Go service's to import.
+        Err(error @ ImportError::Schema(_)) => {
+            tracing::warn!(%error, "the database's webhooks table is not imported");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
     tracing::info!(
         imported = report.imported,
         skipped = report.skipped(),

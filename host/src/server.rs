@@ -61,7 +61,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         } else {
             "MF_WEBHOOKS_DB_URL"
         };
-    let kv = store::open(&db_url, usize::from(config.db_pool))
+    let db_tls = config
+        .database_tls()
+        .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
+    let kv = store::open_with_tls(&db_url, usize::from(config.db_pool), &db_tls)
         .await
         .map_err(|e| fault(store_variable, e))?;
     // The platform's things service when configured, else the registry file.
@@ -133,7 +136,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let runtime = Runtime::new(&plugin_path, limits, capabilities, cache)
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
     if db_url.starts_with("postgres") {
-        crate::migration::import_on_first_start(&db_url, &runtime)
+        crate::migration::import_on_first_start(&db_url, &db_tls, &runtime)
             .await
             .map_err(|e| {
                 fault(
@@ -268,11 +271,16 @@ pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportRepor
             "the Go webhooks service's table is in PostgreSQL; configure its database",
         ));
     }
-    let table = GoTable::connect(&db_url).await.map_err(|e| fault(store_variable, e))?;
+    let db_tls = config
+        .database_tls()
+        .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
+    let table = GoTable::connect(&db_url, &db_tls)
+        .await
+        .map_err(|e| fault(store_variable, e))?;
     if table.standing().await.map_err(|e| fault(store_variable, e))? == Standing::NoTable {
         return Err(fault(store_variable, "the database holds no webhooks table to import"));
     }
-    let kv = store::open(&db_url, usize::from(config.db_pool))
+    let kv = store::open_with_tls(&db_url, usize::from(config.db_pool), &db_tls)
         .await
         .map_err(|e| fault(store_variable, e))?;
     let capabilities = Capabilities {

@@ -627,6 +627,23 @@ pub fn test_certificates() -> Result<TempDir> {
     Ok(dir)
 }
 
+/// The capabilities of a plugin runtime run inside the test process (the runtime tests and
+/// `bench runtime`): a SQLite store and the standard registry in `dir`, the default outbound
+/// client, and these delivery settings.
+pub async fn in_process_capabilities(
+    dir: &Path,
+    settings: webhooks_host::settings::DeliverySettings,
+) -> Result<webhooks_host::runtime::Capabilities> {
+    let registry = dir.join("registry.json");
+    std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
+    Ok(webhooks_host::runtime::Capabilities {
+        store: webhooks_host::store::open(&format!("sqlite://{}", dir.join("db").display()), 1).await?,
+        identity: Arc::new(webhooks_host::identity::registry::RegistryBackend::open(&registry)?),
+        outbound: webhooks_host::outbound::OutboundClient::new(webhooks_host::outbound::OutboundConfig::default())?,
+        settings: Arc::new(settings),
+    })
+}
+
 /// A new HTTP client's settings, with a 30 s timeout; every client of the tests and the bench
 /// starts here, since reqwest builds its TLS settings even for plain HTTP, from the process's
 /// default rustls provider, which this installs once.

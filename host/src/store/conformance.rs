@@ -59,7 +59,7 @@ async fn postgres_database() -> String {
 }
 
 async fn postgres(url: &str) -> Arc<PostgresStore> {
-    Arc::new(PostgresStore::open(url, 8).await.unwrap())
+    Arc::new(PostgresStore::open(url, 8, &Default::default()).await.unwrap())
 }
 
 fn put(key: &[u8], value: &[u8]) -> Op {

@@ -6,6 +6,7 @@ mod capability;
 mod conformance;
 pub mod postgres;
 pub mod sqlite;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,13 +82,23 @@ pub enum OpenError {
 }
 
 /// Opens the backend a storage URL names: `sqlite://PATH`, or
-/// `postgres://USER:PASS@HOST:PORT/DB` with at most `connections` pooled connections.
+/// `postgres://USER:PASS@HOST:PORT/DB` with at most `connections` pooled connections, over TLS
+/// only if the URL's `sslmode` asks for it.
 pub async fn open(url: &str, connections: usize) -> Result<Arc<dyn KvBackend>, OpenError> {
+    open_with_tls(url, connections, &tls::TlsSettings::default()).await
+}
+
+/// Like [`open`], with PostgreSQL's TLS settings.
+pub async fn open_with_tls(
+    url: &str,
+    connections: usize,
+    tls: &tls::TlsSettings,
+) -> Result<Arc<dyn KvBackend>, OpenError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         let store = sqlite::SqliteStore::open(path).map_err(|e| OpenError::Backend(e.to_string()))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = postgres::PostgresStore::open(url, connections)
+        let store = postgres::PostgresStore::open(url, connections, tls)
             .await
             .map_err(OpenError::Backend)?;
         Ok(Arc::new(store))

@@ -12,11 +12,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::tls::TlsSettings;
+use super::{BoxFuture, Condition, Entry, KvBackend, Op, ScanRange, StoreError, scan_range};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sha2::{Digest, Sha256};
-use tokio_postgres::NoTls;
-
-use super::{BoxFuture, Condition, Entry, KvBackend, Op, ScanRange, StoreError, scan_range};
 
 /// The first key of every advisory lock this store takes, so they never collide with other
 /// applications' locks in the same database ("WHK1").
@@ -36,14 +35,15 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` (`postgres://USER:PASS@HOST:PORT/DB`) with at most
-    /// `connections` pooled connections, and creates the table if missing.
-    pub async fn open(url: &str, connections: usize) -> Result<Self, String> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+    /// Connects to the database at `url` (`postgres://USER:PASS@HOST:PORT/DB`) over TLS as
+    /// `tls` says, with at most `connections` pooled connections, and creates the table if
+    /// missing.
+    pub async fn open(url: &str, connections: usize, tls: &TlsSettings) -> Result<Self, String> {
+        let (config, connector) = connection_settings(url, tls)?;
         let server = describe(&config);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -79,6 +79,29 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
     }
+}
+
+/// The driver's settings and TLS connector for `url` and `tls`. A mode in `tls` overrides the
+/// URL's own `sslmode`; with neither, no TLS, as the Go webhooks service's default (the
+/// driver's own default would be `prefer`).
+pub fn connection_settings(
+    url: &str,
+    tls: &TlsSettings,
+) -> Result<(tokio_postgres::Config, tokio_postgres_rustls::MakeRustlsConnect), String> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+    match tls.mode {
+        Some(mode) => {
+            config.ssl_mode(mode.negotiation());
+        }
+        None if !url.contains("sslmode=") => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
+        None => {}
+    }
+    let connector = tls
+        .connector()
+        .map_err(|fault| format!("TLS {}: {}", fault.setting, fault.message))?;
+    Ok((config, connector))
 }
 
 /// Where a configuration points, for start-up errors: host, port, database and user, never

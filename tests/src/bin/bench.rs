@@ -598,16 +598,16 @@ async fn drain_median(messages: usize, k: usize) -> Result<Drain> {
     Ok(runs.swap_remove(1))
 }
 
+/// The head of the drain table, in `bench drain` and in the report.
+const DRAIN_HEADER: &str = "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver |\n|---|---|---|---|---|---|\n";
+
 /// `bench drain`: the drain table for each K.
 async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
     println!(
         "{messages} messages of {PAYLOAD_BYTES} B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, SQLite store, \
          receiver on loopback; median of 3 runs"
     );
-    println!(
-        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver |"
-    );
-    println!("|---|---|---|---|---|---|");
+    print!("{DRAIN_HEADER}");
     for &k in ks {
         let run = drain_median(messages, k).await?;
         println!("{}", drain_row(k, &run));
@@ -721,24 +721,19 @@ async fn runtime(calls: usize) -> Result<()> {
 /// Mean cost of a call that only creates a store and an instance of the real plugin, and of
 /// one that also looks up the `events` interface, as every message and delivery call does.
 async fn instantiation(calls: usize) -> Result<(Duration, Duration)> {
-    use webhooks_host::identity::registry::RegistryBackend;
-    use webhooks_host::outbound::{OutboundClient, OutboundConfig};
-    use webhooks_host::runtime::{Capabilities, CompileCache, Limits, Runtime};
+    use webhooks_host::runtime::{CompileCache, Limits, Runtime};
     use webhooks_host::settings::DeliverySettings;
 
     let dir = TempDir::new("bench-runtime");
-    let registry = dir.path().join("registry.json");
-    std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
-    let capabilities = Capabilities {
-        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display()), 1).await?,
-        identity: std::sync::Arc::new(RegistryBackend::open(&registry)?),
-        outbound: OutboundClient::new(OutboundConfig::default())?,
-        settings: std::sync::Arc::new(DeliverySettings {
+    let capabilities = webhooks_tests::in_process_capabilities(
+        dir.path(),
+        DeliverySettings {
             retry_schedule: vec![Duration::from_secs(5)],
             retention: Duration::from_secs(3600),
             ..DeliverySettings::default()
-        }),
-    };
+        },
+    )
+    .await?;
     let cache = CompileCache::new(Some(dir.path().join("cache")));
     let runtime = Runtime::new(&plugin_component(), Limits::default(), capabilities, cache)?;
     let empty = || async { runtime.call("bench", |_, _| Box::pin(async { Ok(()) })).await };
@@ -1198,9 +1193,7 @@ async fn report(out: &std::path::Path) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let mut drain_table = String::from(
-        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver |\n|---|---|---|---|---|---|\n",
-    );
+    let mut drain_table = String::from(DRAIN_HEADER);
     for (k, run) in &drained {
         drain_table.push_str(&drain_row(*k, run));
         drain_table.push('\n');

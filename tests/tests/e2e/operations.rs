@@ -960,7 +960,7 @@ fn shown_default(block: &str) -> Option<&str> {
 #[test]
 fn help_lists_the_commands_and_every_variable_with_its_default_but_never_the_admin_token() -> anyhow::Result<()> {
     let top = run_host(&["--help"], &[])?;
-    for command in ["serve", "check-plugin"] {
+    for command in ["serve", "import", "check-plugin"] {
         assert!(
             top.lines().any(|line| line.trim_start().starts_with(command)),
             "--help does not list {command}:\n{top}"
@@ -1051,7 +1051,7 @@ fn with_no_command_the_host_prints_its_usage_and_exits_2() -> anyhow::Result<()>
     let (code, stdout, stderr) = run_host_to_exit(&[], &[])?;
     assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("Usage: webhooks-host"), "{stderr}");
-    for command in ["serve", "check-plugin"] {
+    for command in ["serve", "import", "check-plugin"] {
         assert!(
             stderr.lines().any(|line| line.trim_start().starts_with(command)),
             "the usage does not list {command}:\n{stderr}"

@@ -374,3 +374,105 @@ async fn https_settings_that_cannot_work_stop_start_up_naming_the_variable() -> 
     }
     Ok(())
 }
+
+/// The Go service's database variables with these replaced or added.
+fn go_variables_with(database: &str, changes: &[(&str, &str)]) -> Result<Vec<(String, String)>> {
+    let mut env = go_database_variables(database)?;
+    for (name, value) in changes {
+        env.retain(|(existing, _)| existing != name);
+        env.push((name.to_string(), value.to_string()));
+    }
+    env.push(("MF_WEBHOOKS_DB_URL".to_owned(), String::new()));
+    Ok(env)
+}
+
+fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// How many of the connections to `database` use TLS, and how many do not.
+fn tls_connections(database: &str) -> Result<(u32, u32)> {
+    let admin = std::env::var("WEBHOOKS_TEST_POSTGRES")?;
+    let name = database.rsplit_once('/').context("a database name")?.1;
+    let counts = psql(
+        &admin,
+        &format!(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{name}'"
+        ),
+    )?;
+    let (with, without) = counts.trim().split_once('|').context("two counts")?;
+    Ok((with.parse()?, without.parse()?))
+}
+
+/// `MF_WEBHOOKS_DB_SSL_MODE` and `_DB_SSL_ROOT_CERT` as libpq takes them: `verify-full` with the
+/// server's CA connects over TLS (every connection of the host is encrypted) and the service
+/// works; `verify-full` to a name the certificate does not carry, or without the CA, stops
+/// start-up with one line; `verify-ca` accepts the other name; `require` encrypts unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_services_ssl_variables_connect_to_postgresql_over_tls_checked_as_libpq_checks_it() -> Result<()> {
+    let database = postgres_database()?;
+    let ca = std::env::var("WEBHOOKS_TEST_POSTGRES_CA").context("tests/services sets WEBHOOKS_TEST_POSTGRES_CA")?;
+    let verified = go_variables_with(
+        &database,
+        &[
+            ("MF_WEBHOOKS_DB_SSL_MODE", "verify-full"),
+            ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", ca.as_str()),
+        ],
+    )?;
+    let host = TestHost::start_with(standard_registry(), &as_pairs(&verified)).await?;
+    webhooks_tests::flows::add_webhook(&host, THING_1, "over-tls", "https://example.com/tls").await?;
+    let (with, without) = tls_connections(&database)?;
+    assert!(
+        with > 0 && without == 0,
+        "{with} connections over TLS, {without} without"
+    );
+
+    for (changes, fails) in [
+        (
+            vec![
+                ("MF_WEBHOOKS_DB_HOST", "localhost"),
+                ("MF_WEBHOOKS_DB_SSL_MODE", "verify-full"),
+                ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", ca.as_str()),
+            ],
+            true,
+        ),
+        (vec![("MF_WEBHOOKS_DB_SSL_MODE", "verify-full")], true),
+        (
+            vec![
+                ("MF_WEBHOOKS_DB_HOST", "localhost"),
+                ("MF_WEBHOOKS_DB_SSL_MODE", "verify-ca"),
+                ("MF_WEBHOOKS_DB_SSL_ROOT_CERT", ca.as_str()),
+            ],
+            false,
+        ),
+        (vec![("MF_WEBHOOKS_DB_SSL_MODE", "require")], false),
+    ] {
+        let env = go_variables_with(&database, &changes)?;
+        let other = TestHost::prepare(standard_registry(), &as_pairs(&env))?;
+        if fails {
+            let output = run_to_exit(other.command(), Duration::from_secs(30))?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{changes:?} started");
+            let line = stderr.trim().lines().last().unwrap_or_default().to_owned();
+            assert!(
+                line.starts_with("webhooks-host: MF_WEBHOOKS_DB_HOST:") && line.contains("certificate"),
+                "{changes:?}: {stderr}"
+            );
+        } else {
+            let mut other = other;
+            other.start_again().await?;
+            let listed = other
+                .expect(
+                    Method::GET,
+                    &format!("/things/{THING_1}/webhooks"),
+                    ADMIN,
+                    None,
+                    StatusCode::OK,
+                )
+                .await?;
+            assert_eq!(listed["total"], 1, "{changes:?}: {listed}");
+        }
+    }
+    Ok(())
+}

@@ -542,20 +542,11 @@ async fn a_call_past_the_memory_limit_answers_500_and_other_calls_go_on() -> any
 /// requests and recording their outcomes because it waited for a free instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_queued_for_an_instance_does_not_count_against_a_calls_deadline() -> anyhow::Result<()> {
-    use webhooks_host::identity::registry::RegistryBackend;
-    use webhooks_host::outbound::{OutboundClient, OutboundConfig};
-    use webhooks_host::runtime::{Capabilities, CompileCache, Limits, Runtime};
+    use webhooks_host::runtime::{CompileCache, Limits, Runtime};
     use webhooks_host::settings::DeliverySettings;
 
     let dir = TempDir::new("runtime-queue");
-    let registry = dir.path().join("registry.json");
-    std::fs::write(&registry, serde_json::to_vec(&standard_registry())?)?;
-    let capabilities = Capabilities {
-        store: webhooks_host::store::open(&format!("sqlite://{}", dir.path().join("db").display()), 1).await?,
-        identity: Arc::new(RegistryBackend::open(&registry)?),
-        outbound: OutboundClient::new(OutboundConfig::default())?,
-        settings: Arc::new(DeliverySettings::default()),
-    };
+    let capabilities = webhooks_tests::in_process_capabilities(dir.path(), DeliverySettings::default()).await?;
     // One instance at a time, and calls that each hold it for 70 % of the deadline, waiting
     // inside the call as a batch waits on its receivers and the store.
     let limits = Limits {
