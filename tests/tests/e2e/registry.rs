@@ -532,7 +532,7 @@ async fn the_go_services_database_variables_alone_run_the_host_on_that_postgresq
 }
 
 /// A URL and Go-service database parts that disagree stop start-up with one line naming the
-/// part, and never the password; so do TLS settings this version cannot honour.
+/// part, and never the password; so does an SSL mode libpq does not know.
 #[test]
 fn a_database_url_and_parts_that_disagree_stop_start_up_naming_the_part() -> anyhow::Result<()> {
     let url = ("MF_WEBHOOKS_DB_URL", "postgres://app:s3cret-pw@127.0.0.1:1/hooks");
@@ -551,6 +551,9 @@ fn a_database_url_and_parts_that_disagree_stop_start_up_naming_the_part() -> any
         &[("MF_WEBHOOKS_DB_URL", "sqlite://./x.db"), ("MF_WEBHOOKS_DB_HOST", "db")],
         "MF_WEBHOOKS_DB_URL",
     )?;
-    assert_start_up_fails_naming(&[("MF_WEBHOOKS_DB_SSL_MODE", "require")], "MF_WEBHOOKS_DB_SSL_MODE")?;
+    assert_start_up_fails_naming(
+        &[("MF_WEBHOOKS_DB_URL", ""), ("MF_WEBHOOKS_DB_SSL_MODE", "on")],
+        "MF_WEBHOOKS_DB_SSL_MODE",
+    )?;
     Ok(())
 }
