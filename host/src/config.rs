@@ -158,8 +158,10 @@ pub struct ServeConfig {
     #[arg(long, env = "MF_WEBHOOKS_SERVER_KEY", value_name = "MF_WEBHOOKS_SERVER_KEY")]
     pub server_key: Option<String>,
 
-    /// Where traces go (Jaeger or any OTLP collector); accepted so the Go service's configuration
-    /// starts this one, but this version exports no traces and says so once at start-up.
+    /// OTLP/HTTP endpoint that traces are exported to, e.g. http://jaeger:4318 (Jaeger or any
+    /// OpenTelemetry collector; `/v1/traces` is added to a URL without a path); unset: the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT, else no traces. Another value (the Go service's
+    /// Jaeger agent address, HOST:6831) is logged and ignored.
     #[arg(long, env = "MF_JAEGER_URL", value_name = "MF_JAEGER_URL")]
     pub jaeger_url: Option<String>,
 

@@ -13,6 +13,7 @@
 //! - [`retention`]: old records deleted and stored data kept up to date, beside the service;
 //! - [`settings`]: the operator's delivery settings, for the plugin's policy;
 //! - [`migration`]: the import of the webhooks the platform's Go service kept;
+//! - [`telemetry`]: traces over OTLP;
 //! - [`config`] and [`server`]: configuration, start-up and shutdown.
 #![deny(missing_docs)]
 
@@ -30,3 +31,4 @@ pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod telemetry;

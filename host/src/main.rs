@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use webhooks_host::config::{CheckPluginArgs, Cli, Command, LogFormat, LogLevel, ServeConfig};
+use webhooks_host::telemetry::{self, Exporter};
 
 /// Every call allocates and frees its store, instance state, lowered lists and requests: with
 /// glibc's allocator that was a seventh of the host's CPU during a drain.
@@ -12,6 +13,8 @@ use webhooks_host::config::{CheckPluginArgs, Cli, Command, LogFormat, LogLevel, 
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Clients that pick rustls' process-wide provider (the trace exporter's) find ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
@@ -89,7 +92,7 @@ fn check_plugin(args: &CheckPluginArgs) -> ExitCode {
 const WORLD: &str = "mainflux:webhooks/webhooks@0.1.0";
 
 fn serve(config: ServeConfig) -> ExitCode {
-    init_logging(&config);
+    let exporter = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -97,7 +100,13 @@ fn serve(config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(webhooks_host::server::serve(config)) {
+    let served = runtime.block_on(webhooks_host::server::serve(config));
+    // Outside the async runtime: the exporter's client blocks.
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Exactly one line, naming the variable at fault.
@@ -109,7 +118,7 @@ fn serve(config: ServeConfig) -> ExitCode {
 
 /// Imports the Go service's table and prints the counts; exit 1 with one line on failure.
 fn import(config: ServeConfig) -> ExitCode {
-    init_logging(&config);
+    let exporter = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -117,7 +126,12 @@ fn import(config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(webhooks_host::server::import(config)) {
+    let imported = runtime.block_on(webhooks_host::server::import(config));
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    match imported {
         Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
@@ -129,7 +143,12 @@ fn import(config: ServeConfig) -> ExitCode {
     }
 }
 
-fn init_logging(config: &ServeConfig) {
+/// The log on standard error, and the trace exporter when an endpoint is configured (a value
+/// that is not an OTLP/HTTP endpoint is logged once and ignored).
+fn init_logging(config: &ServeConfig) -> Option<Exporter> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = match config.log_level {
         LogLevel::Debug => "debug",
         LogLevel::Info => "info",
@@ -138,11 +157,35 @@ fn init_logging(config: &ServeConfig) {
     };
     // Our crate at the configured level; dependencies only when they warn.
     let filter = EnvFilter::new(format!("warn,webhooks_host={level}"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match config.log_format {
+        LogFormat::Json => log.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => log.with_ansi(false).with_filter(filter).boxed(),
+    };
+    let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
+    let (endpoint, refused) = match telemetry::endpoint(config.jaeger_url.as_deref(), otlp.as_deref()) {
+        Ok(endpoint) => (endpoint, None),
+        Err(reason) => (None, Some(reason)),
+    };
+    let (exporter, traces) = match endpoint.as_deref().map(|endpoint| Exporter::start(endpoint)) {
+        Some(Ok((exporter, layer))) => (
+            Some(exporter),
+            Some(layer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target() == telemetry::SPANS
+            }))),
+        ),
+        Some(Err(reason)) => {
+            eprintln!("webhooks-host: {reason}");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(traces).init();
+    if let Some(reason) = refused {
+        tracing::warn!("{reason}");
     }
+    if let Some(endpoint) = endpoint.filter(|_| exporter.is_some()) {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    exporter
 }

@@ -218,9 +218,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         .map_err(|e| fault("MF_WEBHOOKS_HTTP_PORT", format!("cannot listen on {address}: {e}")))?;
     // Once every setting has been taken: a refused one stops start-up with its one line alone.
     log_configuration(&config, &db_url);
-    if config.jaeger_url.as_deref().is_some_and(|url| !url.is_empty()) {
-        tracing::warn!("MF_JAEGER_URL is set, but this version exports no traces; it is ignored");
-    }
     tracing::info!(%address, scheme, "webhooks service listening");
 
     let connections = ListenerConfig {

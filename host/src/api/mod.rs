@@ -20,6 +20,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use tracing::Instrument;
 
 use crate::dispatch::Dispatcher;
 use crate::identity::IdentityBackend;
@@ -87,9 +88,20 @@ async fn log_request(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |matched| matched.as_str().to_owned());
-    let response = next.run(request).await;
+    let span = tracing::debug_span!(
+        target: crate::telemetry::SPANS,
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_from(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     tracing::info!(%method, path, status, micros = elapsed.as_micros() as u64, "request");
     let metrics = &crate::metrics::METRICS;
     metrics

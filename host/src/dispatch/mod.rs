@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use tokio::sync::Semaphore;
 
@@ -183,10 +184,18 @@ impl Dispatcher {
             self.slots.clone().acquire_owned().await.ok()
         };
         if let Some(_slot) = slot {
+            let span = tracing::debug_span!(
+                target: crate::telemetry::SPANS,
+                "delivery batch",
+                otel.name = "deliver",
+                webhook_id = %webhook,
+                deliveries = ids.len(),
+            );
             let result = self
                 .runtime
                 .events()
                 .deliver(ids.clone(), self.config.attempt_timeout)
+                .instrument(span)
                 .await;
             match result {
                 Ok(outcomes) => {

@@ -9,6 +9,7 @@ pub mod event_stream;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use crate::dispatch::Dispatcher;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::{Accepted, Message};
@@ -48,7 +49,17 @@ pub async fn accept(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    let accepted = runtime.events().on_message(message).await?;
+    let span = tracing::debug_span!(
+        target: crate::telemetry::SPANS,
+        "message",
+        otel.name = "message taken in",
+        thing_id = %message.thing_id,
+        message.id = tracing::field::Empty,
+        deliveries = tracing::field::Empty,
+    );
+    let accepted = runtime.events().on_message(message).instrument(span.clone()).await?;
+    span.record("message.id", accepted.message_id.as_str());
+    span.record("deliveries", accepted.deliveries.len());
     if !accepted.deliveries.is_empty() {
         dispatcher.enqueue(accepted.deliveries.clone());
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -202,6 +203,19 @@ fn connect_error(error: &hyper_util::client::legacy::Error) -> HttpError {
     }
 }
 
+/// A delivery URL fit for traces: scheme, host, port and path, without the query, which may
+/// carry a receiver's token.
+fn redacted_uri(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or_default())
+            .unwrap_or_default(),
+        uri.path()
+    )
+}
+
 /// The `wasi:http` hooks of one plugin call: every outgoing request goes through the shared
 /// [`OutboundClient`].
 pub struct OutboundHooks {
@@ -233,10 +247,38 @@ impl WasiHttpHooks for OutboundHooks {
             > + Send,
     > {
         let client = self.client.clone();
-        Box::new(async move {
-            let response = client.send(request).await?;
-            let request_done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
-            Ok((response, request_done))
-        })
+        // A child of the plugin call that asked for it; the receiver gets its traceparent.
+        let span = tracing::debug_span!(
+            target: crate::telemetry::SPANS,
+            "delivery attempt",
+            otel.name = format!("POST {}", request.uri().host().unwrap_or_default()),
+            otel.kind = "client",
+            url.full = %redacted_uri(request.uri()),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let mut request = request;
+        crate::telemetry::inject(&span, request.headers_mut());
+        let attempt = span.clone();
+        Box::new(
+            async move {
+                let outcome = client.send(request).await;
+                match &outcome {
+                    Ok(response) => {
+                        attempt.record("http.response.status_code", response.status().as_u16());
+                        if !response.status().is_success() {
+                            attempt.record("otel.status_code", "error");
+                        }
+                    }
+                    Err(_) => {
+                        attempt.record("otel.status_code", "error");
+                    }
+                }
+                let response = outcome?;
+                let request_done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
+                Ok((response, request_done))
+            }
+            .instrument(span),
+        )
     }
 }

@@ -25,6 +25,7 @@ pub use state::{Capabilities, HostState};
 use crate::metrics::METRICS;
 use bindings::exports::mainflux::webhooks::{api, events, migration};
 use bindings::mainflux::webhooks::types::Error as PluginError;
+use tracing::Instrument;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -158,7 +159,19 @@ impl Runtime {
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         let started = Instant::now();
-        let result = self.run(waiting, call).await;
+        let span = tracing::debug_span!(
+            target: crate::telemetry::SPANS,
+            "plugin call",
+            otel.name = export,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self.run(waiting, call).instrument(span.clone()).await;
+        if result
+            .as_ref()
+            .is_err_and(|error| !matches!(error, CallError::Refused(_)))
+        {
+            span.record("otel.status_code", "error");
+        }
         tracing::debug!(
             export,
             micros = started.elapsed().as_micros() as u64,

@@ -18,4 +18,5 @@ mod replacement;
 mod retries;
 mod runtime;
 mod signing;
+mod traces;
 mod webhooks;
