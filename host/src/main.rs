@@ -67,7 +67,10 @@ fn check_plugin(args: &CheckPluginArgs) -> ExitCode {
         }
     };
     match &inspection.verdict {
-        Ok(()) => println!("ok: {file} implements the webhooks world ({})", WORLD),
+        Ok(()) => println!(
+            "ok: {file} implements the webhooks world ({})",
+            webhooks_host::runtime::WORLD
+        ),
         Err(error) => println!("refused: {file}: {error}"),
     }
     println!("sha256: {}", inspection.sha256);
@@ -87,9 +90,6 @@ fn check_plugin(args: &CheckPluginArgs) -> ExitCode {
         ExitCode::FAILURE
     }
 }
-
-/// The world a plugin must implement.
-const WORLD: &str = "mainflux:webhooks/webhooks@0.1.0";
 
 fn serve(config: ServeConfig) -> ExitCode {
     let exporter = init_logging(&config);

@@ -103,7 +103,7 @@ impl Metrics {
         );
         let plugin_swaps = counter(
             "webhooks_plugin_swaps_total",
-            "Plugin swaps, by trigger (admin, sighup) and result (swapped, refused).",
+            "Plugin swaps, by trigger (admin, sighup, rollback) and result (swapped, refused).",
             &["trigger", "result"],
         );
         let broker_messages = counter(

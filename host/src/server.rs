@@ -54,13 +54,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
             Some(listener::server_tls(&certificate, &key).map_err(|e| fault("MF_WEBHOOKS_SERVER_CERT", e))?)
         }
     };
-    // A store that cannot be opened is reported under the variables it was configured by.
-    let store_variable =
-        if config.db_url.as_deref().is_none_or(str::is_empty) && db_url != crate::config::DEFAULT_DB_URL {
-            "MF_WEBHOOKS_DB_HOST"
-        } else {
-            "MF_WEBHOOKS_DB_URL"
-        };
+    let store_variable = store_variable(&config, &db_url);
     let db_tls = config
         .database_tls()
         .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
@@ -126,14 +120,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         outbound,
         settings,
     };
-    let limits = Limits {
-        memory_bytes: config.plugin_memory,
-        deadline: config.plugin_deadline,
-        ..Limits::default()
-    };
     let plugin_path = config.plugin_path();
     let cache = CompileCache::new(config.plugin_cache_dir());
-    let runtime = Runtime::new(&plugin_path, limits, capabilities, cache)
+    let runtime = Runtime::new(&plugin_path, plugin_limits(&config), capabilities, cache)
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
     if db_url.starts_with("postgres") {
         crate::migration::import_on_first_start(&db_url, &db_tls, &runtime)
@@ -257,11 +246,7 @@ pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportRepor
     let db_url = config
         .store_url()
         .map_err(|fault_of| fault(fault_of.variable, fault_of.message))?;
-    let store_variable = if config.db_url.as_deref().is_none_or(str::is_empty) {
-        "MF_WEBHOOKS_DB_HOST"
-    } else {
-        "MF_WEBHOOKS_DB_URL"
-    };
+    let store_variable = store_variable(&config, &db_url);
     if !db_url.starts_with("postgres") {
         return Err(fault(
             store_variable,
@@ -291,15 +276,10 @@ pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportRepor
         })?,
         settings: Arc::new(DeliverySettings::default()),
     };
-    let limits = Limits {
-        memory_bytes: config.plugin_memory,
-        deadline: config.plugin_deadline,
-        ..Limits::default()
-    };
     let plugin_path = config.plugin_path();
     let runtime = Runtime::new(
         &plugin_path,
-        limits,
+        plugin_limits(&config),
         capabilities,
         CompileCache::new(config.plugin_cache_dir()),
     )
@@ -311,6 +291,24 @@ pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportRepor
         ));
     }
     table.import(&runtime).await.map_err(|e| fault(store_variable, e))
+}
+
+/// The variable a store that cannot be opened is reported under: the one it was configured by.
+fn store_variable(config: &ServeConfig, db_url: &str) -> &'static str {
+    if config.db_url.as_deref().is_none_or(str::is_empty) && db_url != crate::config::DEFAULT_DB_URL {
+        "MF_WEBHOOKS_DB_HOST"
+    } else {
+        "MF_WEBHOOKS_DB_URL"
+    }
+}
+
+/// The limits of each plugin call, from the configuration.
+fn plugin_limits(config: &ServeConfig) -> Limits {
+    Limits {
+        memory_bytes: config.plugin_memory,
+        deadline: config.plugin_deadline,
+        ..Limits::default()
+    }
 }
 
 /// One line saying what this service runs on, so an operator can check it at a glance; no
@@ -371,7 +369,7 @@ async fn reload_on_hangup(runtime: Arc<Runtime>, path: std::path::PathBuf, mut h
                 continue;
             }
         };
-        let swapped = runtime.swap(bytes).await;
+        let swapped = runtime.swap(bytes, crate::runtime::VersionSource::Sighup).await;
         let result = if swapped.is_ok() { "swapped" } else { "refused" };
         crate::metrics::METRICS
             .plugin_swaps

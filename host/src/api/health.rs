@@ -46,6 +46,7 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
         "build_time": app.build.build_time,
         "plugin": {
             "sha256": plugin.sha256,
+            "world": plugin.world(),
             "loaded_at": humantime::format_rfc3339_seconds(plugin.loaded_at).to_string(),
         },
     });

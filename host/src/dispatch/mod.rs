@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::metrics::METRICS;
 use crate::runtime::Runtime;

@@ -9,6 +9,7 @@ pub mod event_stream;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
 use tracing::Instrument;
 
 use crate::dispatch::Dispatcher;

@@ -7,10 +7,12 @@ mod calls;
 mod plugin;
 mod state;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
@@ -19,13 +21,12 @@ use wasmtime::{
 
 pub use cache::CompileCache;
 pub use calls::{ApiCalls, EventCalls, MigrationCalls};
-pub use plugin::{Inspection, LoadError, Plugin};
+pub use plugin::{Inspection, LoadError, Plugin, WORLD};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
 use bindings::exports::mainflux::webhooks::{api, events, migration};
 use bindings::mainflux::webhooks::types::Error as PluginError;
-use tracing::Instrument;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -75,6 +76,61 @@ pub enum CallError {
     Instantiate(String),
 }
 
+/// How many earlier versions are kept, compiled, for rollbacks.
+pub const HISTORY: usize = 8;
+
+/// How a version came to be active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    /// Loaded from `MF_WEBHOOKS_PLUGIN` at start-up.
+    File,
+    /// Swapped in through `PUT /admin/plugin`.
+    Admin,
+    /// Swapped in by `SIGHUP`, from `MF_WEBHOOKS_PLUGIN`.
+    Sighup,
+    /// Made active again by `POST /admin/plugin/rollback`.
+    Rollback,
+}
+
+impl VersionSource {
+    /// The name shown in `GET /admin/plugin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VersionSource::File => "file",
+            VersionSource::Admin => "admin",
+            VersionSource::Sighup => "sighup",
+            VersionSource::Rollback => "rollback",
+        }
+    }
+}
+
+/// A version of the plugin as it was made active.
+#[derive(Clone)]
+pub struct Version {
+    /// The loaded version, compiled code included.
+    pub plugin: Arc<Plugin>,
+    /// How it came to be active.
+    pub source: VersionSource,
+    /// When it became active.
+    pub activated_at: std::time::SystemTime,
+}
+
+impl Version {
+    fn new(plugin: Arc<Plugin>, source: VersionSource) -> Self {
+        Version {
+            plugin,
+            source,
+            activated_at: std::time::SystemTime::now(),
+        }
+    }
+}
+
+/// The active version and the earlier ones, newest first.
+struct Versions {
+    active: Version,
+    history: VecDeque<Version>,
+}
+
 /// The engine, linker and current plugin version.
 pub struct Runtime {
     engine: Engine,
@@ -83,6 +139,8 @@ pub struct Runtime {
     capabilities: Capabilities,
     cache: CompileCache,
     current: RwLock<Arc<Plugin>>,
+    /// How the current version came to be active, and the versions active before it.
+    versions: std::sync::Mutex<Versions>,
     /// One permit per instance the pool holds: a call waits for a free slot (within its
     /// deadline) rather than fail when a burst or a stall has every slot in use.
     instances: Arc<tokio::sync::Semaphore>,
@@ -100,14 +158,18 @@ impl Runtime {
     ) -> Result<Arc<Self>, LoadError> {
         let (engine, linker) = engine_and_linker(&limits)?;
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.display().to_string(), e))?;
-        let plugin = plugin::load(&engine, &linker, &cache, &bytes)?;
+        let plugin = Arc::new(plugin::load(&engine, &linker, &cache, &bytes)?);
         let runtime = Arc::new(Runtime {
             engine,
             linker,
             limits,
             capabilities,
             cache,
-            current: RwLock::new(Arc::new(plugin)),
+            versions: std::sync::Mutex::new(Versions {
+                active: Version::new(plugin.clone(), VersionSource::File),
+                history: VecDeque::new(),
+            }),
+            current: RwLock::new(plugin),
             instances: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),
             swapping: tokio::sync::Mutex::new(()),
         });
@@ -122,8 +184,13 @@ impl Runtime {
 
     /// Compiles (or maps from the cache) and checks `bytes`, then makes them the version new
     /// calls use; calls already running finish on the version they started with. Answers the
-    /// new version and the one it replaced. A component that fails leaves the current one.
-    pub async fn swap(self: &Arc<Self>, bytes: Vec<u8>) -> Result<(Arc<Plugin>, Arc<Plugin>), LoadError> {
+    /// new version and the one it replaced, which goes first in the history. A component that
+    /// fails leaves the current one.
+    pub async fn swap(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        source: VersionSource,
+    ) -> Result<(Arc<Plugin>, Arc<Plugin>), LoadError> {
         let _one_at_a_time = self.swapping.lock().await;
         let runtime = self.clone();
         // Compiling takes seconds of CPU: off the async workers.
@@ -132,11 +199,38 @@ impl Runtime {
                 .await
                 .map_err(|e| LoadError::Compile(format!("the compiler stopped: {e}")))??;
         let plugin = Arc::new(plugin);
-        let previous = std::mem::replace(
-            &mut *self.current.write().expect("plugin lock poisoned"),
-            plugin.clone(),
-        );
+        let previous = self.activate(Version::new(plugin.clone(), source));
         Ok((plugin, previous))
+    }
+
+    /// Makes the version active before the current one active again, with the compiled code
+    /// it kept; the current one goes first in the history, so a second rollback undoes the
+    /// first. Answers the version now active, or `None` when there was no earlier one.
+    pub async fn rollback(&self) -> Option<Version> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let earlier = self.versions.lock().expect("versions poisoned").history.pop_front()?;
+        let version = Version::new(earlier.plugin, VersionSource::Rollback);
+        self.activate(version.clone());
+        Some(version)
+    }
+
+    /// The active version and the earlier ones, newest first.
+    pub fn versions(&self) -> (Version, Vec<Version>) {
+        let versions = self.versions.lock().expect("versions poisoned");
+        (versions.active.clone(), versions.history.iter().cloned().collect())
+    }
+
+    /// Installs `version` for new calls; the one it replaces goes first in the history.
+    /// Callers hold `swapping`.
+    fn activate(&self, version: Version) -> Arc<Plugin> {
+        let mut versions = self.versions.lock().expect("versions poisoned");
+        let replaced = std::mem::replace(&mut versions.active, version.clone());
+        versions.history.push_front(replaced);
+        versions.history.truncate(HISTORY);
+        std::mem::replace(
+            &mut *self.current.write().expect("plugin lock poisoned"),
+            version.plugin,
+        )
     }
 
     /// Runs `call` against a fresh instance of the current plugin, within the call limits.

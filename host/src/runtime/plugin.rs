@@ -25,6 +25,10 @@ pub enum LoadError {
     World(String),
 }
 
+/// The world a plugin implements; one without the `migration` exports (built before they were
+/// added) runs too, without the import.
+pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.0";
+
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {
     pub(super) pre: InstancePre<HostState>,
@@ -43,6 +47,17 @@ pub struct Plugin {
     pub load_time: Duration,
     /// Whether the compiled code came from the compile cache.
     pub cached: bool,
+}
+
+impl Plugin {
+    /// The world this version implements, with the optional exports it lacks.
+    pub fn world(&self) -> String {
+        if self.migration.is_some() {
+            WORLD.to_owned()
+        } else {
+            format!("{WORLD} without migration")
+        }
+    }
 }
 
 /// Compiles `bytes` (or maps them from `cache`) and checks them against the world; only a

@@ -915,3 +915,78 @@ fn check_plugin_reports_a_file_that_is_not_a_component_or_does_not_exist() -> an
     }
     Ok(())
 }
+
+/// `GET /admin/plugin` names the active version (hash, world, how it became active) and the
+/// earlier ones, newest first; `POST /admin/plugin/rollback` makes the previous one active again
+/// at once (its compiled code kept), answering it, and a second rollback undoes the first; with
+/// nothing earlier it is `409`; both need the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_versions_are_listed_and_a_rollback_makes_the_previous_one_active_again() -> anyhow::Result<()> {
+    let host = TestHost::start_with(standard_registry(), &[ADMIN_TOKEN]).await?;
+    let real = sha256_of(&plugin_component())?;
+    let tagged = sha256_of(&plugin_variant("tagged"))?;
+    add_webhook(&host, THING_1, "kept", "https://example.com/kept").await?;
+
+    let admin = |method: Method, path: &'static str| host.call(method, path, PLUGIN_ADMIN, None);
+    let (status, body) = admin(Method::POST, "/admin/plugin/rollback").await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("no earlier")),
+        "{body}"
+    );
+    let (status, versions) = admin(Method::GET, "/admin/plugin").await?;
+    assert_eq!(status, StatusCode::OK, "{versions}");
+    assert_eq!(versions["active"]["sha256"], real.as_str());
+    assert_eq!(versions["active"]["source"], "file");
+    assert_eq!(versions["active"]["world"], "mainflux:webhooks/webhooks@0.1.0");
+    assert_eq!(versions["candidate"], Value::Null);
+    assert_eq!(versions["history"], serde_json::json!([]));
+
+    swap_in(&host, plugin_variant_bytes("tagged")?, &tagged).await?;
+    assert!(is_tagged(&list(&host, "").await?.1)?);
+    let (_, versions) = admin(Method::GET, "/admin/plugin").await?;
+    assert_eq!(
+        (&versions["active"]["sha256"], &versions["active"]["source"]),
+        (&Value::from(tagged.as_str()), &Value::from("admin"))
+    );
+    assert_eq!(versions["history"][0]["sha256"], real.as_str());
+
+    let started = Instant::now();
+    let (status, body) = admin(Method::POST, "/admin/plugin/rollback").await?;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["active"]["sha256"], real.as_str());
+    assert_eq!(body["active"]["source"], "rollback");
+    assert!(took < Duration::from_secs(1), "a rollback compiles nothing: {took:?}");
+    let (status, page) = list(&host, "").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!is_tagged(&page)?, "new calls use the version rolled back to: {page}");
+    assert_eq!(page["total"], 1, "the data is untouched: {page}");
+    assert_eq!(health_sha(&host).await?, real);
+    let (_, versions) = admin(Method::GET, "/admin/plugin").await?;
+    assert_eq!(versions["history"][0]["sha256"], tagged.as_str());
+
+    let (status, body) = admin(Method::POST, "/admin/plugin/rollback").await?;
+    assert_eq!(
+        (status, &body["active"]["sha256"]),
+        (StatusCode::OK, &Value::from(tagged.as_str()))
+    );
+    assert!(
+        is_tagged(&list(&host, "").await?.1)?,
+        "a second rollback undoes the first"
+    );
+
+    for path in ["/admin/plugin", "/admin/plugin/rollback"] {
+        let method = if path.ends_with("rollback") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let (status, _) = host.call(method, path, "wrong-token", None).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let without = TestHost::start().await?;
+    let (status, _) = without.call(Method::GET, "/admin/plugin", PLUGIN_ADMIN, None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "off without an admin token");
+    Ok(())
+}
