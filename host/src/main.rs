@@ -69,7 +69,7 @@ fn check_plugin(args: &CheckPluginArgs) -> ExitCode {
     match &inspection.verdict {
         Ok(()) => println!(
             "ok: {file} implements the webhooks world ({})",
-            webhooks_host::runtime::WORLD
+            inspection.world.as_deref().unwrap_or(webhooks_host::runtime::WORLD)
         ),
         Err(error) => println!("refused: {file}: {error}"),
     }

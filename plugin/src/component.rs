@@ -115,6 +115,7 @@ impl Guest for Plugin {
     }
 }
 
+#[cfg(not(feature = "previous-world"))]
 impl crate::bindings::exports::mainflux::webhooks::migration::Guest for Plugin {
     fn import_webhooks(
         webhooks: Vec<crate::bindings::exports::mainflux::webhooks::migration::ForeignWebhook>,

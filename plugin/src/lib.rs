@@ -38,9 +38,17 @@ mod testing;
 /// Bindings generated from the `webhooks` world in `wit/`.
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
+    #[cfg(not(feature = "previous-world"))]
     wit_bindgen::generate!({
         path: "../wit",
         world: "webhooks",
+        pub_export_macro: true,
+        generate_all,
+    });
+    #[cfg(feature = "previous-world")]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "webhooks-before-migration",
         pub_export_macro: true,
         generate_all,
     });

@@ -52,11 +52,15 @@ pub struct Plugin {
 impl Plugin {
     /// The world this version implements, with the optional exports it lacks.
     pub fn world(&self) -> String {
-        if self.migration.is_some() {
-            WORLD.to_owned()
-        } else {
-            format!("{WORLD} without migration")
-        }
+        world_name(self.migration.is_some())
+    }
+}
+
+fn world_name(has_migration: bool) -> String {
+    if has_migration {
+        WORLD.to_owned()
+    } else {
+        format!("{WORLD} without migration")
     }
 }
 
@@ -119,6 +123,8 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Whether it implements the world, and if not, why.
     pub verdict: Result<(), LoadError>,
+    /// The world it implements when it does, with the optional exports it lacks.
+    pub world: Option<String>,
 }
 
 /// Compiles `bytes` and reports its imports, exports and whether it implements the world.
@@ -129,13 +135,19 @@ pub(super) fn inspect(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8])
     let kind = component.component_type();
     let imports = kind.imports(engine).map(|(name, _)| name.to_owned()).collect();
     let exports = kind.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let checked = check(linker, &component);
+    let world = checked
+        .as_ref()
+        .ok()
+        .map(|(pre, _, _)| world_name(migration::GuestIndices::new(pre).is_ok()));
     Ok(Inspection {
         sha256: hex(&Sha256::digest(bytes)),
         size: bytes.len(),
         compile_time,
         imports,
         exports,
-        verdict: check(linker, &component).map(drop),
+        verdict: checked.map(drop),
+        world,
     })
 }
 

@@ -6,6 +6,7 @@
 //! - `trap`, `spin`, `grow`: the real logic, except that every `deliver` call and any list
 //!   filtered by `name=fault` traps, never returns, or allocates without end. Every other call
 //!   works, so a test can show that good calls go on beside a faulty one.
+//! - `previous`: the `tagged` logic built for the world before the `migration` exports.
 //! - `partial`: exports `api` but not `events`, so it does not implement the world.
 
 #[cfg(feature = "wrap")]

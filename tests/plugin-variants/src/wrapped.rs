@@ -2,7 +2,9 @@
 //! with this build's difference applied on the way.
 
 use webhooks_plugin::Error;
-use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events, migration};
+#[cfg(not(feature = "previous"))]
+use webhooks_plugin::bindings::exports::mainflux::webhooks::migration;
+use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events};
 use webhooks_plugin::bindings::mainflux::webhooks::types::DueDelivery;
 use webhooks_plugin::component::Plugin as Real;
 
@@ -137,6 +139,7 @@ impl events::Guest for Variant {
     }
 }
 
+#[cfg(not(feature = "previous"))]
 impl migration::Guest for Variant {
     fn import_webhooks(webhooks: Vec<migration::ForeignWebhook>) -> Result<Vec<migration::ImportOutcome>, Error> {
         <Real as migration::Guest>::import_webhooks(webhooks)

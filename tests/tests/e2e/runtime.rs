@@ -221,17 +221,26 @@ async fn keep_publishing(
 /// message, and each answer comes wholly from one version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::Result<()> {
+    swaps_under_load("tagged").await
+}
+
+/// The same between the current world and the previous one (the `previous` build lacks the
+/// `migration` exports): the host loads it, names its world in `/health`, and moving down and
+/// back up under load fails no request, loses no message and answers each call from one version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_to_the_previous_world_and_back_under_load_fails_nothing() -> anyhow::Result<()> {
+    swaps_under_load("previous").await
+}
+
+/// Ten swaps between the real plugin and the variant `other`, a build that tags its answers.
+async fn swaps_under_load(other: &str) -> anyhow::Result<()> {
     let receiver = Receiver::start().await?;
     let host = Arc::new(admin_host(&[ALLOW_PRIVATE]).await?);
     for path in LOAD_PATHS {
         add_webhook(&host, THING_1, path, &receiver.url(path)).await?;
     }
     let versions = [
-        (
-            "tagged",
-            plugin_variant_bytes("tagged")?,
-            sha256_of(&plugin_variant("tagged"))?,
-        ),
+        (other, plugin_variant_bytes(other)?, sha256_of(&plugin_variant(other))?),
         ("real", real_bytes()?, sha256_of(&plugin_component())?),
     ];
     ensure!(
@@ -251,7 +260,7 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
     let swapping = async {
         for turn in 0..SWAPS {
             let (name, bytes, sha) = &versions[turn % 2];
-            let tagged = *name == "tagged";
+            let tagged = *name != "real";
             let before = (seen.of(tagged), publishing.load(Ordering::SeqCst));
             let (body, took) = swap_in(&host, bytes.clone(), sha)
                 .await
@@ -269,6 +278,12 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
                 "swap {turn} replaced another version: {body}"
             );
             ensure!(health_sha(&host).await? == *sha, "/health after swap {turn} to {name}");
+            let (_, health) = host.call(Method::GET, "/health", "", None).await?;
+            let world = health["plugin"]["world"].as_str().unwrap_or_default().to_owned();
+            ensure!(
+                world.ends_with("without migration") == (*name == "previous"),
+                "/health names the world {world:?} after swap {turn} to {name}"
+            );
             // A call made after the swap answered uses the new version.
             ensure!(
                 list_tagged(&host, LOAD_PATHS.len()).await? == tagged,
@@ -304,7 +319,7 @@ async fn swapping_under_load_fails_no_request_and_loses_no_message() -> anyhow::
     sorted.sort_unstable();
     println!(
         "{SWAPS} swaps under load, request to answer (ms): {sorted:?}; {calls} list calls \
-         ({} tagged, {} real), {} messages published",
+         ({} {other}, {} real), {} messages published",
         seen.of(true),
         seen.of(false),
         published.len()
@@ -868,6 +883,25 @@ fn check_plugin_accepts_the_real_plugin_and_lists_its_imports_and_exports() -> a
     for export in ["mainflux:webhooks/api@0.1.0", EVENTS] {
         assert!(exports.iter().any(|e| e == export), "{export} not among {exports:?}");
     }
+    Ok(())
+}
+
+/// check-plugin accepts a component built for the world before the `migration` exports, and
+/// says so: the host loads it and turns off only the import.
+#[test]
+fn check_plugin_accepts_a_plugin_of_the_previous_world_and_names_what_it_lacks() -> anyhow::Result<()> {
+    let file = plugin_variant("previous");
+    ensure!(file.exists(), "{} missing (run `make plugin-variants`)", file.display());
+    let (code, stdout, stderr) = check_plugin(&file)?;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("ok: ") && first.ends_with("without migration)"),
+        "{stdout}"
+    );
+    let exports = section(&stdout, "exports:");
+    assert!(!exports.iter().any(|e| e.contains("migration")), "{exports:?}");
+    assert!(exports.iter().any(|e| e == EVENTS), "{exports:?}");
     Ok(())
 }
 
