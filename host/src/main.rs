@@ -92,25 +92,11 @@ fn check_plugin(args: &CheckPluginArgs) -> ExitCode {
 }
 
 fn serve(config: ServeConfig) -> ExitCode {
-    let exporter = init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("webhooks-host: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(webhooks_host::server::serve(config));
-    // Outside the async runtime: the exporter's client blocks.
-    drop(runtime);
-    if let Some(exporter) = exporter {
-        exporter.shutdown();
-    }
-    match served {
+    match run(config, webhooks_host::server::serve) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(line) => {
             // Exactly one line, naming the variable at fault.
-            eprintln!("webhooks-host: {e}");
+            eprintln!("webhooks-host: {line}");
             ExitCode::FAILURE
         }
     }
@@ -118,29 +104,36 @@ fn serve(config: ServeConfig) -> ExitCode {
 
 /// Imports the Go service's table and prints the counts; exit 1 with one line on failure.
 fn import(config: ServeConfig) -> ExitCode {
-    let exporter = init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("webhooks-host: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let imported = runtime.block_on(webhooks_host::server::import(config));
-    drop(runtime);
-    if let Some(exporter) = exporter {
-        exporter.shutdown();
-    }
-    match imported {
+    match run(config, webhooks_host::server::import) {
         Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("webhooks-host: {e}");
+        Err(line) => {
+            eprintln!("webhooks-host: {line}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a command on the async runtime with the log and the trace exporter set up; the
+/// exporter is flushed once the runtime is gone, since its client blocks. Answers the
+/// command's result, or its failure as one line.
+fn run<T, F>(config: ServeConfig, command: impl FnOnce(ServeConfig) -> F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, webhooks_host::server::StartupError>>,
+{
+    let exporter = init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let result = runtime.block_on(command(config));
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    result.map_err(|e| e.to_string())
 }
 
 /// The log on standard error, and the trace exporter when an endpoint is configured (a value

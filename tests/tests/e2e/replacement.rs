@@ -81,6 +81,12 @@ fn go_rows(database: &str) -> Result<String> {
     )
 }
 
+/// The server certificate and key files of `test_certificates`, as variable values.
+fn server_files(certificates: &webhooks_tests::TempDir) -> (String, String) {
+    let file = |name: &str| certificates.path().join(name).display().to_string();
+    (file("server.pem"), file("server.key"))
+}
+
 /// The Go service's variables for a `postgres://USER@HOST:PORT/NAME` database.
 fn go_database_variables(database: &str) -> Result<Vec<(String, String)>> {
     let rest = database.strip_prefix("postgres://").context("a postgres:// URL")?;
@@ -154,8 +160,7 @@ async fn the_go_services_database_and_variables_alone_serve_its_webhooks_over_ht
     let go_table = go_rows(&database)?;
 
     let certificates = test_certificates()?;
-    let certificate = certificates.path().join("server.pem").display().to_string();
-    let key = certificates.path().join("server.key").display().to_string();
+    let (certificate, key) = server_files(&certificates);
     let mut env = go_database_variables(&database)?;
     env.extend(
         [
@@ -301,8 +306,7 @@ async fn the_go_services_database_and_variables_alone_serve_its_webhooks_over_ht
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_serving_https_answers_only_over_tls_with_its_certificate() -> Result<()> {
     let certificates = test_certificates()?;
-    let certificate = certificates.path().join("server.pem").display().to_string();
-    let key = certificates.path().join("server.key").display().to_string();
+    let (certificate, key) = server_files(&certificates);
     let host = TestHost::prepare(
         standard_registry(),
         &[
@@ -348,9 +352,8 @@ async fn a_host_serving_https_answers_only_over_tls_with_its_certificate() -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_settings_that_cannot_work_stop_start_up_naming_the_variable() -> Result<()> {
     let certificates = test_certificates()?;
-    let certificate = certificates.path().join("server.pem").display().to_string();
+    let (certificate, key) = server_files(&certificates);
     let request_as_certificate = certificates.path().join("server.csr").display().to_string();
-    let key = certificates.path().join("server.key").display().to_string();
     for (env, variable) in [
         (
             vec![("MF_WEBHOOKS_SERVER_CERT", certificate.as_str())],
