@@ -10,7 +10,7 @@ WASM_TARGET  := wasm32-wasip2
 HOST_BIN     := target/release/webhooks-host
 PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 # Test components: the plugin built with one difference each (tests/plugin-variants).
-VARIANTS     := tagged previous trap spin grow partial
+VARIANTS     := tagged previous legacy trap spin grow partial
 
 .PHONY: build run test test-suites lint bench wasm-target plugin-variants fuzz-tools
 

@@ -335,6 +335,23 @@ pub struct ServeConfig {
     /// Longest wall time of one plugin call (e.g. 10s).
     #[arg(long, env = "MF_WEBHOOKS_PLUGIN_DEADLINE", value_name = "MF_WEBHOOKS_PLUGIN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub plugin_deadline: Duration,
+
+    /// Largest excess of a canary's failures per call over the active version's (0 to 1)
+    /// before the canary is dropped by itself.
+    #[arg(long, env = "MF_WEBHOOKS_CANARY_MAX_ERROR_RATE", value_name = "MF_WEBHOOKS_CANARY_MAX_ERROR_RATE", default_value = "0.01", value_parser = parse_rate)]
+    pub canary_max_error_rate: f64,
+
+    /// How far back a canary's calls count when it is judged (e.g. 60s).
+    #[arg(long, env = "MF_WEBHOOKS_CANARY_WINDOW", value_name = "MF_WEBHOOKS_CANARY_WINDOW", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub canary_window: Duration,
+}
+
+/// A rate from 0 to 1.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("expected a rate from 0 to 1, such as 0.01, not {text:?}")),
+    }
 }
 
 /// The store when neither `MF_WEBHOOKS_DB_URL` nor any database part is set.

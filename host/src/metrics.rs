@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the service exports.
@@ -28,8 +28,13 @@ pub struct Metrics {
     /// Plugin calls that failed without an answer, by export and kind (`trap`, `deadline`,
     /// `instantiate`).
     pub plugin_failures: IntCounterVec,
-    /// Plugin swaps, by trigger (`admin`, `sighup`) and result (`swapped`, `refused`).
+    /// Plugin swaps, by trigger (`admin`, `sighup`, `rollback`, `promote`) and result
+    /// (`swapped`, `refused`).
     pub plugin_swaps: IntCounterVec,
+    /// Canary versions dropped for failing more than the active one.
+    pub plugin_canary_rollbacks: IntCounter,
+    /// Dry-run calls, by result (`same`, `different`, `failed`).
+    pub plugin_shadow_calls: IntCounterVec,
     /// Broker messages handled, by outcome (`acked`, `duplicate`, `terminated`, `retried`).
     pub broker_messages: IntCounterVec,
 }
@@ -103,9 +108,25 @@ impl Metrics {
         );
         let plugin_swaps = counter(
             "webhooks_plugin_swaps_total",
-            "Plugin swaps, by trigger (admin, sighup, rollback) and result (swapped, refused).",
+            "Plugin swaps, by trigger (admin, sighup, rollback, promote) and result (swapped, refused).",
             &["trigger", "result"],
         );
+        let plugin_canary_rollbacks = IntCounter::new(
+            "webhooks_plugin_canary_rollbacks_total",
+            "Canary plugin versions dropped because they failed more than the active one.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(plugin_canary_rollbacks.clone()))
+            .expect("unique metric");
+        let plugin_shadow_calls = counter(
+            "webhooks_plugin_shadow_calls_total",
+            "Calls of a dry-run plugin version, by result: same answer as the active one, different, or failed.",
+            &["result"],
+        );
+        for result in ["same", "different", "failed"] {
+            plugin_shadow_calls.with_label_values(&[result]);
+        }
         let broker_messages = counter(
             "webhooks_broker_messages_total",
             "Broker messages handled, by outcome: acked (deliveries recorded), duplicate (seen before, acked), terminated (malformed or refused, never redelivered) or retried (handed back for redelivery).",
@@ -133,6 +154,8 @@ impl Metrics {
             plugin_calls,
             plugin_failures,
             plugin_swaps,
+            plugin_canary_rollbacks,
+            plugin_shadow_calls,
             broker_messages,
         }
     }

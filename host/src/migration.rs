@@ -7,6 +7,7 @@
 //! restart; an import cut short is not noted and runs again, storing only what is missing.
 //! `webhooks-host import` runs it on demand. The Go service's table is only read.
 
+use std::sync::Arc;
 use std::fmt;
 
 use tokio_postgres::Client;
@@ -141,7 +142,7 @@ impl GoTable {
 
     /// Imports every row through the plugin, page by page in id order, and notes the import as
     /// done once the last page is stored.
-    pub async fn import(&self, runtime: &Runtime) -> Result<ImportReport, ImportError> {
+    pub async fn import(&self, runtime: &Arc<Runtime>) -> Result<ImportReport, ImportError> {
         let columns = self.columns().await?;
         for required in ["id", "thing_id", "group_id", "name", "url"] {
             if !columns.iter().any(|c| c == required) {
@@ -252,7 +253,7 @@ impl GoTable {
 /// database holds one not imported yet. A failure to read it or to store it stops start-up,
 /// since messages taken in meanwhile would miss the webhooks not imported; the next start
 /// tries again. A `webhooks` table of another shape is not the Go service's: it is left alone.
-pub async fn import_on_first_start(url: &str, tls: &TlsSettings, runtime: &Runtime) -> Result<(), ImportError> {
+pub async fn import_on_first_start(url: &str, tls: &TlsSettings, runtime: &Arc<Runtime>) -> Result<(), ImportError> {
     let table = GoTable::connect(url, tls).await?;
     if table.standing().await? != Standing::Pending {
         return Ok(());

@@ -15,7 +15,7 @@ use crate::ingress::event_stream::{self, Owner};
 use crate::listener::{self, ListenerConfig};
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::retention;
-use crate::runtime::{Capabilities, CompileCache, Limits, Runtime};
+use crate::runtime::{CanaryPolicy, Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
 use crate::store;
 
@@ -123,6 +123,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
     let plugin_path = config.plugin_path();
     let cache = CompileCache::new(config.plugin_cache_dir());
     let runtime = Runtime::new(&plugin_path, plugin_limits(&config), capabilities, cache)
+        .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
+    runtime.set_canary_policy(CanaryPolicy {
+        max_error_rate: config.canary_max_error_rate,
+        window: config.canary_window,
+    });
+    // Before anything reads or writes the store through the plugin, the import included.
+    runtime
+        .check_stored_format()
+        .await
         .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
     if db_url.starts_with("postgres") {
         crate::migration::import_on_first_start(&db_url, &db_tls, &runtime)
@@ -284,6 +293,10 @@ pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportRepor
         CompileCache::new(config.plugin_cache_dir()),
     )
     .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
+    runtime
+        .check_stored_format()
+        .await
+        .map_err(|e| fault("MF_WEBHOOKS_PLUGIN", format!("{}: {e}", plugin_path.display())))?;
     if !runtime.migration().available() {
         return Err(fault(
             "MF_WEBHOOKS_PLUGIN",

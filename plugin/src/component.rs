@@ -122,6 +122,14 @@ impl crate::bindings::exports::mainflux::webhooks::migration::Guest for Plugin {
     ) -> Result<Vec<crate::bindings::exports::mainflux::webhooks::migration::ImportOutcome>, Error> {
         crate::webhooks::import::Import::new(&HostStore).import(&webhooks)
     }
+
+    fn data_formats() -> crate::bindings::exports::mainflux::webhooks::migration::Formats {
+        crate::bindings::exports::mainflux::webhooks::migration::Formats {
+            oldest: crate::format::OLDEST,
+            newest: crate::format::NEWEST,
+            writes: crate::format::WRITES,
+        }
+    }
 }
 
 #[cfg(feature = "export")]

@@ -12,6 +12,7 @@
 //! | `gs\0{group}\0{suffix}\0{id}` | empty: one per suffix of the lowercased name, for name search |
 //! | `ix\0group-names` | empty: every webhook has its `gs` entries (set by the backfill) |
 //! | `ix\0group-names-cursor` | the id of the last webhook the backfill indexed |
+//! | `ix\0format` | the stored data's format, in decimal digits (`format`); absent: 1 |
 //!
 //! A `gs` suffix starts at a char boundary of the lowercased name and keeps at most
 //! [`NAME_SUFFIX_BYTES`] bytes; names may hold any char, NUL included, so the id is read from
@@ -130,6 +131,11 @@ pub fn group_names_indexed() -> Vec<u8> {
 /// The backfill's progress toward [`group_names_indexed`]: the last webhook id it indexed.
 pub fn group_names_cursor() -> Vec<u8> {
     key("ix", &["group-names-cursor"])
+}
+
+/// The stored data's format, which hosts read before handing the store to a version.
+pub fn data_format() -> Vec<u8> {
+    key("ix", &["format"])
 }
 
 #[cfg(test)]

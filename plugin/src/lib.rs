@@ -12,7 +12,8 @@
 //!
 //! 1. [`bindings`], [`error`], [`keys`] (the key layouts), [`record`] (the versioned codec);
 //! 2. [`ports`]: the capabilities as traits;
-//! 3. [`store`]: guarded commits and the retry loop over any [`ports::Kv`];
+//! 3. [`store`]: guarded commits and the retry loop over any [`ports::Kv`]; [`format`]: the
+//!    stored data's format;
 //! 4. [`webhooks`]: the record, listings, its place in the store, the name index, the
 //!    operations behind the REST API;
 //! 5. [`removal`]: the one path that removes webhooks;
@@ -22,6 +23,7 @@
 
 pub mod deliveries;
 pub mod error;
+pub mod format;
 pub mod keys;
 pub mod ports;
 pub mod record;

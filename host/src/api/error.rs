@@ -5,7 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::ingress::device_key::DeviceKeyError;
-use crate::runtime::CallError;
+use crate::runtime::{CallError, RolloutError};
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
 
 /// An HTTP error answer.
@@ -68,6 +68,18 @@ impl From<CallError> for ApiError {
             }
         };
         ApiError::new(status, message)
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    #[track_caller]
+    fn from(error: RolloutError) -> Self {
+        let status = match error {
+            RolloutError::Load(_) => StatusCode::BAD_REQUEST,
+            RolloutError::Incompatible(_) | RolloutError::NoEarlierVersion => StatusCode::CONFLICT,
+            RolloutError::NoCandidate => StatusCode::NOT_FOUND,
+        };
+        ApiError::new(status, error.to_string())
     }
 }
 

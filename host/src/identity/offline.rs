@@ -36,4 +36,8 @@ impl IdentityBackend for Offline {
     fn identify_thing(&self, _key: &str, _kind: KeyKind) -> BoxFuture<'_, Result<String, IdentityError>> {
         refused()
     }
+
+    fn thing_group(&self, _thing_id: &str) -> BoxFuture<'_, Result<String, IdentityError>> {
+        refused()
+    }
 }

@@ -186,6 +186,11 @@ impl Registry {
         Ok(group_id.clone())
     }
 
+    /// The group a thing belongs to.
+    pub fn group_of(&self, thing_id: &str) -> Option<&str> {
+        self.group_by_thing.get(thing_id).map(String::as_str)
+    }
+
     /// The thing a device key belongs to.
     pub fn thing_by_key(&self, key: &str) -> Option<&str> {
         self.thing_by_key.get(key).map(String::as_str)
@@ -321,6 +326,15 @@ impl IdentityBackend for RegistryBackend {
             KeyKind::External => None,
         }
         .ok_or_else(|| IdentityError::Unauthenticated("unknown thing key".into()));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn thing_group(&self, thing_id: &str) -> BoxFuture<'_, Result<String, IdentityError>> {
+        let result = self
+            .current()
+            .group_of(thing_id)
+            .map(str::to_owned)
+            .ok_or_else(|| IdentityError::NotFound("thing not found".into()));
         Box::pin(std::future::ready(result))
     }
 }

@@ -97,6 +97,7 @@ enum Question {
     Thing(String, String, Role),
     Group(String, String, Role),
     Key(String, KeyKind),
+    GroupOf(String),
 }
 
 /// A client of the platform's things service.
@@ -271,6 +272,21 @@ impl IdentityBackend for ThingsService {
             let thing: ThingId = self.unary(IDENTIFY, request).await?;
             self.remember(question, &thing.value);
             Ok(thing.value)
+        })
+    }
+
+    fn thing_group(&self, thing_id: &str) -> BoxFuture<'_, Result<String, IdentityError>> {
+        let question = Question::GroupOf(thing_id.to_owned());
+        let thing = ThingId {
+            value: thing_id.to_owned(),
+        };
+        Box::pin(async move {
+            if let Some(group) = self.cached(&question) {
+                return Ok(group);
+            }
+            let group: GroupId = self.unary(GET_GROUP_ID_BY_THING, thing).await?;
+            self.remember(question, &group.value);
+            Ok(group.value)
         })
     }
 }

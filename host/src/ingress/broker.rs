@@ -266,7 +266,7 @@ pub fn message_id(origin: &str, stream_sequence: u64) -> String {
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
-async fn handle(message: jetstream::Message, origin: &str, runtime: &Runtime, dispatcher: &Arc<Dispatcher>) {
+async fn handle(message: jetstream::Message, origin: &str, runtime: &Arc<Runtime>, dispatcher: &Arc<Dispatcher>) {
     let sequence = match message.info() {
         Ok(info) => info.stream_sequence,
         Err(error) => {

@@ -7,6 +7,7 @@
 //! done, so no entry is skipped, across Redis restarts and host restarts alike; an entry may be
 //! applied twice, which removing is indifferent to.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -34,7 +35,7 @@ pub enum Owner {
 
 /// Removes every webhook of a thing or group through the plugin, trying again with backoff
 /// until the plugin has done it; answers how many went.
-pub async fn remove_webhooks_of(runtime: &Runtime, owner: Owner, id: &str) -> u32 {
+pub async fn remove_webhooks_of(runtime: &Arc<Runtime>, owner: Owner, id: &str) -> u32 {
     let mut delay = Duration::from_millis(100);
     loop {
         let events = runtime.events();
@@ -91,7 +92,7 @@ pub async fn follow(client: redis::Client, consumer: String, runtime: std::sync:
 async fn follow_connected(
     client: &redis::Client,
     consumer: &str,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     backoff: &mut Duration,
 ) -> redis::RedisResult<()> {
     let mut connection = client.get_multiplexed_async_connection().await?;

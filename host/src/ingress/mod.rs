@@ -35,7 +35,7 @@ pub struct Incoming {
 /// returning `Ok` means they are durably recorded; [`CallError::Refused`] means the plugin
 /// refused the message.
 pub async fn accept(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     dispatcher: &Arc<Dispatcher>,
     incoming: Incoming,
 ) -> Result<Accepted, CallError> {

@@ -219,13 +219,19 @@ fn redacted_uri(uri: &http::Uri) -> String {
 /// The `wasi:http` hooks of one plugin call: every outgoing request goes through the shared
 /// [`OutboundClient`].
 pub struct OutboundHooks {
-    client: Arc<OutboundClient>,
+    /// `None` in a dry run, which never sends.
+    client: Option<Arc<OutboundClient>>,
 }
 
 impl OutboundHooks {
     /// Hooks over the shared client.
     pub fn new(client: Arc<OutboundClient>) -> Self {
-        OutboundHooks { client }
+        OutboundHooks { client: Some(client) }
+    }
+
+    /// Hooks that deny every request: a dry run's.
+    pub fn denying() -> Self {
+        OutboundHooks { client: None }
     }
 }
 
@@ -246,7 +252,9 @@ impl WasiHttpHooks for OutboundHooks {
                 >,
             > + Send,
     > {
-        let client = self.client.clone();
+        let Some(client) = self.client.clone() else {
+            return Box::new(std::future::ready(Err(HttpError::HttpRequestDenied)));
+        };
         // A child of the plugin call that asked for it; the receiver gets its traceparent.
         let span = tracing::debug_span!(
             target: crate::telemetry::SPANS,

@@ -4,7 +4,10 @@
 pub mod bindings;
 mod cache;
 mod calls;
+mod formats;
 mod plugin;
+mod rollout;
+mod shadow;
 mod state;
 
 use std::collections::VecDeque;
@@ -20,11 +23,15 @@ use wasmtime::{
 };
 
 pub use cache::CompileCache;
+pub use formats::DataFormats;
+pub use rollout::{CanaryPolicy, Candidate, Mode, RolledBack};
+
 pub use calls::{ApiCalls, EventCalls, MigrationCalls};
 pub use plugin::{Inspection, LoadError, Plugin, WORLD};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
+use rollout::{Arm, ErrorWindow};
 use bindings::exports::mainflux::webhooks::{api, events, migration};
 use bindings::mainflux::webhooks::types::Error as PluginError;
 
@@ -79,6 +86,10 @@ pub enum CallError {
 /// How many earlier versions are kept, compiled, for rollbacks.
 pub const HISTORY: usize = 8;
 
+/// How long message intake lets a dry-run candidate go first, so that it reads the store
+/// before the active version's commit changes it; a slower candidate goes on beside.
+const SHADOW_HEAD_START: Duration = Duration::from_millis(100);
+
 /// How a version came to be active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionSource {
@@ -90,6 +101,8 @@ pub enum VersionSource {
     Sighup,
     /// Made active again by `POST /admin/plugin/rollback`.
     Rollback,
+    /// A candidate made active by `POST /admin/plugin/promote`.
+    Promote,
 }
 
 impl VersionSource {
@@ -100,6 +113,7 @@ impl VersionSource {
             VersionSource::Admin => "admin",
             VersionSource::Sighup => "sighup",
             VersionSource::Rollback => "rollback",
+            VersionSource::Promote => "promote",
         }
     }
 }
@@ -125,10 +139,45 @@ impl Version {
     }
 }
 
-/// The active version and the earlier ones, newest first.
+/// Why a change of version was refused; the versions in place go on serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The version cannot serve the stored data.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A rollback was asked for with no earlier version.
+    #[error("no earlier plugin version to roll back to")]
+    NoEarlierVersion,
+    /// A promote or drop was asked for with no candidate.
+    #[error("no candidate plugin version")]
+    NoCandidate,
+}
+
+/// The active version, the earlier ones (newest first), the candidate beside them and the last
+/// canary dropped.
 struct Versions {
     active: Version,
     history: VecDeque<Version>,
+    candidate: Option<Arc<Candidate>>,
+    rolled_back: Option<RolledBack>,
+    policy: CanaryPolicy,
+}
+
+/// What `GET /admin/plugin` shows.
+pub struct Rollout {
+    /// The version new calls use.
+    pub active: Version,
+    /// The earlier versions, newest first.
+    pub history: Vec<Version>,
+    /// The candidate beside the active version, if any.
+    pub candidate: Option<Arc<Candidate>>,
+    /// The last canary dropped for failing, if any.
+    pub rolled_back: Option<RolledBack>,
+    /// The format the store is in, if it could be read.
+    pub stored_format: Result<u32, String>,
 }
 
 /// The engine, linker and current plugin version.
@@ -137,9 +186,14 @@ pub struct Runtime {
     linker: Linker<HostState>,
     limits: Limits,
     capabilities: Capabilities,
+    /// The capabilities of a dry run: the live store read, its writes discarded.
+    dry_run: Capabilities,
     cache: CompileCache,
     current: RwLock<Arc<Plugin>>,
-    /// How the current version came to be active, and the versions active before it.
+    /// The candidate beside the current version, read on every call.
+    candidate: RwLock<Option<Arc<Candidate>>>,
+    /// How the current version came to be active, the versions active before it, and the
+    /// rollout in progress.
     versions: std::sync::Mutex<Versions>,
     /// One permit per instance the pool holds: a call waits for a free slot (within its
     /// deadline) rather than fail when a burst or a stall has every slot in use.
@@ -149,7 +203,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine and linker and loads the plugin at `path`, through `cache`.
+    /// Builds the engine and linker and loads the plugin at `path`, through `cache`. Whether it
+    /// serves the stored data is checked by [`Runtime::check_stored_format`].
     pub fn new(
         path: &Path,
         limits: Limits,
@@ -159,17 +214,26 @@ impl Runtime {
         let (engine, linker) = engine_and_linker(&limits)?;
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.display().to_string(), e))?;
         let plugin = Arc::new(plugin::load(&engine, &linker, &cache, &bytes)?);
+        let dry_run = Capabilities {
+            store: crate::store::DryRun::over(capabilities.store.clone()),
+            ..capabilities.clone()
+        };
         let runtime = Arc::new(Runtime {
             engine,
             linker,
             limits,
             capabilities,
+            dry_run,
             cache,
             versions: std::sync::Mutex::new(Versions {
                 active: Version::new(plugin.clone(), VersionSource::File),
                 history: VecDeque::new(),
+                candidate: None,
+                rolled_back: None,
+                policy: CanaryPolicy::default(),
             }),
             current: RwLock::new(plugin),
+            candidate: RwLock::new(None),
             instances: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),
             swapping: tokio::sync::Mutex::new(()),
         });
@@ -177,21 +241,71 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// Sets when a canary is dropped for failing.
+    pub fn set_canary_policy(&self, policy: CanaryPolicy) {
+        self.versions.lock().expect("versions poisoned").policy = policy;
+    }
+
     /// The plugin version new calls use.
     pub fn current(&self) -> Arc<Plugin> {
         self.current.read().expect("plugin lock poisoned").clone()
     }
 
-    /// Compiles (or maps from the cache) and checks `bytes`, then makes them the version new
-    /// calls use; calls already running finish on the version they started with. Answers the
-    /// new version and the one it replaced, which goes first in the history. A component that
-    /// fails leaves the current one.
-    pub async fn swap(
-        self: &Arc<Self>,
-        bytes: Vec<u8>,
-        source: VersionSource,
-    ) -> Result<(Arc<Plugin>, Arc<Plugin>), LoadError> {
-        let _one_at_a_time = self.swapping.lock().await;
+    /// The candidate beside the current version, if any.
+    pub fn candidate(&self) -> Option<Arc<Candidate>> {
+        self.candidate.read().expect("candidate lock poisoned").clone()
+    }
+
+    /// Refuses a start on data the loaded version cannot serve: answers why.
+    pub async fn check_stored_format(&self) -> Result<(), RolloutError> {
+        let plugin = self.current();
+        self.learn_formats(&plugin).await?;
+        self.admissible(&plugin).await
+    }
+
+    /// Asks a freshly loaded version which data formats it serves, once.
+    async fn learn_formats(&self, plugin: &Arc<Plugin>) -> Result<DataFormats, RolloutError> {
+        if let Some(formats) = plugin.formats.get() {
+            return Ok(*formats);
+        }
+        let declared = if plugin.migration.is_some() {
+            let formats = self
+                .run(plugin.clone(), false, Duration::ZERO, |exports, store| {
+                    Box::pin(async move {
+                        let migration = exports.migration(store)?.expect("checked: the version has the exports");
+                        migration.call_data_formats(store).await
+                    })
+                })
+                .await
+                .map_err(|e| RolloutError::Incompatible(format!("cannot ask the plugin which data formats it reads: {e}")))?;
+            DataFormats {
+                oldest: formats.oldest,
+                newest: formats.newest,
+                writes: formats.writes,
+            }
+        } else {
+            DataFormats::EARLIER_WORLD
+        };
+        if let Some(flaw) = declared.flaw() {
+            return Err(RolloutError::Incompatible(flaw));
+        }
+        Ok(*plugin.formats.get_or_init(|| declared))
+    }
+
+    /// Whether `plugin` (whose formats are known) may be handed the store as it is now.
+    async fn admissible(&self, plugin: &Plugin) -> Result<(), RolloutError> {
+        let stored = formats::stored(self.capabilities.store.as_ref())
+            .await
+            .map_err(RolloutError::Incompatible)?;
+        match plugin.formats().refusal(stored) {
+            Some(reason) => Err(RolloutError::Incompatible(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Compiles (or maps from the cache) and checks `bytes`, and asks the version which data
+    /// formats it serves: ready to become active or a candidate.
+    async fn prepare(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Arc<Plugin>, RolloutError> {
         let runtime = self.clone();
         // Compiling takes seconds of CPU: off the async workers.
         let plugin =
@@ -199,19 +313,97 @@ impl Runtime {
                 .await
                 .map_err(|e| LoadError::Compile(format!("the compiler stopped: {e}")))??;
         let plugin = Arc::new(plugin);
+        self.learn_formats(&plugin).await?;
+        self.admissible(&plugin).await?;
+        Ok(plugin)
+    }
+
+    /// Compiles (or maps from the cache) and checks `bytes`, then makes them the version new
+    /// calls use; calls already running finish on the version they started with. Answers the
+    /// new version and the one it replaced, which goes first in the history. A component that
+    /// fails, or that cannot serve the stored data, leaves the current one.
+    pub async fn swap(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        source: VersionSource,
+    ) -> Result<(Arc<Plugin>, Arc<Plugin>), RolloutError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let plugin = self.prepare(bytes).await?;
         let previous = self.activate(Version::new(plugin.clone(), source));
         Ok((plugin, previous))
     }
 
     /// Makes the version active before the current one active again, with the compiled code
     /// it kept; the current one goes first in the history, so a second rollback undoes the
-    /// first. Answers the version now active, or `None` when there was no earlier one.
-    pub async fn rollback(&self) -> Option<Version> {
+    /// first. Refused when there is none, or when it cannot serve the stored data.
+    pub async fn rollback(&self) -> Result<Version, RolloutError> {
         let _one_at_a_time = self.swapping.lock().await;
-        let earlier = self.versions.lock().expect("versions poisoned").history.pop_front()?;
+        let earlier = self
+            .versions
+            .lock()
+            .expect("versions poisoned")
+            .history
+            .front()
+            .cloned()
+            .ok_or(RolloutError::NoEarlierVersion)?;
+        self.admissible(&earlier.plugin).await?;
+        self.versions.lock().expect("versions poisoned").history.pop_front();
         let version = Version::new(earlier.plugin, VersionSource::Rollback);
         self.activate(version.clone());
-        Some(version)
+        Ok(version)
+    }
+
+    /// Compiles and checks `bytes` and sets them beside the active version as a canary or a
+    /// dry run, in place of any candidate there was. Answers the candidate.
+    pub async fn propose(self: &Arc<Self>, bytes: Vec<u8>, mode: Mode) -> Result<Arc<Candidate>, RolloutError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let plugin = self.prepare(bytes).await?;
+        let mut versions = self.versions.lock().expect("versions poisoned");
+        let candidate = Arc::new(Candidate::new(
+            Version::new(plugin, VersionSource::Admin),
+            mode,
+            versions.policy.window,
+        ));
+        versions.candidate = Some(candidate.clone());
+        *self.candidate.write().expect("candidate lock poisoned") = Some(candidate.clone());
+        Ok(candidate)
+    }
+
+    /// Makes the candidate the active version; the one it replaces goes first in the history.
+    pub async fn promote(&self) -> Result<Version, RolloutError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let candidate = self.candidate().ok_or(RolloutError::NoCandidate)?;
+        self.admissible(&candidate.version.plugin).await?;
+        let version = Version::new(candidate.version.plugin.clone(), VersionSource::Promote);
+        self.clear_candidate();
+        self.activate(version.clone());
+        Ok(version)
+    }
+
+    /// Drops the candidate; calls it is running finish on it.
+    pub async fn drop_candidate(&self) -> Result<Arc<Candidate>, RolloutError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let candidate = self.candidate().ok_or(RolloutError::NoCandidate)?;
+        self.clear_candidate();
+        Ok(candidate)
+    }
+
+    fn clear_candidate(&self) {
+        self.versions.lock().expect("versions poisoned").candidate = None;
+        *self.candidate.write().expect("candidate lock poisoned") = None;
+    }
+
+    /// The versions and the rollout in progress.
+    pub async fn rollout(&self) -> Rollout {
+        let stored_format = formats::stored(self.capabilities.store.as_ref()).await;
+        let versions = self.versions.lock().expect("versions poisoned");
+        Rollout {
+            active: versions.active.clone(),
+            history: versions.history.iter().cloned().collect(),
+            candidate: versions.candidate.clone(),
+            rolled_back: versions.rolled_back.clone(),
+            stored_format,
+        }
     }
 
     /// The active version and the earlier ones, newest first.
@@ -227,10 +419,48 @@ impl Runtime {
         let replaced = std::mem::replace(&mut versions.active, version.clone());
         versions.history.push_front(replaced);
         versions.history.truncate(HISTORY);
+        // The canary is now judged against the new active version.
+        if let Some(candidate) = &versions.candidate {
+            *candidate.errors.lock().expect("error window poisoned") = ErrorWindow::new(versions.policy.window);
+        }
         std::mem::replace(
             &mut *self.current.write().expect("plugin lock poisoned"),
             version.plugin,
         )
+    }
+
+    /// Counts a call tied to a group while a canary runs, and drops the canary when the rule of
+    /// [`CanaryPolicy`] says so.
+    fn judge<R>(&self, candidate: &Arc<Candidate>, arm: Arm, result: &Result<R, CallError>) {
+        let failed = matches!(
+            result,
+            Err(CallError::Trap { .. } | CallError::Deadline | CallError::Refused(PluginError::Internal(_)))
+        );
+        let max_error_rate = self.versions.lock().expect("versions poisoned").policy.max_error_rate;
+        let verdict = {
+            let mut errors = candidate.errors.lock().expect("error window poisoned");
+            errors.record(arm, failed, Instant::now());
+            if arm == Arm::Canary && failed {
+                errors.verdict(max_error_rate)
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = verdict {
+            let mut versions = self.versions.lock().expect("versions poisoned");
+            // Only the canary judged: a newer candidate may already have replaced it.
+            if versions.candidate.as_ref().is_some_and(|c| Arc::ptr_eq(c, candidate)) {
+                versions.candidate = None;
+                *self.candidate.write().expect("candidate lock poisoned") = None;
+                versions.rolled_back = Some(RolledBack {
+                    sha256: candidate.version.plugin.sha256.clone(),
+                    reason: reason.clone(),
+                    at: std::time::SystemTime::now(),
+                });
+                METRICS.plugin_canary_rollbacks.inc();
+                tracing::error!(sha256 = %candidate.version.plugin.sha256, %reason, "canary plugin version dropped: it fails more than the active one");
+            }
+        }
     }
 
     /// Runs `call` against a fresh instance of the current plugin, within the call limits.
@@ -242,16 +472,34 @@ impl Runtime {
     where
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
-        self.call_waiting(export, Duration::ZERO, call).await
+        self.call_waiting(export, Duration::ZERO, None, call).await
     }
 
     /// Like [`Runtime::call`], for a call that also waits on outgoing requests bounded by
     /// `waiting` (a delivery batch, whose requests are in flight together): its deadline is
-    /// extended by that much, so a slow receiver is not taken for a runaway plugin.
-    async fn call_waiting<R, F>(&self, export: &'static str, waiting: Duration, call: F) -> Result<R, CallError>
+    /// extended by that much, so a slow receiver is not taken for a runaway plugin. A call tied
+    /// to `group` goes to the canary when the canary serves that group.
+    async fn call_waiting<R, F>(
+        &self,
+        export: &'static str,
+        waiting: Duration,
+        group: Option<&str>,
+        call: F,
+    ) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
+        let canary = match (self.candidate(), group) {
+            (Some(candidate), Some(group)) if matches!(candidate.mode, Mode::Canary { .. }) => {
+                let arm = if candidate.serves(group) { Arm::Canary } else { Arm::Active };
+                Some((candidate, arm))
+            }
+            _ => None,
+        };
+        let plugin = match &canary {
+            Some((candidate, Arm::Canary)) => candidate.version.plugin.clone(),
+            _ => self.current(),
+        };
         let started = Instant::now();
         let span = tracing::debug_span!(
             target: crate::telemetry::SPANS,
@@ -259,7 +507,7 @@ impl Runtime {
             otel.name = export,
             otel.status_code = tracing::field::Empty,
         );
-        let result = self.run(waiting, call).instrument(span.clone()).await;
+        let result = self.run(plugin, false, waiting, call).instrument(span.clone()).await;
         if result
             .as_ref()
             .is_err_and(|error| !matches!(error, CallError::Refused(_)))
@@ -276,6 +524,9 @@ impl Runtime {
             .plugin_calls
             .with_label_values(&[export])
             .observe(started.elapsed().as_secs_f64());
+        if let Some((candidate, arm)) = &canary {
+            self.judge(candidate, *arm, &result);
+        }
         if let Err(error) = &result {
             let kind = match error {
                 CallError::Deadline => "deadline",
@@ -289,7 +540,7 @@ impl Runtime {
         result
     }
 
-    async fn run<R, F>(&self, waiting: Duration, call: F) -> Result<R, CallError>
+    async fn run<R, F>(&self, plugin: Arc<Plugin>, dry_run: bool, waiting: Duration, call: F) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
@@ -303,24 +554,46 @@ impl Runtime {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) | Err(_) => return Err(CallError::Deadline),
         };
+        self.run_bounded(plugin, dry_run, budget, call).await
+    }
+
+    /// A dry run's call: only when an instance slot is free at once, so it never holds up the
+    /// service's own calls; `None` when none is.
+    async fn run_shadow<R, F>(&self, plugin: Arc<Plugin>, call: F) -> Option<Result<R, CallError>>
+    where
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+    {
+        let _slot = self.instances.try_acquire().ok()?;
+        Some(self.run_bounded(plugin, true, self.limits.deadline, call).await)
+    }
+
+    /// Runs `call` in an instance slot already held, within `budget`.
+    async fn run_bounded<R, F>(&self, plugin: Arc<Plugin>, dry_run: bool, budget: Duration, call: F) -> Result<R, CallError>
+    where
+        F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
+    {
         let deadline = Instant::now() + budget;
         // Epochs only interrupt guest code; this also bounds a call stuck inside a host import.
-        match tokio::time::timeout(budget + 10 * EPOCH_TICK, self.run_in_slot(deadline, call)).await {
+        match tokio::time::timeout(budget + 10 * EPOCH_TICK, self.run_in_slot(plugin, dry_run, deadline, call)).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Deadline),
         }
     }
 
-    async fn run_in_slot<R, F>(&self, deadline: Instant, call: F) -> Result<R, CallError>
+    async fn run_in_slot<R, F>(&self, plugin: Arc<Plugin>, dry_run: bool, deadline: Instant, call: F) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
-        let plugin = self.current();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, HostState::new(&self.capabilities, limits, deadline));
+        let state = if dry_run {
+            HostState::dry_run(&self.dry_run, limits, deadline)
+        } else {
+            HostState::new(&self.capabilities, limits, deadline)
+        };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {

@@ -8,6 +8,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::HostState;
+use super::formats::DataFormats;
 use super::bindings::exports::mainflux::webhooks::{api, events, migration};
 use super::cache::{CompileCache, Origin};
 
@@ -47,12 +48,20 @@ pub struct Plugin {
     pub load_time: Duration,
     /// Whether the compiled code came from the compile cache.
     pub cached: bool,
+    /// The stored data formats it serves, learnt once it can be called.
+    pub(super) formats: std::sync::OnceLock<DataFormats>,
 }
 
 impl Plugin {
     /// The world this version implements, with the optional exports it lacks.
     pub fn world(&self) -> String {
         world_name(self.migration.is_some())
+    }
+
+    /// The stored data formats this version serves (what an earlier world serves until it
+    /// has been asked).
+    pub fn formats(&self) -> DataFormats {
+        self.formats.get().copied().unwrap_or(DataFormats::EARLIER_WORLD)
     }
 }
 
@@ -91,6 +100,7 @@ pub(super) fn load(
         loaded_at: SystemTime::now(),
         load_time: started.elapsed(),
         cached: origin == Origin::Cached,
+        formats: std::sync::OnceLock::new(),
     })
 }
 

@@ -56,6 +56,15 @@ impl HostState {
             settings: SettingsCtx::new(&capabilities.settings),
         }
     }
+
+    /// Fresh state for one call of a dry run: as [`HostState::new`], over `capabilities` whose
+    /// store discards writes, and with every outgoing request denied.
+    pub fn dry_run(capabilities: &Capabilities, limits: StoreLimits, deadline: Instant) -> Self {
+        HostState {
+            hooks: OutboundHooks::denying(),
+            ..HostState::new(capabilities, limits, deadline)
+        }
+    }
 }
 
 impl WasiView for HostState {

@@ -4,6 +4,7 @@
 mod capability;
 #[cfg(test)]
 mod conformance;
+mod dry_run;
 pub mod postgres;
 pub mod sqlite;
 pub mod tls;
@@ -13,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use capability::{StoreCtx, StoreView, add_to_linker};
+pub use dry_run::DryRun;
 
 /// A boxed future, so backends can sit behind `dyn` trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

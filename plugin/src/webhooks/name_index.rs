@@ -3,6 +3,7 @@
 
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
+use crate::format;
 use crate::keys;
 use crate::ports::Kv;
 use crate::record::Record;
@@ -27,13 +28,16 @@ impl<'a> Upkeep<'a> {
 
     /// Gives up to `limit` webhooks written before the name-search index their entries, in
     /// id order from where the last call stopped; once none is left, marks the index complete.
-    /// Answers how many webhooks it handled: 0 when the index was already complete.
+    /// Answers how many webhooks it handled: 0 when the index was already complete. Once it
+    /// is, the store is named as being in this version's format.
     pub fn maintain(&self, limit: u32) -> Result<u32> {
         let mut handled = 0;
         while handled < limit {
             let (count, complete) = self.index_names(RECORDS_PER_COMMIT.min(limit - handled))?;
             handled += count;
             if complete {
+                // Also for stores indexed before the format was named.
+                format::raise(self.kv, format::WRITES)?;
                 break;
             }
         }
@@ -114,9 +118,36 @@ mod tests {
         let kv = MemoryKv::default();
         assert_eq!(Upkeep::new(&kv).maintain(0).unwrap(), 0);
         assert!(!storage::group_names_indexed(&kv).unwrap(), "a limit of 0 does nothing");
+        assert_eq!(format::stored(&kv).unwrap(), 1);
         assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
         assert!(storage::group_names_indexed(&kv).unwrap());
+        assert_eq!(format::stored(&kv).unwrap(), 2);
         assert_eq!(Upkeep::new(&kv).maintain(1000).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_store_indexed_before_the_format_was_named_is_named_by_the_next_call() {
+        let kv = MemoryKv::default();
+        let marker = Op::Put(Entry {
+            key: keys::group_names_indexed(),
+            value: Vec::new(),
+        });
+        kv.commit(&[], &[marker]).unwrap();
+        assert_eq!(format::stored(&kv).unwrap(), 1);
+        assert_eq!(Upkeep::new(&kv).maintain(10).unwrap(), 0);
+        assert_eq!(format::stored(&kv).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_format_is_not_raised_while_the_backfill_goes_on() {
+        let kv = MemoryKv::default();
+        for i in 0..10 {
+            store_unindexed(&kv, &webhook(&format!("id-{i}"), "n"));
+        }
+        assert_eq!(Upkeep::new(&kv).maintain(5).unwrap(), 5);
+        assert_eq!(format::stored(&kv).unwrap(), 1);
+        assert_eq!(Upkeep::new(&kv).maintain(50).unwrap(), 5);
+        assert_eq!(format::stored(&kv).unwrap(), 2);
     }
 
     #[test]

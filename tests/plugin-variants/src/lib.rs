@@ -7,6 +7,9 @@
 //!   filtered by `name=fault` traps, never returns, or allocates without end. Every other call
 //!   works, so a test can show that good calls go on beside a faulty one.
 //! - `previous`: the `tagged` logic built for the world before the `migration` exports.
+//! - `legacy`: the real logic declaring that it serves only stored data format 1 (what plugins
+//!   before the name-search index wrote), with no upkeep: the host must refuse it over a store
+//!   in format 2.
 //! - `partial`: exports `api` but not `events`, so it does not implement the world.
 
 #[cfg(feature = "wrap")]

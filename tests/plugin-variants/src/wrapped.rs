@@ -135,6 +135,10 @@ impl events::Guest for Variant {
     }
 
     fn maintain(limit: u32) -> Result<u32, Error> {
+        if cfg!(feature = "legacy") {
+            // A version from before the name-search index has no upkeep to do.
+            return Ok(0);
+        }
         <Real as events::Guest>::maintain(limit)
     }
 }
@@ -143,6 +147,18 @@ impl events::Guest for Variant {
 impl migration::Guest for Variant {
     fn import_webhooks(webhooks: Vec<migration::ForeignWebhook>) -> Result<Vec<migration::ImportOutcome>, Error> {
         <Real as migration::Guest>::import_webhooks(webhooks)
+    }
+
+    fn data_formats() -> migration::Formats {
+        if cfg!(feature = "legacy") {
+            // Reads and writes only what plugins before the name-search index wrote.
+            return migration::Formats {
+                oldest: 1,
+                newest: 1,
+                writes: 1,
+            };
+        }
+        <Real as migration::Guest>::data_formats()
     }
 }
 

@@ -1,0 +1,95 @@
+//! The format of the stored data as a whole: which formats this version serves, which it
+//! brings a store to, and the key that names the stored one (`wit/migration.wit`).
+//!
+//! | format | promise |
+//! |---|---|
+//! | 1 | what plugins before the name-search index wrote: webhook records and their indexes |
+//! | 2 | as 1, and every webhook has its name-search entries (`ix\0group-names` is set) |
+//!
+//! A version may only write a format that the version before it serves, so that a rollback
+//! finds data it reads (the compatibility rules in README.md).
+
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
+use crate::error::{Result, internal};
+use crate::keys;
+use crate::ports::Kv;
+use crate::store::{self, Step};
+
+/// The oldest stored format this version reads and keeps whole.
+pub const OLDEST: u32 = 1;
+/// The newest stored format this version reads and keeps whole.
+pub const NEWEST: u32 = 2;
+/// The format this version's upkeep brings a store to.
+pub const WRITES: u32 = 2;
+
+/// The stored format: 1 when the store names none.
+pub fn stored(kv: &dyn Kv) -> Result<u32> {
+    match kv.get(&keys::data_format()).map_err(store::store_error)? {
+        None => Ok(1),
+        Some(value) => parse(&value).ok_or_else(|| internal("the stored data format is not a number")),
+    }
+}
+
+fn parse(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Names `format` as the stored one, unless the store already names it or a newer one: the
+/// format only rises. Called by upkeep once the data keeps every promise of `format`.
+pub fn raise(kv: &dyn Kv, format: u32) -> Result<()> {
+    let key = keys::data_format();
+    let gave_up = || internal("the stored data format kept changing while being raised");
+    store::commit_retrying(kv, gave_up, |_| {
+        let current = kv.get(&key).map_err(store::store_error)?;
+        let stored = match &current {
+            None => 1,
+            Some(value) => parse(value).ok_or_else(|| internal("the stored data format is not a number"))?,
+        };
+        if current.is_some() && stored >= format {
+            return Ok(Step::Done(()));
+        }
+        let guard = match current {
+            Some(value) => Condition::Equals(Entry {
+                key: key.clone(),
+                value,
+            }),
+            None => Condition::Absent(key.clone()),
+        };
+        Ok(Step::Commit {
+            guards: vec![guard],
+            ops: vec![Op::Put(Entry {
+                key: key.clone(),
+                value: format.to_string().into_bytes(),
+            })],
+            answer: (),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryKv;
+
+    #[test]
+    fn a_store_without_a_format_is_in_format_1() {
+        assert_eq!(stored(&MemoryKv::default()).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_format_only_rises() {
+        let kv = MemoryKv::default();
+        raise(&kv, 2).unwrap();
+        assert_eq!(stored(&kv).unwrap(), 2);
+        assert_eq!(kv.get(&keys::data_format()).unwrap(), Some(b"2".to_vec()));
+        raise(&kv, 1).unwrap();
+        assert_eq!(stored(&kv).unwrap(), 2);
+        raise(&kv, 3).unwrap();
+        assert_eq!(stored(&kv).unwrap(), 3);
+    }
+
+    #[test]
+    fn what_this_version_writes_is_within_what_it_reads() {
+        assert!((OLDEST..=NEWEST).contains(&WRITES));
+    }
+}
