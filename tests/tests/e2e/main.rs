@@ -16,6 +16,7 @@ mod platform;
 mod registry;
 mod replacement;
 mod retries;
+mod rollout;
 mod runtime;
 mod signing;
 mod traces;

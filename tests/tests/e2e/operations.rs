@@ -82,7 +82,7 @@ impl Sample {
 
 /// A `/metrics` answer, parsed.
 #[derive(Debug, Default)]
-struct Scrape {
+pub(crate) struct Scrape {
     /// The `# TYPE` of each family.
     types: BTreeMap<String, String>,
     samples: Vec<Sample>,
@@ -151,7 +151,7 @@ impl Scrape {
     }
 
     /// The value of the one sample of this name with exactly these labels.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         let found: Vec<&Sample> = self.named(name).filter(|s| s.has_labels(labels)).collect();
         ensure!(
             found.len() == 1,
@@ -289,7 +289,7 @@ fn parse_number(text: &str) -> anyhow::Result<f64> {
 }
 
 /// `GET /metrics`, checked to answer `200` with the Prometheus text format's content type.
-async fn scrape(host: &TestHost) -> anyhow::Result<Scrape> {
+pub(crate) async fn scrape(host: &TestHost) -> anyhow::Result<Scrape> {
     let response = host
         .request(Method::GET, "/metrics", "")
         .send()

@@ -20,27 +20,27 @@ use webhooks_tests::{
 };
 
 /// The admin token of the hosts here.
-const PLUGIN_ADMIN: &str = "plugin-admin-secret";
+pub(crate) const PLUGIN_ADMIN: &str = "plugin-admin-secret";
 /// The variable that turns `PUT /admin/plugin` on with [`PLUGIN_ADMIN`].
-const ADMIN_TOKEN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", PLUGIN_ADMIN);
+pub(crate) const ADMIN_TOKEN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", PLUGIN_ADMIN);
 /// The exported interface a partial component lacks.
 const EVENTS: &str = "mainflux:webhooks/events@0.1.0";
 /// How long a swap, a signal or a log line may take to show, with room for a compilation on a
 /// busy machine.
-const SWAP_BOUND: Duration = Duration::from_secs(20);
+pub(crate) const SWAP_BOUND: Duration = Duration::from_secs(20);
 /// The `name` filter that sets off a fault build's fault in a list call.
-const FAULT_QUERY: &str = "?name=fault";
+pub(crate) const FAULT_QUERY: &str = "?name=fault";
 
 // --- helpers ----------------------------------------------------------------------------------
 
 /// The bytes of the real plugin.
-fn real_bytes() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn real_bytes() -> anyhow::Result<Vec<u8>> {
     let path = plugin_component();
     std::fs::read(&path).with_context(|| format!("reading {} (run `make build`)", path.display()))
 }
 
 /// The hex SHA-256 of a file, computed by `sha256sum`, independently of the host.
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn sha256_of(path: &Path) -> anyhow::Result<String> {
     let output = Command::new("sha256sum")
         .arg(path)
         .output()
@@ -112,14 +112,14 @@ async fn health_sha(host: &TestHost) -> anyhow::Result<String> {
 }
 
 /// `GET /things/THING_1/webhooks{query}` as the group's admin.
-async fn list(host: &TestHost, query: &str) -> anyhow::Result<(StatusCode, Value)> {
+pub(crate) async fn list(host: &TestHost, query: &str) -> anyhow::Result<(StatusCode, Value)> {
     host.call(Method::GET, &format!("/things/{THING_1}/webhooks{query}"), ADMIN, None)
         .await
 }
 
 /// Whether a list page came from the `tagged` build: `true` when the page and every webhook in
 /// it carry `"variant": "tagged"`, `false` when none does, an error when they disagree.
-fn is_tagged(page: &Value) -> anyhow::Result<bool> {
+pub(crate) fn is_tagged(page: &Value) -> anyhow::Result<bool> {
     let tag_of = |value: &Value| -> anyhow::Result<bool> {
         match value.get("variant") {
             None => Ok(false),
@@ -148,7 +148,7 @@ async fn list_tagged(host: &TestHost, count: usize) -> anyhow::Result<bool> {
 }
 
 /// A host with the standard registry, the admin endpoint on, and these extra variables.
-async fn admin_host(extra: &[(&str, &str)]) -> anyhow::Result<TestHost> {
+pub(crate) async fn admin_host(extra: &[(&str, &str)]) -> anyhow::Result<TestHost> {
     let mut env = vec![ADMIN_TOKEN];
     env.extend_from_slice(extra);
     TestHost::start_with(standard_registry(), &env).await
