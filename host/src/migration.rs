@@ -7,8 +7,8 @@
 //! restart; an import cut short is not noted and runs again, storing only what is missing.
 //! `webhooks-host import` runs it on demand. The Go service's table is only read.
 
-use std::sync::Arc;
 use std::fmt;
+use std::sync::Arc;
 
 use tokio_postgres::Client;
 

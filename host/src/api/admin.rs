@@ -149,9 +149,13 @@ fn requested_mode(query: Option<&str>) -> Result<Option<Mode>, ApiError> {
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             "canary" => {
-                let percent = value.parse::<u8>().ok().filter(|p| (1..=99).contains(p)).ok_or_else(|| {
-                    ApiError::bad_request(format!("canary must be a whole percent from 1 to 99, not {value:?}"))
-                })?;
+                let percent = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| (1..=99).contains(p))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("canary must be a whole percent from 1 to 99, not {value:?}"))
+                    })?;
                 canary = Some(percent);
             }
             "shadow" => {
@@ -173,7 +177,9 @@ fn requested_mode(query: Option<&str>) -> Result<Option<Mode>, ApiError> {
         }
     }
     match (canary, shadow) {
-        (Some(_), true) => Err(ApiError::bad_request("a candidate is either a canary or a dry run, not both")),
+        (Some(_), true) => Err(ApiError::bad_request(
+            "a candidate is either a canary or a dry run, not both",
+        )),
         (Some(percent), false) => Ok(Some(Mode::Canary { percent })),
         (None, true) => Ok(Some(Mode::Shadow)),
         (None, false) => Ok(None),
@@ -204,11 +210,10 @@ async fn swap_plugin(
         return Err(ApiError::bad_request("the request body must be the component's bytes"));
     }
     if let Some(mode) = mode {
-        let candidate = app
-            .runtime
-            .propose(bytes.to_vec(), mode)
-            .await
-            .inspect_err(|error| tracing::warn!(%error, "candidate plugin refused; the current one keeps serving"))?;
+        let candidate =
+            app.runtime.propose(bytes.to_vec(), mode).await.inspect_err(
+                |error| tracing::warn!(%error, "candidate plugin refused; the current one keeps serving"),
+            )?;
         tracing::info!(
             sha256 = %candidate.version.plugin.sha256,
             mode = mode.name(),

@@ -5,8 +5,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::ingress::device_key::DeviceKeyError;
-use crate::runtime::{CallError, RolloutError};
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
+use crate::runtime::{CallError, RolloutError};
 
 /// An HTTP error answer.
 #[derive(Debug)]

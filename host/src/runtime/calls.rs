@@ -137,14 +137,19 @@ impl ApiCalls<'_> {
     pub async fn create_webhooks(&self, token: String, thing_id: String, body: Bytes) -> Result<String, CallError> {
         let group = self.runtime.canary_group(&thing_id).await;
         self.runtime
-            .answer("api.create-webhooks", Duration::ZERO, group.as_deref(), move |exports, store| {
-                Box::pin(async move {
-                    exports
-                        .api(store)?
-                        .call_create_webhooks(store, &token, &thing_id, &body)
-                        .await
-                })
-            })
+            .answer(
+                "api.create-webhooks",
+                Duration::ZERO,
+                group.as_deref(),
+                move |exports, store| {
+                    Box::pin(async move {
+                        exports
+                            .api(store)?
+                            .call_create_webhooks(store, &token, &thing_id, &body)
+                            .await
+                    })
+                },
+            )
             .await
     }
 
@@ -282,14 +287,20 @@ impl ApiCalls<'_> {
     /// `api.list-deliveries`: answers a page of the webhook's deliveries as JSON.
     pub async fn list_deliveries(&self, token: String, webhook_id: String, query: Query) -> Result<String, CallError> {
         self.runtime
-            .answer_compared("api.list-deliveries", None, None, shadow::json, move |exports, store| {
-                Box::pin(async move {
-                    exports
-                        .api(store)?
-                        .call_list_deliveries(store, &token, &webhook_id, &query)
-                        .await
-                })
-            })
+            .answer_compared(
+                "api.list-deliveries",
+                None,
+                None,
+                shadow::json,
+                move |exports, store| {
+                    Box::pin(async move {
+                        exports
+                            .api(store)?
+                            .call_list_deliveries(store, &token, &webhook_id, &query)
+                            .await
+                    })
+                },
+            )
             .await
     }
 
@@ -386,18 +397,28 @@ impl EventCalls<'_> {
     /// `events.on-thing-removed`: removes the thing's webhooks; answers how many.
     pub async fn on_thing_removed(&self, thing_id: String) -> Result<u32, CallError> {
         self.runtime
-            .answer("events.on-thing-removed", Duration::ZERO, None, move |exports, store| {
-                Box::pin(async move { exports.events(store)?.call_on_thing_removed(store, &thing_id).await })
-            })
+            .answer(
+                "events.on-thing-removed",
+                Duration::ZERO,
+                None,
+                move |exports, store| {
+                    Box::pin(async move { exports.events(store)?.call_on_thing_removed(store, &thing_id).await })
+                },
+            )
             .await
     }
 
     /// `events.on-group-removed`: removes the group's webhooks; answers how many.
     pub async fn on_group_removed(&self, group_id: String) -> Result<u32, CallError> {
         self.runtime
-            .answer("events.on-group-removed", Duration::ZERO, None, move |exports, store| {
-                Box::pin(async move { exports.events(store)?.call_on_group_removed(store, &group_id).await })
-            })
+            .answer(
+                "events.on-group-removed",
+                Duration::ZERO,
+                None,
+                move |exports, store| {
+                    Box::pin(async move { exports.events(store)?.call_on_group_removed(store, &group_id).await })
+                },
+            )
             .await
     }
 }
@@ -418,17 +439,22 @@ impl MigrationCalls<'_> {
     /// outcome per webhook, in order.
     pub async fn import_webhooks(&self, webhooks: Vec<ForeignWebhook>) -> Result<Vec<ImportOutcome>, CallError> {
         self.runtime
-            .answer("migration.import-webhooks", Duration::ZERO, None, move |exports, store| {
-                Box::pin(async move {
-                    match exports.migration(store)? {
-                        Some(migration) => migration.call_import_webhooks(store, &webhooks).await,
-                        None => Ok(Err(PluginError::Unavailable(
-                            "this plugin version has no migration exports; load a newer one to import webhooks"
-                                .to_owned(),
-                        ))),
-                    }
-                })
-            })
+            .answer(
+                "migration.import-webhooks",
+                Duration::ZERO,
+                None,
+                move |exports, store| {
+                    Box::pin(async move {
+                        match exports.migration(store)? {
+                            Some(migration) => migration.call_import_webhooks(store, &webhooks).await,
+                            None => Ok(Err(PluginError::Unavailable(
+                                "this plugin version has no migration exports; load a newer one to import webhooks"
+                                    .to_owned(),
+                            ))),
+                        }
+                    })
+                },
+            )
             .await
     }
 }

@@ -31,9 +31,9 @@ pub use plugin::{Inspection, LoadError, Plugin, WORLD};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
-use rollout::{Arm, ErrorWindow};
 use bindings::exports::mainflux::webhooks::{api, events, migration};
 use bindings::mainflux::webhooks::types::Error as PluginError;
+use rollout::{Arm, ErrorWindow};
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -277,7 +277,9 @@ impl Runtime {
                     })
                 })
                 .await
-                .map_err(|e| RolloutError::Incompatible(format!("cannot ask the plugin which data formats it reads: {e}")))?;
+                .map_err(|e| {
+                    RolloutError::Incompatible(format!("cannot ask the plugin which data formats it reads: {e}"))
+                })?;
             DataFormats {
                 oldest: formats.oldest,
                 newest: formats.newest,
@@ -491,7 +493,11 @@ impl Runtime {
     {
         let canary = match (self.candidate(), group) {
             (Some(candidate), Some(group)) if matches!(candidate.mode, Mode::Canary { .. }) => {
-                let arm = if candidate.serves(group) { Arm::Canary } else { Arm::Active };
+                let arm = if candidate.serves(group) {
+                    Arm::Canary
+                } else {
+                    Arm::Active
+                };
                 Some((candidate, arm))
             }
             _ => None,
@@ -568,19 +574,36 @@ impl Runtime {
     }
 
     /// Runs `call` in an instance slot already held, within `budget`.
-    async fn run_bounded<R, F>(&self, plugin: Arc<Plugin>, dry_run: bool, budget: Duration, call: F) -> Result<R, CallError>
+    async fn run_bounded<R, F>(
+        &self,
+        plugin: Arc<Plugin>,
+        dry_run: bool,
+        budget: Duration,
+        call: F,
+    ) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {
         let deadline = Instant::now() + budget;
         // Epochs only interrupt guest code; this also bounds a call stuck inside a host import.
-        match tokio::time::timeout(budget + 10 * EPOCH_TICK, self.run_in_slot(plugin, dry_run, deadline, call)).await {
+        match tokio::time::timeout(
+            budget + 10 * EPOCH_TICK,
+            self.run_in_slot(plugin, dry_run, deadline, call),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(CallError::Deadline),
         }
     }
 
-    async fn run_in_slot<R, F>(&self, plugin: Arc<Plugin>, dry_run: bool, deadline: Instant, call: F) -> Result<R, CallError>
+    async fn run_in_slot<R, F>(
+        &self,
+        plugin: Arc<Plugin>,
+        dry_run: bool,
+        deadline: Instant,
+        call: F,
+    ) -> Result<R, CallError>
     where
         F: for<'a> FnOnce(&'a Exports, &'a mut Store<HostState>) -> bindings::BoxCall<'a, R>,
     {

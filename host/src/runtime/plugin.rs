@@ -8,9 +8,9 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::HostState;
-use super::formats::DataFormats;
 use super::bindings::exports::mainflux::webhooks::{api, events, migration};
 use super::cache::{CompileCache, Origin};
+use super::formats::DataFormats;
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]

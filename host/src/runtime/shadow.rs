@@ -29,6 +29,7 @@ impl Answer {
 }
 
 /// A JSON answer as a value, so that the order of an object's keys does not count.
+#[allow(clippy::ptr_arg, reason = "a reducer of `String` answers, called as `Fn(&R)`")]
 pub(super) fn json(answer: &String) -> Value {
     serde_json::from_str(answer).unwrap_or_else(|_| Value::String(answer.clone()))
 }
@@ -80,7 +81,10 @@ mod tests {
         assert_eq!(compare("api.view-webhook", &a, &b), "same");
         let c = Answer::Value(json(&r#"{"b":[1,2],"a":1,"variant":"tagged"}"#.to_owned()));
         assert_eq!(compare("api.view-webhook", &a, &c), "different");
-        assert_eq!(compare("api.view-webhook", &a, &Answer::Failed("trap".into())), "failed");
+        assert_eq!(
+            compare("api.view-webhook", &a, &Answer::Failed("trap".into())),
+            "failed"
+        );
     }
 
     #[test]

@@ -99,7 +99,11 @@ mod tests {
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("dry-run-{}-{:?}", std::process::id(), std::time::SystemTime::now()));
+        let dir = std::env::temp_dir().join(format!(
+            "dry-run-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -20,9 +20,7 @@ use webhooks_tests::{
 };
 
 use super::operations::scrape;
-use super::runtime::{
-    FAULT_QUERY, PLUGIN_ADMIN, SWAP_BOUND, admin_host, is_tagged, list, real_bytes, sha256_of,
-};
+use super::runtime::{FAULT_QUERY, PLUGIN_ADMIN, SWAP_BOUND, admin_host, is_tagged, list, real_bytes, sha256_of};
 
 // --- helpers ----------------------------------------------------------------------------------
 
@@ -72,11 +70,15 @@ async fn stored_format_becomes(host: &TestHost, format: u64) -> anyhow::Result<(
     .await
 }
 
-/// Lists a thing's webhooks as the admin, expecting `200`; answers whether the `tagged` build
+/// Lists a thing's webhooks as its group's admin, expecting `200`; answers whether the `tagged` build
 /// answered.
 async fn thing_tagged(host: &TestHost, thing: &str) -> anyhow::Result<bool> {
+    let token = GROUPS
+        .iter()
+        .find(|(_, t, _, _)| *t == thing)
+        .map_or(ADMIN, |(_, _, _, token)| *token);
     let (status, page) = host
-        .call(Method::GET, &format!("/things/{thing}/webhooks"), ADMIN, None)
+        .call(Method::GET, &format!("/things/{thing}/webhooks"), token, None)
         .await?;
     ensure!(status == StatusCode::OK, "listing {thing} answered {status}: {page}");
     is_tagged(&page)
@@ -88,7 +90,10 @@ async fn group_tagged(host: &TestHost, group: &str, token: &str) -> anyhow::Resu
     let (status, page) = host
         .call(Method::GET, &format!("/groups/{group}/webhooks"), token, None)
         .await?;
-    ensure!(status == StatusCode::OK, "listing group {group} answered {status}: {page}");
+    ensure!(
+        status == StatusCode::OK,
+        "listing group {group} answered {status}: {page}"
+    );
     is_tagged(&page)
 }
 
@@ -139,7 +144,10 @@ async fn a_version_that_cannot_read_the_stored_data_is_refused_and_the_active_on
     assert_eq!((status, &page["total"]), (StatusCode::OK, &json!(1)), "{page}");
     let metrics = scrape(&host).await?;
     assert_eq!(
-        metrics.value("webhooks_plugin_swaps_total", &[("trigger", "admin"), ("result", "refused")])?,
+        metrics.value(
+            "webhooks_plugin_swaps_total",
+            &[("trigger", "admin"), ("result", "refused")]
+        )?,
         1.0
     );
     Ok(())
@@ -162,7 +170,11 @@ async fn a_rollback_or_a_start_onto_data_the_version_cannot_read_is_refused() ->
         "{versions}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(rollout(&host).await?["data_format"], 1, "the old version raises nothing");
+    assert_eq!(
+        rollout(&host).await?["data_format"],
+        1,
+        "the old version raises nothing"
+    );
 
     let real = sha256_of(&plugin_component())?;
     let (status, body) = put(&host, "", real_bytes()?).await?;
@@ -180,7 +192,10 @@ async fn a_rollback_or_a_start_onto_data_the_version_cannot_read_is_refused() ->
     );
     let metrics = scrape(&host).await?;
     assert_eq!(
-        metrics.value("webhooks_plugin_swaps_total", &[("trigger", "rollback"), ("result", "refused")])?,
+        metrics.value(
+            "webhooks_plugin_swaps_total",
+            &[("trigger", "rollback"), ("result", "refused")]
+        )?,
         1.0
     );
 
@@ -188,7 +203,10 @@ async fn a_rollback_or_a_start_onto_data_the_version_cannot_read_is_refused() ->
     let output = run_to_exit(host.command(), SWAP_BOUND)?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a start on data it cannot read: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|line| line.contains("MF_WEBHOOKS_PLUGIN")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("MF_WEBHOOKS_PLUGIN"))
+        .collect();
     assert_eq!(lines.len(), 1, "one line naming the variable: {stderr}");
     assert!(
         lines[0].contains("the stored data is in format 2"),
@@ -235,9 +253,18 @@ async fn a_canary_serves_its_share_of_the_groups_until_promoted_or_dropped() -> 
     let (group_in, thing_in, key_in, admin_in) = GROUPS[inside];
     let (group_out, thing_out, key_out, admin_out) = GROUPS[outside];
     for _ in 0..3 {
-        assert!(thing_tagged(&host, thing_in).await?, "the canary serves its groups' things");
-        assert!(group_tagged(&host, group_in, admin_in).await?, "and the groups themselves");
-        assert!(!thing_tagged(&host, thing_out).await?, "the active one serves the others");
+        assert!(
+            thing_tagged(&host, thing_in).await?,
+            "the canary serves its groups' things"
+        );
+        assert!(
+            group_tagged(&host, group_in, admin_in).await?,
+            "and the groups themselves"
+        );
+        assert!(
+            !thing_tagged(&host, thing_out).await?,
+            "the active one serves the others"
+        );
         assert!(!group_tagged(&host, group_out, admin_out).await?);
     }
     for key in [key_in, key_out] {
@@ -258,17 +285,30 @@ async fn a_canary_serves_its_share_of_the_groups_until_promoted_or_dropped() -> 
 
     let (status, body) = put(&host, &format!("?canary={percent}"), real_bytes()?).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(!thing_tagged(&host, thing_in).await?, "the real plugin is now the canary");
+    assert!(
+        !thing_tagged(&host, thing_in).await?,
+        "the real plugin is now the canary"
+    );
     assert!(thing_tagged(&host, thing_out).await?);
     let (status, body) = admin(&host, Method::DELETE, "/admin/plugin/candidate").await?;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    assert!(thing_tagged(&host, thing_in).await?, "dropped: the active one serves everyone");
+    assert!(
+        thing_tagged(&host, thing_in).await?,
+        "dropped: the active one serves everyone"
+    );
     let (status, body) = admin(&host, Method::DELETE, "/admin/plugin/candidate").await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = admin(&host, Method::POST, "/admin/plugin/promote").await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
-    for query in ["?canary=0", "?canary=100", "?canary=ten", "?canary=5&shadow=true", "?shadow=yes", "?mode=canary"] {
+    for query in [
+        "?canary=0",
+        "?canary=100",
+        "?canary=ten",
+        "?canary=5&shadow=true",
+        "?shadow=yes",
+        "?mode=canary",
+    ] {
         let (status, body) = put(&host, query, real_bytes()?).await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert!(body["error"].is_string(), "{query}: {body}");
@@ -291,7 +331,7 @@ async fn a_canary_that_traps_is_dropped_by_itself_and_nothing_accepted_is_lost()
         add_webhook(&host, thing, "canary", &receiver.url(&format!("/{thing}"))).await?;
     }
     let (percent, inside) = split_percent()?;
-    let (_, thing_in, _, _) = GROUPS[inside];
+    let (_, thing_in, _, admin_in) = GROUPS[inside];
     let trap = sha256_of(&plugin_variant("trap"))?;
     let (status, body) = put(&host, &format!("?canary={percent}"), plugin_variant_bytes("trap")?).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -319,7 +359,12 @@ async fn a_canary_that_traps_is_dropped_by_itself_and_nothing_accepted_is_lost()
             break;
         }
         let (status, _) = host
-            .call(Method::GET, &format!("/things/{thing_in}/webhooks{FAULT_QUERY}"), ADMIN, None)
+            .call(
+                Method::GET,
+                &format!("/things/{thing_in}/webhooks{FAULT_QUERY}"),
+                admin_in,
+                None,
+            )
             .await?;
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             failed += 1;
@@ -333,16 +378,26 @@ async fn a_canary_that_traps_is_dropped_by_itself_and_nothing_accepted_is_lost()
     assert_eq!(versions["candidate"], Value::Null, "dropped by itself: {versions}");
     assert_eq!(versions["rolled_back"]["sha256"], trap.as_str(), "{versions}");
     let reason = versions["rolled_back"]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(" of its ") && reason.contains("calls failed"), "{versions}");
+    assert!(
+        reason.contains(" of its ") && reason.contains("calls failed"),
+        "{versions}"
+    );
     assert!(versions["rolled_back"]["at"].is_string(), "{versions}");
     // Its intake calls succeed, so it is judged on those and the failures together.
     assert!((1..=20).contains(&failed), "dropped after {failed} failed calls");
     let (status, _) = host
-        .call(Method::GET, &format!("/things/{thing_in}/webhooks{FAULT_QUERY}"), ADMIN, None)
+        .call(
+            Method::GET,
+            &format!("/things/{thing_in}/webhooks{FAULT_QUERY}"),
+            admin_in,
+            None,
+        )
         .await?;
     assert_eq!(status, StatusCode::OK, "the active version answers again");
     assert_eq!(
-        scrape(&host).await?.value("webhooks_plugin_canary_rollbacks_total", &[])?,
+        scrape(&host)
+            .await?
+            .value("webhooks_plugin_canary_rollbacks_total", &[])?,
         1.0
     );
     host.logged(&["canary plugin version dropped", &trap], PROMPTLY).await?;
@@ -396,17 +451,32 @@ async fn a_dry_run_reports_differences_and_of_the_same_version_none() -> anyhow:
         publish(&host, "key-1", format!("dry #{turn}")).await?;
         assert!(!thing_tagged(&host, THING_1).await?);
         assert!(!group_tagged(&host, GROUP_1, ADMIN).await?);
-        host.expect(Method::GET, &format!("/webhooks/{webhook}"), ADMIN, None, StatusCode::OK)
-            .await?;
+        host.expect(
+            Method::GET,
+            &format!("/webhooks/{webhook}"),
+            ADMIN,
+            None,
+            StatusCode::OK,
+        )
+        .await?;
         calls += 4;
     }
     // A refusal is an answer too: both versions give the same one.
-    host.expect(Method::GET, &format!("/things/{THING_1}/webhooks"), "", None, StatusCode::UNAUTHORIZED)
-        .await?;
+    host.expect(
+        Method::GET,
+        &format!("/things/{THING_1}/webhooks"),
+        "",
+        None,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await?;
     calls += 1;
     eventually(PROMPTLY, || async {
         let [same, different, failed] = shadow_counts(&host).await?;
-        ensure!(different == 0.0 && failed == 0.0, "a dry run of the same version: {different} different, {failed} failed");
+        ensure!(
+            different == 0.0 && failed == 0.0,
+            "a dry run of the same version: {different} different, {failed} failed"
+        );
         ensure!(same >= calls as f64, "{same} of {calls} calls compared");
         Ok(())
     })
@@ -422,7 +492,10 @@ async fn a_dry_run_reports_differences_and_of_the_same_version_none() -> anyhow:
     assert_eq!(status, StatusCode::OK, "{body}");
     let before = shadow_counts(&host).await?;
     for _ in 0..3 {
-        assert!(!thing_tagged(&host, THING_1).await?, "callers get the active version's answers");
+        assert!(
+            !thing_tagged(&host, THING_1).await?,
+            "callers get the active version's answers"
+        );
     }
     eventually(PROMPTLY, || async {
         let [_, different, failed] = shadow_counts(&host).await?;
@@ -432,7 +505,10 @@ async fn a_dry_run_reports_differences_and_of_the_same_version_none() -> anyhow:
     })
     .await?;
     host.logged(
-        &["dry run: the candidate plugin answered differently", "api.list-thing-webhooks"],
+        &[
+            "dry run: the candidate plugin answered differently",
+            "api.list-thing-webhooks",
+        ],
         PROMPTLY,
     )
     .await?;
