@@ -12,19 +12,29 @@ use crate::keys;
 use crate::record::{FORMAT_VERSION, Record};
 use crate::store::{self, CommitFailure};
 use crate::webhooks::storage;
+use uuid::{ContextV7, Timestamp, Uuid};
+
+/// A version 7 UUID whose 12 bits after the millisecond carry the time to a quarter of a
+/// microsecond: each call runs in a fresh instance, so the crate's shared counter starts anew
+/// and could not keep two messages of one millisecond in order; the clock can, and the
+/// delivery log lists them newest first by this id.
+fn time_ordered_id(context: &ContextV7) -> String {
+    Uuid::new_v7(Timestamp::now(context)).to_string()
+}
 
 impl Events<'_> {
     /// Records one pending delivery per webhook of the thing in one commit, with the message id
     /// when the publisher named one: an id the thing already published records nothing.
     pub fn on_message(&self, message: Message) -> Result<Accepted> {
+        let ids = ContextV7::new().with_additional_precision();
         let (message_id, named) = match message.id {
             Some(id) => {
-                uuid::Uuid::try_parse(&id).map_err(|_| invalid("X-Message-Id must be a UUID"))?;
+                Uuid::try_parse(&id).map_err(|_| invalid("X-Message-Id must be a UUID"))?;
                 (id.to_ascii_lowercase(), true)
             }
             // Time-ordered ids keep the records of one moment together in the store's key
             // order, so a commit touches few pages.
-            None => (uuid::Uuid::now_v7().to_string(), false),
+            None => (time_ordered_id(&ids), false),
         };
         let mut webhooks = storage::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
         // A disabled webhook gets nothing until a user enables it again.
@@ -57,7 +67,7 @@ impl Events<'_> {
         for webhook in &webhooks {
             let delivery = Delivery {
                 v: FORMAT_VERSION,
-                id: uuid::Uuid::now_v7().to_string(),
+                id: time_ordered_id(&ids),
                 webhook_id: webhook.id.clone(),
                 thing_id: message.thing_id.clone(),
                 message_id: message_id.clone(),
@@ -115,6 +125,22 @@ mod tests {
     use crate::keys;
     use crate::ports::Kv;
     use crate::testing::{Deliveries, events, message};
+
+    #[test]
+    fn ids_made_in_one_call_and_in_calls_a_microsecond_apart_are_in_time_order() {
+        let context = super::ContextV7::new().with_additional_precision();
+        let mut ids: Vec<String> = (0..2_000).map(|_| super::time_ordered_id(&context)).collect();
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_micros(1));
+            ids.push(super::time_ordered_id(
+                &super::ContextV7::new().with_additional_precision(),
+            ));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ids);
+    }
 
     #[test]
     fn a_message_records_one_due_delivery_per_webhook_of_its_thing() {
