@@ -71,4 +71,5 @@ lint:
 bench: build plugin-variants
 	target/release/bench report BENCHMARKS.md
 	tests/services run target/services -- target/release/bench scale 10000 2
-	target/release/bench runtime 20000
+	target/release/bench runtime 20000 > target/bench-runtime.md
+	cat target/bench-runtime.md && cat target/bench-runtime.md >> BENCHMARKS.md

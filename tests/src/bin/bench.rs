@@ -28,7 +28,8 @@
 //!
 //! `bench runtime [CALLS]`: the plugin runtime's costs: a new store and instance per call
 //! (over CALLS calls, default 20,000), restart to healthy with and without the compile cache,
-//! swap time (request to the first call answered by the new version), and idle resident memory.
+//! the time of a swap, a rollback and a promote (request to the first call answered by the
+//! version it puts in place), and idle resident memory; `make bench` appends it to `BENCHMARKS.md`.
 
 use std::time::{Duration, Instant};
 
@@ -659,7 +660,7 @@ const SWAPS: usize = 6;
 
 async fn runtime(calls: usize) -> Result<()> {
     println!(
-        "plugin runtime, plugin of {} bytes",
+        "\n## Plugin runtime\n\n`target/release/bench runtime {calls}`, plugin of {} bytes.\n",
         std::fs::metadata(plugin_component())?.len()
     );
     println!("| measure | median | min | max |");
@@ -703,9 +704,20 @@ async fn runtime(calls: usize) -> Result<()> {
     }
     row("restart to healthy, compiled plugin in the cache", warm);
 
-    let (compiled, cached) = swaps(cache.path()).await?;
-    row("swap, new version compiled (request → first call on it)", compiled);
-    row("swap, version in the cache (request → first call on it)", cached);
+    let changes = version_changes(cache.path()).await?;
+    row(
+        "swap, new version compiled (request → first call on it)",
+        changes.compiled,
+    );
+    row(
+        "swap, version in the cache (request → first call on it)",
+        changes.cached,
+    );
+    row(
+        "rollback to the version before (request → first call on it)",
+        changes.rollback,
+    );
+    row("promote of a candidate (request → first call on it)", changes.promote);
 
     rss.sort();
     println!(
@@ -796,11 +808,23 @@ async fn time_start(cache: &std::path::Path) -> Result<(Duration, u64)> {
     Ok((took, rss))
 }
 
-/// Swaps between the real plugin and the `tagged` build: first each a version the cache has
-/// never seen (a custom section, which the runtime ignores, makes each one new), then with both
-/// in the cache; each sample runs from the swap request to the first list call answered by the
-/// new version.
-async fn swaps(cache: &std::path::Path) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// Times of the admin operations that change the version serving calls; each sample runs from
+/// the request to the first list call answered by the version it puts in place.
+struct VersionChanges {
+    /// Swaps to a version the cache has never seen.
+    compiled: Vec<Duration>,
+    /// Swaps to a version in the cache.
+    cached: Vec<Duration>,
+    /// Rollbacks to the version before.
+    rollback: Vec<Duration>,
+    /// Promotions of a candidate (set as a dry run, so it already sits compiled beside the active one).
+    promote: Vec<Duration>,
+}
+
+/// Changes between the real plugin and the `tagged` build: first swaps, each to a version the
+/// cache has never seen (a custom section, which the runtime ignores, makes each one new), then
+/// swaps with both in the cache, rollbacks and promotions.
+async fn version_changes(cache: &std::path::Path) -> Result<VersionChanges> {
     const TOKEN: &str = "bench-admin-token";
     let cache = cache.display().to_string();
     let env = [
@@ -813,24 +837,26 @@ async fn swaps(cache: &std::path::Path) -> Result<(Vec<Duration>, Vec<Duration>)
         std::fs::read(plugin_variant("tagged"))?,
         std::fs::read(plugin_component())?,
     ];
-    let swap = |bytes: Vec<u8>, tagged: bool| {
+    // Sends one admin request and answers the time until a list call is answered by the
+    // version expected after it (`tagged` or not).
+    let change = |method: Method, path: &'static str, bytes: Option<Vec<u8>>, tagged: bool| {
         let host = &host;
         async move {
             let started = Instant::now();
-            let response = host
-                .request(Method::PUT, "/admin/plugin", TOKEN)
-                .body(bytes)
-                .send()
-                .await?;
-            if response.status() != StatusCode::OK {
-                bail!("swap answered {}: {}", response.status(), response.text().await?);
+            let mut request = host.request(method, path, TOKEN);
+            if let Some(bytes) = bytes {
+                request = request.body(bytes);
+            }
+            let response = request.send().await?;
+            if !response.status().is_success() {
+                bail!("{path} answered {}: {}", response.status(), response.text().await?);
             }
             loop {
                 let (status, page) = host
                     .call(Method::GET, &format!("/things/{THING_1}/webhooks"), VIEWER, None)
                     .await?;
                 if status != StatusCode::OK {
-                    bail!("list answered {status} after a swap");
+                    bail!("list answered {status} after {path}");
                 }
                 if page.get("variant").is_some() == tagged {
                     return Ok::<_, anyhow::Error>(started.elapsed());
@@ -838,6 +864,7 @@ async fn swaps(cache: &std::path::Path) -> Result<(Vec<Duration>, Vec<Duration>)
             }
         }
     };
+    let swap = |bytes: Vec<u8>, tagged: bool| change(Method::PUT, "/admin/plugin", Some(bytes), tagged);
     let mut compiled = Vec::new();
     for round in 0..SWAPS {
         let mut bytes = components[round % 2].clone();
@@ -851,8 +878,33 @@ async fn swaps(cache: &std::path::Path) -> Result<(Vec<Duration>, Vec<Duration>)
     for round in 0..SWAPS {
         cached.push(swap(components[round % 2].clone(), round % 2 == 0).await?);
     }
+    // The plain version serves now; each round swaps to the tagged one and rolls back.
+    let mut rollback = Vec::new();
+    for _ in 0..SWAPS {
+        swap(components[0].clone(), true).await?;
+        rollback.push(change(Method::POST, "/admin/plugin/rollback", None, false).await?);
+    }
+    // Each round proposes the other version as a dry run and promotes it.
+    let mut promote = Vec::new();
+    for round in 0..SWAPS {
+        let tagged = round % 2 == 0;
+        let proposed = host
+            .request(Method::PUT, "/admin/plugin?shadow=true", TOKEN)
+            .body(components[round % 2].clone())
+            .send()
+            .await?;
+        if !proposed.status().is_success() {
+            bail!("a dry run answered {}: {}", proposed.status(), proposed.text().await?);
+        }
+        promote.push(change(Method::POST, "/admin/plugin/promote", None, tagged).await?);
+    }
     host.stop()?;
-    Ok((compiled, cached))
+    Ok(VersionChanges {
+        compiled,
+        cached,
+        rollback,
+        promote,
+    })
 }
 
 /// Appends a custom section named `name` to a component; it stays valid and gets a new hash.
