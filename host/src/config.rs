@@ -344,6 +344,36 @@ pub struct ServeConfig {
     /// How far back a canary's calls count when it is judged (e.g. 60s).
     #[arg(long, env = "MF_WEBHOOKS_CANARY_WINDOW", value_name = "MF_WEBHOOKS_CANARY_WINDOW", default_value = "60s", value_parser = parse_nonzero_duration)]
     pub canary_window: Duration,
+
+    /// Most messages the things of one group may publish per second, over HTTP and the broker
+    /// together on this host; 0 for no limit. Beyond it a publish gets `429` with `Retry-After`.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_QUOTA_PUBLISH_RATE",
+        value_name = "MF_WEBHOOKS_QUOTA_PUBLISH_RATE",
+        default_value_t = 0
+    )]
+    pub quota_publish_rate: u32,
+
+    /// Most deliveries of one group waiting for or in their attempt on this host; 0 for no
+    /// limit. Beyond it a publish gets `429` with `Retry-After`.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_QUOTA_PENDING",
+        value_name = "MF_WEBHOOKS_QUOTA_PENDING",
+        default_value_t = 0
+    )]
+    pub quota_pending: u32,
+
+    /// Most webhooks one group may have; 0 for no limit. A create that would pass it is
+    /// refused whole with `409`.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_QUOTA_WEBHOOKS",
+        value_name = "MF_WEBHOOKS_QUOTA_WEBHOOKS",
+        default_value_t = 0
+    )]
+    pub quota_webhooks: u32,
 }
 
 /// A rate from 0 to 1.
@@ -564,6 +594,15 @@ impl ServeConfig {
     /// The admin token, unless unset or empty.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref().filter(|token| !token.is_empty())
+    }
+
+    /// The quotas per group on intake.
+    pub fn quotas(&self) -> crate::tenancy::Quotas {
+        crate::tenancy::Quotas {
+            publish_rate: self.quota_publish_rate,
+            pending: self.quota_pending as usize,
+            ..crate::tenancy::Quotas::default()
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the service exports.
@@ -37,6 +38,13 @@ pub struct Metrics {
     pub plugin_shadow_calls: IntCounterVec,
     /// Broker messages handled, by outcome (`acked`, `duplicate`, `terminated`, `retried`).
     pub broker_messages: IntCounterVec,
+    /// Publishes refused by a group's quota, by quota (`publish_rate`, `pending`).
+    pub quota_refusals: IntCounterVec,
+    /// Deliveries queued or running, for the groups with the most (at most
+    /// [`Metrics::TOP_GROUPS`], set at each scrape).
+    pub group_pending: IntGaugeVec,
+    /// Delivery batches running, for the same groups.
+    pub group_batches: IntGaugeVec,
 }
 
 /// The process's metrics.
@@ -49,6 +57,10 @@ const SECONDS: &[f64] = &[
 ];
 
 impl Metrics {
+    /// Groups shown by the per-group gauges: the label's cardinality stays bounded however many
+    /// groups there are.
+    pub const TOP_GROUPS: usize = 10;
+
     fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -135,6 +147,27 @@ impl Metrics {
         for outcome in ["acked", "duplicate", "terminated", "retried"] {
             broker_messages.with_label_values(&[outcome]);
         }
+        let quota_refusals = counter(
+            "webhooks_quota_refusals_total",
+            "Publishes refused with 429 (or handed back to the broker) by a group's quota, by quota: publish_rate or pending.",
+            &["quota"],
+        );
+        for quota in ["publish_rate", "pending"] {
+            quota_refusals.with_label_values(&[quota]);
+        }
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), &["group"]).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let group_pending = gauge(
+            "webhooks_group_pending_deliveries",
+            "Deliveries this host has queued or is attempting, for the ten groups with the most.",
+        );
+        let group_batches = gauge(
+            "webhooks_group_delivery_batches",
+            "Delivery batches running, for the ten groups with the most deliveries queued or running.",
+        );
         // Every known series from the start, so a dashboard shows zeros rather than gaps.
         for outcome in ["delivered", "retrying", "failed"] {
             deliveries.with_label_values(&[outcome]);
@@ -157,6 +190,9 @@ impl Metrics {
             plugin_canary_rollbacks,
             plugin_shadow_calls,
             broker_messages,
+            quota_refusals,
+            group_pending,
+            group_batches,
         }
     }
 

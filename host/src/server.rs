@@ -10,14 +10,15 @@ use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::identity::IdentityBackend;
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::identity::things::{ThingsConfig, ThingsService};
-use crate::ingress;
 use crate::ingress::event_stream::{self, Owner};
+use crate::ingress::{self, Intake};
 use crate::listener::{self, ListenerConfig};
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::retention;
 use crate::runtime::{CanaryPolicy, Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
 use crate::store;
+use crate::tenancy::Tenancy;
 
 /// How long in-flight requests may take to finish after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -113,6 +114,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         } else {
             crate::settings::claim_lease(config.plugin_deadline, config.delivery_timeout)
         },
+        webhook_quota: config.quota_webhooks,
     });
     let capabilities = Capabilities {
         store: kv,
@@ -183,19 +185,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
             ..DispatchConfig::default()
         },
     );
+    let intake = Arc::new(Intake::new(
+        runtime.clone(),
+        dispatcher.clone(),
+        Tenancy::new(identity.clone(), config.quotas()),
+    ));
     // When the stop signal came: everything in flight gets SHUTDOWN_GRACE from then.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(None::<Instant>);
     let broker = if config.broker_url.is_empty() {
         None
     } else {
-        let consumer = ingress::broker::start(
-            &config.broker_url,
-            runtime.clone(),
-            dispatcher.clone(),
-            stopping_rx.clone(),
-        )
-        .await
-        .map_err(|e| fault("MF_BROKER_URL", e))?;
+        let consumer = ingress::broker::start(&config.broker_url, intake.clone(), stopping_rx.clone())
+            .await
+            .map_err(|e| fault("MF_BROKER_URL", e))?;
         Some(consumer)
     };
     // Check often enough that nothing outlives the retention by more than a quarter of it.
@@ -207,6 +209,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         build: Arc::new(BuildInfo::current()),
         identity,
         dispatcher: dispatcher.clone(),
+        intake,
         admin_token: config.admin_token().map(Arc::from),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -15,6 +15,8 @@ pub struct DeliverySettings {
     pub retention: Duration,
     /// How long a claim on a delivery being attempted holds (see [`claim_lease`]).
     pub claim_lease: Duration,
+    /// Most webhooks one group may have; 0 for no limit.
+    pub webhook_quota: u32,
 }
 
 /// Margin of a claim over the longest an attempt may take, for clock differences between
@@ -34,6 +36,7 @@ impl Default for DeliverySettings {
             retry_schedule: parse_schedule("5s,5m,30m,2h,5h,10h,10h").expect("the default schedule parses"),
             retention: Duration::from_secs(14 * 24 * 3600),
             claim_lease: claim_lease(Duration::from_secs(10), Duration::from_secs(15)),
+            webhook_quota: 0,
         }
     }
 }
@@ -57,6 +60,7 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
 pub struct SettingsCtx {
     settings: wit::DeliveryPolicy,
     claim_lease_ms: u64,
+    webhook_quota: u32,
 }
 
 impl SettingsCtx {
@@ -68,6 +72,7 @@ impl SettingsCtx {
                 retention_ms: settings.retention.as_millis() as u64,
             },
             claim_lease_ms: settings.claim_lease.as_millis() as u64,
+            webhook_quota: settings.webhook_quota,
         }
     }
 }
@@ -90,6 +95,10 @@ impl wit::Host for SettingsCtx {
 
     async fn claim_lease_ms(&mut self) -> u64 {
         self.claim_lease_ms
+    }
+
+    async fn webhook_quota(&mut self) -> u32 {
+        self.webhook_quota
     }
 }
 

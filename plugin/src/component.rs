@@ -75,7 +75,9 @@ fn service() -> Service<'static> {
 
 impl Guest for Plugin {
     fn create_webhooks(token: String, thing_id: String, body: Vec<u8>) -> Result<String, Error> {
-        service().create_webhooks(&token, &thing_id, &body)
+        service()
+            .with_webhook_quota(crate::bindings::mainflux::webhooks::settings::webhook_quota())
+            .create_webhooks(&token, &thing_id, &body)
     }
 
     fn list_thing_webhooks(token: String, thing_id: String, query: Vec<(String, String)>) -> Result<String, Error> {

@@ -18,6 +18,11 @@ pub fn conflict(message: impl Into<String>) -> Error {
     Error::Conflict(message.into())
 }
 
+/// The request may succeed when tried again in a moment (503).
+pub fn unavailable(message: impl Into<String>) -> Error {
+    Error::Unavailable(message.into())
+}
+
 /// Something failed that the caller cannot fix (500).
 pub fn internal(message: impl Into<String>) -> Error {
     Error::Internal(message.into())

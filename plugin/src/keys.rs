@@ -13,6 +13,7 @@
 //! | `ix\0group-names` | empty: every webhook has its `gs` entries (set by the backfill) |
 //! | `ix\0group-names-cursor` | the id of the last webhook the backfill indexed |
 //! | `ix\0format` | the stored data's format, in decimal digits (`format`); absent: 1 |
+//! | `gc\0{group}` | a random token replaced by every create in the group while a webhook quota is set, so two creates that counted the same webhooks cannot both go in |
 //!
 //! A `gs` suffix starts at a char boundary of the lowercased name and keeps at most
 //! [`NAME_SUFFIX_BYTES`] bytes; names may hold any char, NUL included, so the id is read from
@@ -121,6 +122,12 @@ pub fn name_suffix_text<'k>(group_id: &str, entry: &'k [u8]) -> Option<&'k str> 
     let start = prefix("gs", group_id).len();
     let end = entry.iter().rposition(|b| *b == SEP)?;
     std::str::from_utf8(entry.get(start..end)?).ok()
+}
+
+/// The token every create in a group replaces while a webhook quota is set: creates that
+/// counted the group's webhooks at the same time conflict on it instead of both going in.
+pub fn group_creates(group_id: &str) -> Vec<u8> {
+    key("gc", &[group_id])
 }
 
 /// The marker that every webhook has its name-search entries, so listings may rely on them.

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod delivery_log;
 pub mod flows;
+pub mod isolation;
 pub mod otlp;
 pub mod receiver;
 pub mod redis_server;

@@ -33,6 +33,6 @@ async fn retry(
     Bearer(token): Bearer,
 ) -> Result<Response, ApiError> {
     let due = app.runtime.api().retry_delivery(token, webhook_id, delivery_id).await?;
-    app.dispatcher.enqueue(vec![due]);
+    app.dispatcher.enqueue(None, vec![due]);
     Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -4,6 +4,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::ingress::IntakeError;
 use crate::ingress::device_key::DeviceKeyError;
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
 use crate::runtime::{CallError, RolloutError};
@@ -13,6 +14,8 @@ use crate::runtime::{CallError, RolloutError};
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
     location: &'static std::panic::Location<'static>,
 }
 
@@ -23,6 +26,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
             location: std::panic::Location::caller(),
         }
     }
@@ -71,6 +75,20 @@ impl From<CallError> for ApiError {
     }
 }
 
+impl From<IntakeError> for ApiError {
+    #[track_caller]
+    fn from(error: IntakeError) -> Self {
+        match error {
+            IntakeError::Call(error) => error.into(),
+            IntakeError::Quota(refused) => {
+                let mut answer = ApiError::new(StatusCode::TOO_MANY_REQUESTS, refused.to_string());
+                answer.retry_after = Some(refused.retry_after.as_secs());
+                answer
+            }
+        }
+    }
+}
+
 impl From<RolloutError> for ApiError {
     #[track_caller]
     fn from(error: RolloutError) -> Self {
@@ -101,6 +119,11 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": self.message }).to_string();
         let mut response = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::REQUEST_TIMEOUT {
             // The rest of a stalled body will not be read: the connection cannot be reused.
             response

@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::request::read_body;
 use super::routes::Routes;
-use crate::ingress::{self, Incoming, device_key};
+use crate::ingress::{Incoming, device_key};
 
 /// The header carrying a publisher's message id.
 pub const MESSAGE_ID: &str = "x-message-id";
@@ -51,7 +51,7 @@ async fn publish(State(app): State<AppState>, request: Request) -> Result<Respon
         content_type,
         subtopic: subtopic.unwrap_or_default(),
     };
-    let accepted = ingress::accept(&app.runtime, &app.dispatcher, incoming).await?;
+    let accepted = app.intake.accept(incoming).await?;
     let mut response = StatusCode::ACCEPTED.into_response();
     if let Ok(value) = HeaderValue::from_str(&accepted.message_id) {
         response.headers_mut().insert(MESSAGE_ID, value);

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::dispatch::Dispatcher;
 use crate::identity::IdentityBackend;
+use crate::ingress::Intake;
 use crate::runtime::Runtime;
 use error::ApiError;
 pub use health::BuildInfo;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub identity: Arc<dyn IdentityBackend>,
     /// Where accepted messages' deliveries go.
     pub dispatcher: Arc<Dispatcher>,
+    /// Where published messages are taken in.
+    pub intake: Arc<Intake>,
     /// The token of the admin endpoints; `None` turns them off.
     pub admin_token: Option<Arc<str>>,
 }

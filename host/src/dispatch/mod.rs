@@ -1,15 +1,18 @@
 //! The dispatcher: runs delivery attempts as plugin calls, new deliveries at once and due
-//! retries on a timer, in batches per webhook, bounded per webhook and overall, so one slow or
-//! dead receiver never delays another webhook's deliveries.
+//! retries on a timer, in batches per webhook, bounded per webhook, per group and overall, with
+//! groups taking turns for free slots, so one slow or dead receiver never delays another
+//! webhook's deliveries and one group's flood never stalls another group's.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod fair;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use self::fair::{Batch, FairQueue, Shares};
 use crate::metrics::METRICS;
 use crate::runtime::Runtime;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
@@ -22,6 +25,8 @@ pub struct DispatchConfig {
     pub batch_size: usize,
     /// Most batches of one webhook running at once.
     pub per_webhook: usize,
+    /// Most batches of one group running at once.
+    pub per_group: usize,
     /// Most batches running at once overall.
     pub max_batches: usize,
     /// How often the due index is read for retries and for deliveries left from before a restart.
@@ -36,6 +41,9 @@ impl Default for DispatchConfig {
         DispatchConfig {
             batch_size: 32,
             per_webhook: 2,
+            // Half the slots: a group whose receivers all hang still leaves the other half to
+            // the other groups, which take turns for them.
+            per_group: 64,
             max_batches: 128,
             poll_interval: Duration::from_millis(500),
             attempt_timeout: Duration::from_secs(15),
@@ -43,18 +51,18 @@ impl Default for DispatchConfig {
     }
 }
 
-/// Deliveries waiting or running, per webhook.
-#[derive(Default)]
-struct Queues {
-    webhooks: HashMap<String, WebhookQueue>,
-    /// Every delivery queued or running, so none runs twice at once.
-    known: HashSet<String>,
-}
+/// The group deliveries are counted under when their webhook's group is not known here (a
+/// retry after a restart, before a message of its thing came in).
+pub const UNKNOWN_GROUP: &str = "";
 
-#[derive(Default)]
-struct WebhookQueue {
-    ready: VecDeque<String>,
-    running: usize,
+/// Most webhooks whose group is remembered; past it the memory starts again, and a retry of a
+/// forgotten webhook counts under [`UNKNOWN_GROUP`] until its thing publishes again.
+const REMEMBERED_WEBHOOKS: usize = 100_000;
+
+struct Queues {
+    fair: FairQueue,
+    /// The group of each webhook seen in a message, for its retries.
+    groups: HashMap<String, Arc<str>>,
 }
 
 /// Runs deliveries through the plugin.
@@ -62,7 +70,6 @@ pub struct Dispatcher {
     runtime: Arc<Runtime>,
     config: DispatchConfig,
     queues: Mutex<Queues>,
-    slots: Arc<Semaphore>,
     /// Set on shutdown: no new batch starts; running ones finish.
     stopping: AtomicBool,
 }
@@ -74,80 +81,92 @@ impl Dispatcher {
         let dispatcher = Arc::new(Dispatcher {
             runtime,
             config,
-            queues: Mutex::new(Queues::default()),
-            slots: Arc::new(Semaphore::new(config.max_batches)),
+            queues: Mutex::new(Queues {
+                fair: FairQueue::new(Shares {
+                    batch_size: config.batch_size,
+                    total: config.max_batches,
+                    per_group: config.per_group,
+                    per_webhook: config.per_webhook,
+                }),
+                groups: HashMap::new(),
+            }),
             stopping: AtomicBool::new(false),
         });
         tokio::spawn(dispatcher.clone().poll_due());
         dispatcher
     }
 
-    /// Queues deliveries to attempt now; ones already queued or running are ignored. After
-    /// [`Dispatcher::drain`] began, nothing is queued: the deliveries stay pending in the
-    /// store for the next start.
-    pub fn enqueue(self: &Arc<Self>, deliveries: Vec<DueDelivery>) {
+    /// Queues deliveries to attempt now, of webhooks of `group` when the caller knows it (a
+    /// message's thing's group) or of the group remembered for each webhook; ones already
+    /// queued or running are ignored. After [`Dispatcher::drain`] began, nothing is queued:
+    /// the deliveries stay pending in the store for the next start.
+    pub fn enqueue(self: &Arc<Self>, group: Option<&str>, deliveries: Vec<DueDelivery>) {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
         let batches = {
             let mut queues = self.queues.lock().expect("dispatch queues poisoned");
-            let mut touched = Vec::new();
+            let Queues { fair, groups } = &mut *queues;
             for delivery in deliveries {
-                if queues.known.insert(delivery.id.clone()) {
-                    queues
-                        .webhooks
-                        .entry(delivery.webhook_id.clone())
-                        .or_default()
-                        .ready
-                        .push_back(delivery.id);
-                    if !touched.contains(&delivery.webhook_id) {
-                        touched.push(delivery.webhook_id);
+                let group_of_webhook = match group {
+                    Some(group) => {
+                        if groups.get(&delivery.webhook_id).is_none_or(|known| **known != *group) {
+                            if groups.len() >= REMEMBERED_WEBHOOKS {
+                                groups.clear();
+                            }
+                            groups.insert(delivery.webhook_id.clone(), Arc::from(group));
+                        }
+                        group
                     }
-                }
+                    None => groups.get(&delivery.webhook_id).map_or(UNKNOWN_GROUP, |group| &**group),
+                };
+                fair.push(group_of_webhook, &delivery.webhook_id, delivery.id);
             }
-            METRICS.pending_deliveries.set(queues.known.len() as i64);
-            touched
-                .into_iter()
-                .flat_map(|webhook| self.take_batches(&mut queues, webhook))
-                .collect::<Vec<_>>()
+            METRICS.pending_deliveries.set(fair.backlog() as i64);
+            fair.next_batches()
         };
-        for (webhook, ids) in batches {
-            self.spawn_batch(webhook, ids);
+        for batch in batches {
+            self.spawn_batch(batch);
         }
     }
 
-    fn spawn_batch(self: &Arc<Self>, webhook: String, ids: Vec<String>) {
+    fn spawn_batch(self: &Arc<Self>, batch: Batch) {
         // Boxed so the batch future's type does not contain itself.
-        let batch: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(self.clone().run_batch(webhook, ids));
+        let batch: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(self.clone().run_batch(batch));
         tokio::spawn(batch);
     }
 
     /// Deliveries queued or running.
     pub fn backlog(&self) -> usize {
-        self.queues.lock().expect("dispatch queues poisoned").known.len()
+        self.queues.lock().expect("dispatch queues poisoned").fair.backlog()
     }
 
-    fn take_batches(&self, queues: &mut Queues, webhook: String) -> Vec<(String, Vec<String>)> {
-        let mut batches = Vec::new();
-        if let Some(queue) = queues.webhooks.get_mut(&webhook) {
-            while queue.running < self.config.per_webhook && !queue.ready.is_empty() {
-                let take = queue.ready.len().min(self.config.batch_size);
-                batches.push((webhook.clone(), queue.ready.drain(..take).collect()));
-                queue.running += 1;
-            }
-        }
-        batches
+    /// Deliveries of `group` queued or running.
+    pub fn group_backlog(&self, group: &str) -> usize {
+        self.queues
+            .lock()
+            .expect("dispatch queues poisoned")
+            .fair
+            .group_backlog(group)
+    }
+
+    /// The `n` groups with the most deliveries queued or running: name, deliveries, batches
+    /// running.
+    pub fn busiest_groups(&self, n: usize) -> Vec<(Arc<str>, usize, usize)> {
+        self.queues
+            .lock()
+            .expect("dispatch queues poisoned")
+            .fair
+            .busiest_groups(n)
     }
 
     /// Stops starting batches and waits, until `deadline` at most, for the running ones to
     /// record their outcomes. Whatever did not run stays pending in the store.
     pub async fn drain(&self, deadline: Instant) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.queues.lock().expect("dispatch queues poisoned").fair.clear_ready();
         loop {
-            let running: usize = {
-                let queues = self.queues.lock().expect("dispatch queues poisoned");
-                queues.webhooks.values().map(|queue| queue.running).sum()
-            };
+            let running = self.queues.lock().expect("dispatch queues poisoned").fair.running();
             if running == 0 {
                 return;
             }
@@ -168,7 +187,7 @@ impl Dispatcher {
     async fn release_claims(&self) {
         let ids: Vec<String> = {
             let queues = self.queues.lock().expect("dispatch queues poisoned");
-            queues.known.iter().cloned().collect()
+            queues.fair.known().cloned().collect()
         };
         match self.runtime.events().release(ids).await {
             Ok(released) => tracing::info!(released, "claims of abandoned attempts given back"),
@@ -176,72 +195,57 @@ impl Dispatcher {
         }
     }
 
-    async fn run_batch(self: Arc<Self>, webhook: String, ids: Vec<String>) {
-        // A batch queued before the stop, not yet started, is left for the next start.
-        let slot = if self.stopping.load(Ordering::SeqCst) {
-            None
-        } else {
-            self.slots.clone().acquire_owned().await.ok()
-        };
-        if let Some(_slot) = slot {
-            let span = tracing::debug_span!(
-                target: crate::telemetry::SPANS,
-                "delivery batch",
-                otel.name = "deliver",
-                webhook_id = %webhook,
-                deliveries = ids.len(),
-            );
-            let result = self
-                .runtime
-                .events()
-                .deliver(ids.clone(), self.config.attempt_timeout)
-                .instrument(span)
-                .await;
-            match result {
-                Ok(outcomes) => {
-                    for outcome in outcomes {
-                        let counted = match outcome.status {
-                            DeliveryStatus::Delivered => "delivered",
-                            DeliveryStatus::Pending => "retrying",
-                            DeliveryStatus::Failed => "failed",
-                        };
-                        METRICS.deliveries.with_label_values(&[counted]).inc();
-                        match outcome.status {
-                            DeliveryStatus::Delivered => {
-                                tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, "delivered")
-                            }
-                            DeliveryStatus::Pending => {
-                                tracing::info!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, error = outcome.error.as_deref(), "attempt failed; will retry")
-                            }
-                            DeliveryStatus::Failed => {
-                                tracing::warn!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, error = outcome.error.as_deref(), "delivery failed")
-                            }
+    async fn run_batch(self: Arc<Self>, batch: Batch) {
+        let span = tracing::debug_span!(
+            target: crate::telemetry::SPANS,
+            "delivery batch",
+            otel.name = "deliver",
+            webhook_id = %batch.webhook,
+            deliveries = batch.ids.len(),
+        );
+        let result = self
+            .runtime
+            .events()
+            .deliver(batch.ids.clone(), self.config.attempt_timeout)
+            .instrument(span)
+            .await;
+        match result {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    let counted = match outcome.status {
+                        DeliveryStatus::Delivered => "delivered",
+                        DeliveryStatus::Pending => "retrying",
+                        DeliveryStatus::Failed => "failed",
+                    };
+                    METRICS.deliveries.with_label_values(&[counted]).inc();
+                    match outcome.status {
+                        DeliveryStatus::Delivered => {
+                            tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, "delivered")
+                        }
+                        DeliveryStatus::Pending => {
+                            tracing::info!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, error = outcome.error.as_deref(), "attempt failed; will retry")
+                        }
+                        DeliveryStatus::Failed => {
+                            tracing::warn!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, error = outcome.error.as_deref(), "delivery failed")
                         }
                     }
                 }
-                // The deliveries stay pending in the store; the poller brings them back.
-                Err(error) => tracing::error!(%error, webhook, "delivery batch failed; it will be retried"),
             }
+            // The deliveries stay pending in the store; the poller brings them back.
+            Err(error) => tracing::error!(%error, webhook = batch.webhook, "delivery batch failed; it will be retried"),
         }
         let batches = {
             let mut queues = self.queues.lock().expect("dispatch queues poisoned");
-            for id in &ids {
-                queues.known.remove(id);
+            queues.fair.finish(&batch);
+            METRICS.pending_deliveries.set(queues.fair.backlog() as i64);
+            if self.stopping.load(Ordering::SeqCst) {
+                Vec::new()
+            } else {
+                queues.fair.next_batches()
             }
-            METRICS.pending_deliveries.set(queues.known.len() as i64);
-            if let Some(queue) = queues.webhooks.get_mut(&webhook) {
-                if self.stopping.load(Ordering::SeqCst) {
-                    queue.ready.clear();
-                }
-                queue.running -= 1;
-                if queue.running == 0 && queue.ready.is_empty() {
-                    queues.webhooks.remove(&webhook);
-                }
-            }
-            self.take_batches(&mut queues, webhook)
         };
-        for (webhook, ids) in batches {
-            self.spawn_batch(webhook, ids);
+        for batch in batches {
+            self.spawn_batch(batch);
         }
     }
 
@@ -252,7 +256,7 @@ impl Dispatcher {
                 Ok(due) => {
                     let full = due.len() == PAGE as usize;
                     if !due.is_empty() {
-                        self.enqueue(due);
+                        self.enqueue(None, due);
                     }
                     full
                 }

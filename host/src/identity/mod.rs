@@ -61,7 +61,7 @@ pub trait IdentityBackend: Send + Sync + 'static {
     fn authorize_group(&self, token: &str, group_id: &str, role: Role) -> BoxFuture<'_, Result<(), IdentityError>>;
     /// The thing a device key of this kind belongs to.
     fn identify_thing(&self, key: &str, kind: KeyKind) -> BoxFuture<'_, Result<String, IdentityError>>;
-    /// The group a thing belongs to, without an access check: the runtime routes a canary's
-    /// calls by group.
+    /// The group a thing belongs to, without an access check: intake counts a message under
+    /// its group's share and quotas, and the runtime routes a canary's calls by group.
     fn thing_group(&self, thing_id: &str) -> BoxFuture<'_, Result<String, IdentityError>>;
 }

@@ -17,11 +17,10 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Incoming, accept};
-use crate::dispatch::Dispatcher;
+use super::{Incoming, Intake, IntakeError};
 use crate::metrics::METRICS;
+use crate::runtime::CallError;
 use crate::runtime::bindings::mainflux::webhooks::types::Error as PluginError;
-use crate::runtime::{CallError, Runtime};
 
 /// The platform's stream.
 pub const STREAM: &str = "mainflux";
@@ -95,8 +94,7 @@ fn jetstream_error(what: &'static str) -> impl Fn(String) -> BrokerError {
 /// holds a stop time; answers the task, which ends once the messages in hand are settled.
 pub async fn start(
     url: &str,
-    runtime: Arc<Runtime>,
-    dispatcher: Arc<Dispatcher>,
+    intake: Arc<Intake>,
     stopping: watch::Receiver<Option<Instant>>,
 ) -> Result<tokio::task::JoinHandle<()>, BrokerError> {
     let client = async_nats::ConnectOptions::new()
@@ -120,7 +118,7 @@ pub async fn start(
         consumer = CONSUMER,
         "consuming the broker"
     );
-    Ok(tokio::spawn(consume(consumer, origin, runtime, dispatcher, stopping)))
+    Ok(tokio::spawn(consume(consumer, origin, intake, stopping)))
 }
 
 /// The shared durable consumer: the existing one (this service's, or the platform's service's
@@ -194,8 +192,7 @@ async fn ensure_stream(context: &jetstream::Context) -> Result<stream::Stream, B
 async fn consume(
     consumer: jetstream::consumer::Consumer<push::Config>,
     origin: Arc<str>,
-    runtime: Arc<Runtime>,
-    dispatcher: Arc<Dispatcher>,
+    intake: Arc<Intake>,
     mut stopping: watch::Receiver<Option<Instant>>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -220,9 +217,9 @@ async fn consume(
                     let Ok(slot) = slots.clone().acquire_owned().await else {
                         break 'subscribe;
                     };
-                    let (origin, runtime, dispatcher) = (origin.clone(), runtime.clone(), dispatcher.clone());
+                    let (origin, intake) = (origin.clone(), intake.clone());
                     tokio::spawn(async move {
-                        handle(message, &origin, &runtime, &dispatcher).await;
+                        handle(message, &origin, &intake).await;
                         drop(slot);
                     });
                 }
@@ -266,7 +263,7 @@ pub fn message_id(origin: &str, stream_sequence: u64) -> String {
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
-async fn handle(message: jetstream::Message, origin: &str, runtime: &Arc<Runtime>, dispatcher: &Arc<Dispatcher>) {
+async fn handle(message: jetstream::Message, origin: &str, intake: &Intake) {
     let sequence = match message.info() {
         Ok(info) => info.stream_sequence,
         Err(error) => {
@@ -281,7 +278,7 @@ async fn handle(message: jetstream::Message, origin: &str, runtime: &Arc<Runtime
         }
         Ok(incoming) => {
             let thing = incoming.thing_id.clone();
-            match accept(runtime, dispatcher, incoming).await {
+            match intake.accept(incoming).await {
                 Ok(accepted) if accepted.duplicate => (AckKind::Ack, "duplicate"),
                 Ok(accepted) => {
                     tracing::debug!(
@@ -293,7 +290,17 @@ async fn handle(message: jetstream::Message, origin: &str, runtime: &Arc<Runtime
                     );
                     (AckKind::Ack, "acked")
                 }
-                Err(CallError::Refused(error)) if passing(&error) => {
+                // Held back, not dropped: the broker keeps it until the group is within its quota.
+                Err(IntakeError::Quota(refused)) => {
+                    tracing::info!(
+                        sequence,
+                        thing,
+                        reason = refused.reason,
+                        "broker message over its group's quota; it will be redelivered"
+                    );
+                    (AckKind::Nak(Some(refused.retry_after)), "retried")
+                }
+                Err(IntakeError::Call(CallError::Refused(error))) if passing(&error) => {
                     tracing::warn!(
                         sequence,
                         thing,
@@ -302,11 +309,11 @@ async fn handle(message: jetstream::Message, origin: &str, runtime: &Arc<Runtime
                     );
                     (AckKind::Nak(Some(RETRY_DELAY)), "retried")
                 }
-                Err(CallError::Refused(error)) => {
+                Err(IntakeError::Call(CallError::Refused(error))) => {
                     tracing::warn!(sequence, thing, ?error, "broker message refused; terminated");
                     (AckKind::Term, "terminated")
                 }
-                Err(error) => {
+                Err(IntakeError::Call(error)) => {
                     tracing::error!(sequence, thing, %error, "broker message not recorded; it will be redelivered");
                     (AckKind::Nak(Some(RETRY_DELAY)), "retried")
                 }

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::dispatch::Dispatcher;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::{Accepted, Message};
 use crate::runtime::{CallError, Runtime};
+use crate::tenancy::{QuotaExceeded, Tenancy};
 
 /// A message as it arrives, before the plugin sees it.
 #[derive(Debug, Clone)]
@@ -31,38 +32,72 @@ pub struct Incoming {
     pub subtopic: String,
 }
 
-/// Records a message's deliveries through the plugin and hands them to the dispatcher;
-/// returning `Ok` means they are durably recorded; [`CallError::Refused`] means the plugin
-/// refused the message.
-pub async fn accept(
-    runtime: &Arc<Runtime>,
-    dispatcher: &Arc<Dispatcher>,
-    incoming: Incoming,
-) -> Result<Accepted, CallError> {
-    let message = Message {
-        id: incoming.id,
-        thing_id: incoming.thing_id,
-        payload: incoming.payload,
-        content_type: incoming.content_type,
-        subtopic: incoming.subtopic,
-        received_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-    };
-    let span = tracing::debug_span!(
-        target: crate::telemetry::SPANS,
-        "message",
-        otel.name = "message taken in",
-        thing_id = %message.thing_id,
-        message.id = tracing::field::Empty,
-        deliveries = tracing::field::Empty,
-    );
-    let accepted = runtime.events().on_message(message).instrument(span.clone()).await?;
-    span.record("message.id", accepted.message_id.as_str());
-    span.record("deliveries", accepted.deliveries.len());
-    if !accepted.deliveries.is_empty() {
-        dispatcher.enqueue(accepted.deliveries.clone());
+/// Why a message was not taken in.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The plugin refused it, or the call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// Its group is over a quota; nothing was recorded.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+}
+
+/// Where messages are taken in: the plugin records their deliveries, within each group's share
+/// and quotas, and the dispatcher attempts them.
+pub struct Intake {
+    runtime: Arc<Runtime>,
+    dispatcher: Arc<Dispatcher>,
+    tenancy: Tenancy,
+}
+
+impl Intake {
+    /// Takes messages in through `runtime` and hands their deliveries to `dispatcher`.
+    pub fn new(runtime: Arc<Runtime>, dispatcher: Arc<Dispatcher>, tenancy: Tenancy) -> Self {
+        Intake {
+            runtime,
+            dispatcher,
+            tenancy,
+        }
     }
-    Ok(accepted)
+
+    /// Records a message's deliveries through the plugin and hands them to the dispatcher;
+    /// returning `Ok` means they are durably recorded. A group over a quota gets
+    /// [`IntakeError::Quota`] before anything is recorded.
+    pub async fn accept(&self, incoming: Incoming) -> Result<Accepted, IntakeError> {
+        let group = self.tenancy.group_of(&incoming.thing_id).await;
+        self.tenancy.admit(&group, self.dispatcher.group_backlog(&group))?;
+        let _place = self.tenancy.intake_slot(&group).await;
+        let message = Message {
+            id: incoming.id,
+            thing_id: incoming.thing_id,
+            payload: incoming.payload,
+            content_type: incoming.content_type,
+            subtopic: incoming.subtopic,
+            received_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let span = tracing::debug_span!(
+            target: crate::telemetry::SPANS,
+            "message",
+            otel.name = "message taken in",
+            thing_id = %message.thing_id,
+            message.id = tracing::field::Empty,
+            deliveries = tracing::field::Empty,
+        );
+        let accepted = self
+            .runtime
+            .events()
+            .on_message(message)
+            .instrument(span.clone())
+            .await?;
+        span.record("message.id", accepted.message_id.as_str());
+        span.record("deliveries", accepted.deliveries.len());
+        if !accepted.deliveries.is_empty() {
+            self.dispatcher.enqueue(Some(&group), accepted.deliveries.clone());
+        }
+        Ok(accepted)
+    }
 }

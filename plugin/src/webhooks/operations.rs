@@ -5,11 +5,11 @@ use serde_json::Value;
 
 use crate::Role;
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
-use crate::error::{Result, conflict, invalid, not_found};
+use crate::error::{Result, conflict, invalid, not_found, unavailable};
 use crate::keys;
 use crate::ports::{Access, Kv, require_token};
 use crate::record::Record;
-use crate::store::{self, CommitFailure, Step};
+use crate::store::{self, COMMIT_ATTEMPTS, CommitFailure, Step, store_error};
 use crate::webhooks::listing::PageQuery;
 use crate::webhooks::record::{Webhook, WebhookInput};
 use crate::webhooks::storage;
@@ -18,12 +18,23 @@ use crate::webhooks::storage;
 pub struct Service<'a> {
     kv: &'a dyn Kv,
     access: &'a dyn Access,
+    webhook_quota: u32,
 }
 
 impl<'a> Service<'a> {
     /// Binds the operations to their capabilities.
     pub fn new(kv: &'a dyn Kv, access: &'a dyn Access) -> Self {
-        Service { kv, access }
+        Service {
+            kv,
+            access,
+            webhook_quota: 0,
+        }
+    }
+
+    /// The same, with at most `quota` webhooks per group (0: no limit).
+    pub fn with_webhook_quota(mut self, quota: u32) -> Self {
+        self.webhook_quota = quota;
+        self
     }
 
     /// Creates every webhook of the body for the thing, or none; answers the JSON array of
@@ -37,26 +48,66 @@ impl<'a> Service<'a> {
                 return Err(conflict(format!("the request names two webhooks {:?}", input.name)));
             }
         }
-        let mut guards = Vec::with_capacity(inputs.len());
-        let mut ops = Vec::with_capacity(inputs.len() * 4);
-        let mut created = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let id = uuid::Uuid::new_v4().to_string();
-            let name_key = keys::name(thing_id, &input.name);
-            guards.push(Condition::Absent(name_key.clone()));
-            ops.push(Op::Put(Entry {
-                key: name_key,
-                value: id.clone().into_bytes(),
-            }));
-            let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input);
-            storage::put_webhook(&mut ops, &webhook);
-            created.push(webhook);
+        for _ in 0..COMMIT_ATTEMPTS {
+            let mut guards = Vec::with_capacity(inputs.len() + 1);
+            let mut ops = Vec::with_capacity(inputs.len() * 4 + 1);
+            let mut created = Vec::with_capacity(inputs.len());
+            for input in &inputs {
+                let id = uuid::Uuid::new_v4().to_string();
+                let name_key = keys::name(thing_id, &input.name);
+                guards.push(Condition::Absent(name_key.clone()));
+                ops.push(Op::Put(Entry {
+                    key: name_key,
+                    value: id.clone().into_bytes(),
+                }));
+                let webhook = Webhook::new(id, thing_id.to_owned(), group_id.clone(), input.clone());
+                storage::put_webhook(&mut ops, &webhook);
+                created.push(webhook);
+            }
+            if self.webhook_quota > 0 {
+                let (guard, op) = self.within_quota(&group_id, created.len())?;
+                guards.push(guard);
+                ops.push(op);
+            }
+            match store::commit(self.kv, &guards, &ops) {
+                Ok(()) => return Ok(Value::Array(created.iter().map(Webhook::view).collect()).to_string()),
+                // Another create in the group went in since this one counted: count again.
+                Err(CommitFailure::Conflict(index)) if index == created.len() => continue,
+                Err(CommitFailure::Conflict(index)) => return Err(name_taken(&created[index].name)),
+                Err(CommitFailure::Store(e)) => return Err(e),
+            }
         }
-        match store::commit(self.kv, &guards, &ops) {
-            Ok(()) => Ok(Value::Array(created.iter().map(Webhook::view).collect()).to_string()),
-            Err(CommitFailure::Conflict(index)) => Err(name_taken(&created[index].name)),
-            Err(CommitFailure::Store(e)) => Err(e),
+        Err(unavailable(
+            "too many webhooks are being created in this group at once; try again",
+        ))
+    }
+
+    /// Checks that `adding` more webhooks keep the group within its quota; answers the guard
+    /// and write that make a concurrent create in the group, counted against the same webhooks,
+    /// fail this commit.
+    fn within_quota(&self, group_id: &str, adding: usize) -> Result<(Condition, Op)> {
+        let token_key = keys::group_creates(group_id);
+        // Read before counting: a create that goes in after this read changes the token.
+        let token = self.kv.get(&token_key).map_err(store_error)?;
+        let stored = storage::count_under(self.kv, &keys::by_group_prefix(group_id))?;
+        let quota = self.webhook_quota as usize;
+        if stored + adding > quota {
+            return Err(conflict(format!(
+                "the group has {stored} webhooks and a quota of {quota}; {adding} more would pass it"
+            )));
         }
+        let guard = match token {
+            Some(value) => Condition::Equals(Entry {
+                key: token_key.clone(),
+                value,
+            }),
+            None => Condition::Absent(token_key.clone()),
+        };
+        let op = Op::Put(Entry {
+            key: token_key,
+            value: uuid::Uuid::new_v4().as_bytes().to_vec(),
+        });
+        Ok((guard, op))
     }
 
     /// A page of the thing's webhooks, selected by URL query parameters.
@@ -284,6 +335,33 @@ mod tests {
 
     fn list(service: &Service, thing: &str) -> Value {
         serde_json::from_str(&service.list_thing_webhooks("viewer", thing, &[]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_create_past_the_groups_webhook_quota_is_refused_whole() {
+        let kv = MemoryKv::default();
+        let service = Service::new(&kv, &FixedAccess).with_webhook_quota(3);
+        let hooks =
+            |names: &[&str]| Value::Array(names.iter().map(|n| json!({"name": n, "url": "http://h"})).collect());
+        create(&service, "t1", hooks(&["a", "b"])).unwrap();
+        let refused = create(&service, "t2", hooks(&["c", "d"])).unwrap_err();
+        assert!(
+            matches!(&refused, Error::Conflict(m) if m.contains("2 webhooks and a quota of 3")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            list(&service, "t2")["total"],
+            0,
+            "nothing of a refused create is stored"
+        );
+        create(&service, "t2", hooks(&["c"])).unwrap();
+        assert!(matches!(create(&service, "t1", hooks(&["e"])), Err(Error::Conflict(_))));
+        assert!(kv.get(&keys::group_creates("g1")).unwrap().is_some());
+        // Without a quota nothing is counted and no token is kept.
+        let kv = MemoryKv::default();
+        let service = Service::new(&kv, &FixedAccess);
+        create(&service, "t1", hooks(&["a", "b", "c", "d"])).unwrap();
+        assert!(kv.get(&keys::group_creates("g1")).unwrap().is_none());
     }
 
     #[test]

@@ -39,6 +39,22 @@ pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
     }
 }
 
+/// How many entries are stored under a prefix.
+pub fn count_under(kv: &dyn Kv, prefix: &[u8]) -> Result<usize> {
+    let mut count = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = kv
+            .scan(prefix, after.as_deref(), SCAN_CHUNK, false)
+            .map_err(store_error)?;
+        count += chunk.len();
+        if chunk.len() < SCAN_CHUNK as usize {
+            return Ok(count);
+        }
+        after = chunk.into_iter().last().map(|entry| entry.key);
+    }
+}
+
 /// Whether every webhook has its name-search entries, so a group listing may narrow by them.
 pub fn group_names_indexed(kv: &dyn Kv) -> Result<bool> {
     Ok(kv.get(&keys::group_names_indexed()).map_err(store_error)?.is_some())

@@ -19,10 +19,15 @@
 //! PostgreSQL, and on PostgreSQL with two hosts (publishing over HTTP to both, then through NATS
 //! JetStream). Needs `WEBHOOKS_TEST_POSTGRES` (`make bench` runs it inside `tests/services`).
 //!
+//! `bench isolation`: SPEC.md section 7's isolation scenario: group B's publish-to-receipt
+//! latency at 20 messages/s alone and beside group A's flood toward 70 webhooks whose receiver
+//! answers in 3 s (A's pending quota 1,000), and how long A's deliveries take to drain after it.
+//!
 //! `bench report [FILE]`: every target of the performance issues (HTTP end-to-end throughput
 //! beside the one-hop native client and the native relay, the drain at 1 and 3 webhooks per
 //! thing with CPU per delivery, peak memory and connections, latency at a steady 1,000
-//! messages/s, group listing on 10,000 webhooks, instantiation, cached restart, idle memory) and
+//! messages/s, group listing on 10,000 webhooks, the isolation scenario, instantiation, cached
+//! restart, idle memory) and
 //! the cost growth with webhooks per thing and webhooks stored; printed and written to FILE
 //! (default `BENCHMARKS.md`) under a summary line.
 //!
@@ -38,6 +43,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use webhooks_tests::broker::NatsServer;
 use webhooks_tests::flows::ALLOW_PRIVATE;
+use webhooks_tests::isolation::Scenario;
 use webhooks_tests::receiver::Receiver;
 use webhooks_tests::{
     EDITOR, THING_1, TempDir, TestHost, VIEWER, plugin_component, plugin_variant, postgres_database, standard_registry,
@@ -99,7 +105,18 @@ async fn main() -> Result<()> {
             );
             Ok(())
         }
-        Some(other) => bail!("unknown benchmark {other:?}; try: report, list, deliver, drain, steady, scale, runtime"),
+        Some("isolation") => {
+            isolation(ISOLATION).await?;
+            isolation(Scenario {
+                pending_quota: 0,
+                ..ISOLATION
+            })
+            .await
+            .map(drop)
+        }
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; try: report, list, deliver, drain, steady, scale, runtime, isolation")
+        }
     }
 }
 
@@ -653,6 +670,38 @@ fn process_status_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("{field} in /proc/{pid}/status"))
 }
 
+/// Issue 18's scenario: 70 webhooks of group A whose receiver answers in 3 s, two clients
+/// flooding A's thing, group B publishing 20 messages/s for 3 s.
+const ISOLATION: Scenario = Scenario {
+    a_webhooks: 70,
+    a_receiver_delay: Duration::from_secs(3),
+    a_clients: 2,
+    b_rate: 20,
+    b_seconds: 3,
+    pending_quota: 1_000,
+};
+
+/// Runs the isolation scenario and prints its figures.
+async fn isolation(scenario: Scenario) -> Result<webhooks_tests::isolation::Outcome> {
+    // Without a quota, A's backlog grows as fast as it publishes: it is not waited for.
+    let drain_within = (scenario.pending_quota > 0).then_some(Duration::from_secs(180));
+    let outcome = webhooks_tests::isolation::run(scenario, drain_within).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "isolation, A's pending quota {}: B p99 {:.1} ms alone, {:.1} ms beside A's flood (p50 {:.1} / {:.1} ms); A {} \
+         accepted, {} refused, drained {:.1} s after the flood",
+        scenario.pending_quota,
+        ms(outcome.alone.p99),
+        ms(outcome.beside.p99),
+        ms(outcome.alone.p50),
+        ms(outcome.beside.p50),
+        outcome.a_accepted,
+        outcome.a_refused,
+        outcome.a_drained_after.as_secs_f64()
+    );
+    Ok(outcome)
+}
+
 /// Starts of each kind measured; the table shows the median.
 const STARTS: usize = 5;
 /// Swaps of each kind measured.
@@ -1157,6 +1206,30 @@ async fn report(out: &std::path::Path) -> Result<()> {
         target: "p99 ≤ 2 ms",
         measured: format!("p50 {:.1} ms, p99 {:.1} ms", ms(steady.p50), ms(steady.p99)),
         met: steady.p99 <= Duration::from_millis(2),
+    });
+    let isolated = isolation(ISOLATION).await?;
+    targets.push(Target {
+        measure: format!(
+            "group B's publish → receipt p99 at {} msg/s beside group A's flood ({} clients publishing as fast as \
+             they can to {} webhooks whose receiver answers in {} s; A's pending quota {})",
+            ISOLATION.b_rate,
+            ISOLATION.a_clients,
+            ISOLATION.a_webhooks,
+            ISOLATION.a_receiver_delay.as_secs(),
+            ISOLATION.pending_quota
+        ),
+        target: "≤ B's p99 alone + 50 ms",
+        measured: format!(
+            "{:.1} ms beside, {:.1} ms alone; A: {} publishes accepted, {} answered 429, all {} deliveries done {:.1} s \
+             after the flood",
+            ms(isolated.beside.p99),
+            ms(isolated.alone.p99),
+            isolated.a_accepted,
+            isolated.a_refused,
+            isolated.a_delivered,
+            isolated.a_drained_after.as_secs_f64()
+        ),
+        met: isolated.beside.p99 <= isolated.alone.p99 + Duration::from_millis(50),
     });
     let listed = group_list(10_000, 100, 500).await?;
     targets.push(Target {

@@ -9,6 +9,7 @@ mod delivery_log;
 mod errors;
 mod fuzz;
 mod health;
+mod isolation;
 mod operations;
 mod paging;
 mod persistence;
