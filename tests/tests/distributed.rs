@@ -132,6 +132,55 @@ async fn broker_messages_reach_each_webhook_of_their_thing_once_and_are_acked() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_messages_past_a_groups_publish_rate_are_held_back_and_all_delivered_in_the_end() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start().await?;
+    let host = host_on_broker(&nats, &[("MF_WEBHOOKS_QUOTA_PUBLISH_RATE", "5")]).await?;
+    add_webhook(&host, THING_1, "a", &receiver.url("/a")).await?;
+    add_webhook(&host, THING_3, "c", &receiver.url("/c")).await?;
+    let mut messages = Vec::new();
+    for i in 0..15 {
+        messages.push((THING_1.to_owned(), format!("a-{i}").into_bytes()));
+    }
+    for i in 0..3 {
+        messages.push((THING_3.to_owned(), format!("c-{i}").into_bytes()));
+    }
+    let started = Instant::now();
+    nats.publish(messages).await?;
+    receiver.wait_for_count(18, Duration::from_secs(30)).await?;
+    let took = started.elapsed();
+    nats.wait_settled(Duration::from_secs(30)).await?;
+    tokio::time::sleep(QUIET).await;
+
+    let counts = pair_counts(&receiver);
+    assert_eq!(receiver.count(), 18, "nothing arrives twice");
+    for i in 0..15 {
+        assert_eq!(
+            counts.get(&("/a".to_owned(), format!("a-{i}").into_bytes())),
+            Some(&1),
+            "a-{i}"
+        );
+    }
+    // 15 messages at 5 per second, one second's worth at once: two seconds at least.
+    ensure!(
+        took >= Duration::from_millis(1_800),
+        "15 messages of one group took only {took:?}"
+    );
+    assert!(broker_count(&host, "retried").await? >= 10.0);
+    assert_eq!(broker_count(&host, "acked").await?, 18.0);
+    assert!(metric(&host, "webhooks_quota_refusals_total{quota=\"publish_rate\"}").await? >= 10.0);
+    // The other group's messages were not held behind the first group's.
+    for received in receiver.received_on("/c") {
+        ensure!(
+            received.at.duration_since(started) < Duration::from_secs(1),
+            "a message of the other group arrived after {:?}",
+            received.at.duration_since(started)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_broker_message_is_terminated_and_the_next_one_is_delivered() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start().await?;

@@ -17,15 +17,6 @@ impl DryRun {
     }
 }
 
-/// Whether `condition` holds of the value read for its key.
-fn holds(condition: &Condition, value: Option<&Vec<u8>>) -> bool {
-    match condition {
-        Condition::Absent(_) => value.is_none(),
-        Condition::Present(_) => value.is_some(),
-        Condition::Equals(_, expected) => value == Some(expected),
-    }
-}
-
 impl KvBackend for DryRun {
     fn get(&self, key: Vec<u8>) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
         self.live.get(key)
@@ -47,17 +38,12 @@ impl KvBackend for DryRun {
 
     fn commit(&self, guards: Vec<Condition>, _ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let keys = guards
-                .iter()
-                .map(|guard| match guard {
-                    Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key.clone(),
-                })
-                .collect();
+            let keys = guards.iter().map(|guard| guard.key().to_vec()).collect();
             let values = self.live.get_many(keys).await?;
             match guards
                 .iter()
                 .zip(&values)
-                .position(|(guard, value)| !holds(guard, value.as_ref()))
+                .position(|(guard, value)| !guard.holds(value.as_deref()))
             {
                 Some(index) => Err(StoreError::Conflict(index as u32)),
                 None => Ok(()),

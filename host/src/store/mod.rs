@@ -41,6 +41,24 @@ pub enum Condition {
     Equals(Vec<u8>, Vec<u8>),
 }
 
+impl Condition {
+    /// The key the condition is about.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key,
+        }
+    }
+
+    /// Whether it holds of the value read for its key.
+    pub fn holds(&self, value: Option<&[u8]>) -> bool {
+        match self {
+            Condition::Absent(_) => value.is_none(),
+            Condition::Present(_) => value.is_some(),
+            Condition::Equals(_, expected) => value == Some(expected.as_slice()),
+        }
+    }
+}
+
 /// One write of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {

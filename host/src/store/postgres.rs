@@ -185,24 +185,12 @@ fn final_writes(ops: Vec<Op>) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
 fn first_failed(guards: &[Condition], current: &HashMap<Vec<u8>, Vec<u8>>) -> Option<u32> {
     guards
         .iter()
-        .position(|guard| {
-            let holds = match guard {
-                Condition::Absent(key) => !current.contains_key(key),
-                Condition::Present(key) => current.contains_key(key),
-                Condition::Equals(key, value) => current.get(key) == Some(value),
-            };
-            !holds
-        })
+        .position(|guard| !guard.holds(current.get(guard.key()).map(Vec::as_slice)))
         .map(|index| index as u32)
 }
 
 async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Result<(), StoreError> {
-    let guard_keys: Vec<Vec<u8>> = guards
-        .iter()
-        .map(|guard| match guard {
-            Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key.clone(),
-        })
-        .collect();
+    let guard_keys: Vec<Vec<u8>> = guards.iter().map(|guard| guard.key().to_vec()).collect();
     let writes = final_writes(ops);
     let mut locks: Vec<i32> = guard_keys.iter().chain(writes.keys()).map(|k| lock_of(k)).collect();
     locks.sort_unstable();

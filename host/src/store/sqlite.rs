@@ -230,19 +230,11 @@ fn apply(conn: &Connection, guards: &[Condition], ops: &[Op]) -> Result<(), Stor
         .prepare_cached("SELECT value FROM kv WHERE key = ?1")
         .map_err(unavailable)?;
     for (index, guard) in guards.iter().enumerate() {
-        let key = match guard {
-            Condition::Absent(key) | Condition::Present(key) | Condition::Equals(key, _) => key,
-        };
         let current: Option<Vec<u8>> = read
-            .query_row([key], |row| row.get(0))
+            .query_row([guard.key()], |row| row.get(0))
             .optional()
             .map_err(unavailable)?;
-        let holds = match guard {
-            Condition::Absent(_) => current.is_none(),
-            Condition::Present(_) => current.is_some(),
-            Condition::Equals(_, value) => current.as_ref() == Some(value),
-        };
-        if !holds {
+        if !guard.holds(current.as_deref()) {
             return Err(StoreError::Conflict(index as u32));
         }
     }
