@@ -1,6 +1,12 @@
 //! Fair sharing of the dispatcher's batch slots: groups take turns, then a group's webhooks
 //! take turns, each within its cap, so a group with many slow receivers holds at most its share
 //! and another group's next batch gets the next free slot.
+//!
+//! Webhooks whose receivers answer quickly share batches in a lane of their own, with a few
+//! batches of a group running at once: their deliveries wait there for a moment instead of
+//! each starting its own plugin call, so a call carries up to a batch however thinly the
+//! deliveries are spread over webhooks. A receiver not known to be quick gets batches of its
+//! own under the caps above, so its wait holds up no other webhook's outcomes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -17,25 +23,35 @@ pub struct Shares {
     pub per_group: usize,
     /// Most batches of one webhook running at once.
     pub per_webhook: usize,
+    /// Most batches of quick webhooks (see [`FairQueue::learn`]) of one group running at once,
+    /// within `per_group`.
+    pub quick_per_group: usize,
 }
 
-/// Deliveries attempted by one plugin call, all of one webhook.
+/// Deliveries attempted by one plugin call, all of one group: of one webhook, or of several
+/// whose receivers answered quickly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// The group the webhook belongs to (empty when not known).
+    /// The group the webhooks belong to (empty when not known).
     pub group: Arc<str>,
-    /// The webhook.
-    pub webhook: String,
+    /// The webhooks, each once, the first one's deliveries first.
+    pub webhooks: Vec<String>,
     /// The deliveries' ids.
     pub ids: Vec<String>,
+    /// Whether it runs in the group's lane of quick webhooks.
+    pub quick: bool,
 }
 
 #[derive(Default)]
 struct GroupQueue {
     /// Webhooks with deliveries ready and a free slot of their own, in turn order.
     turn: VecDeque<String>,
+    /// The same, of the webhooks known to be quick.
+    quick_turn: VecDeque<String>,
     /// Batches running.
     running: usize,
+    /// Batches of the quick lane running.
+    quick_running: usize,
     /// Deliveries queued or running.
     backlog: usize,
     /// Whether the group is in the turn of groups.
@@ -59,7 +75,13 @@ pub struct FairQueue {
     running: usize,
     /// Every delivery queued or running, so none runs twice at once.
     known: HashSet<String>,
+    /// Webhooks whose last batch ended quickly, which may share a batch.
+    quick: HashSet<String>,
 }
+
+/// Most webhooks remembered as quick; past it the memory starts again, and each webhook earns
+/// its place with a batch of its own.
+const REMEMBERED_QUICK: usize = 100_000;
 
 impl FairQueue {
     /// An empty queue sharing slots as `shares` says.
@@ -70,12 +92,29 @@ impl FairQueue {
                 total: shares.total.max(1),
                 per_group: shares.per_group.clamp(1, shares.total.max(1)),
                 per_webhook: shares.per_webhook.max(1),
+                quick_per_group: shares.quick_per_group.max(1),
             },
             groups: HashMap::new(),
             webhooks: HashMap::new(),
             turn: VecDeque::new(),
             running: 0,
             known: HashSet::new(),
+            quick: HashSet::new(),
+        }
+    }
+
+    /// Records how long a batch took: its webhooks may share batches while their batches end
+    /// quickly, and run alone again from the first one that does not.
+    pub fn learn(&mut self, batch: &Batch, quick: bool) {
+        for webhook in &batch.webhooks {
+            if !quick {
+                self.quick.remove(webhook);
+            } else if !self.quick.contains(webhook) {
+                if self.quick.len() >= REMEMBERED_QUICK {
+                    self.quick.clear();
+                }
+                self.quick.insert(webhook.clone());
+            }
         }
     }
 
@@ -114,25 +153,62 @@ impl FairQueue {
             let Some(group) = self.turn.pop_front() else { break };
             let queue = self.groups.get_mut(&group).expect("a group in turn is queued");
             queue.in_turn = false;
-            let Some(webhook) = queue.turn.pop_front() else {
+            let quick = !queue.quick_turn.is_empty() && queue.quick_running < self.shares.quick_per_group;
+            let first = if quick {
+                queue.quick_turn.pop_front()
+            } else {
+                queue.turn.pop_front()
+            };
+            let Some(webhook) = first else {
                 continue;
             };
-            let hook = self.webhooks.get_mut(&webhook).expect("a webhook in turn is queued");
-            hook.in_turn = false;
-            let take = hook.ready.len().min(self.shares.batch_size);
-            let ids: Vec<String> = hook.ready.drain(..take).collect();
-            hook.running += 1;
-            queue.running += 1;
-            self.running += 1;
-            batches.push(Batch {
+            let mut batch = Batch {
                 group: group.clone(),
-                webhook: webhook.clone(),
-                ids,
-            });
-            self.offer_webhook(&webhook);
+                webhooks: Vec::new(),
+                ids: Vec::new(),
+                quick,
+            };
+            self.take(&mut batch, &webhook);
+            if quick {
+                self.add_quick_webhooks(&mut batch);
+            }
+            let queue = self.groups.get_mut(&group).expect("a group in turn is queued");
+            queue.running += 1;
+            queue.quick_running += usize::from(quick);
+            self.running += 1;
+            for webhook in &batch.webhooks {
+                self.offer_webhook(webhook);
+            }
             self.offer_group(&group);
+            batches.push(batch);
         }
         batches
+    }
+
+    /// Moves a webhook's ready deliveries, as many as the batch has room for, into the batch.
+    fn take(&mut self, batch: &mut Batch, webhook: &str) {
+        let hook = self.webhooks.get_mut(webhook).expect("a webhook in turn is queued");
+        hook.in_turn = false;
+        let take = hook.ready.len().min(self.shares.batch_size - batch.ids.len());
+        batch.ids.extend(hook.ready.drain(..take));
+        hook.running += 1;
+        batch.webhooks.push(webhook.to_owned());
+    }
+
+    /// Fills a batch of the quick lane with the deliveries of the quick webhooks next in turn;
+    /// one that is no longer quick moves to the turn of batches of their own.
+    fn add_quick_webhooks(&mut self, batch: &mut Batch) {
+        while batch.ids.len() < self.shares.batch_size {
+            let queue = self.groups.get_mut(&batch.group).expect("the batch's group is queued");
+            let Some(webhook) = queue.quick_turn.pop_front() else {
+                break;
+            };
+            if self.quick.contains(&webhook) {
+                self.take(batch, &webhook);
+            } else {
+                queue.turn.push_back(webhook);
+            }
+        }
     }
 
     /// Records that a batch ended: its deliveries are no longer known here, and its slots are
@@ -144,15 +220,18 @@ impl FairQueue {
         self.running -= 1;
         if let Some(queue) = self.groups.get_mut(&batch.group) {
             queue.running -= 1;
+            queue.quick_running -= usize::from(batch.quick);
             queue.backlog -= batch.ids.len();
         }
-        if let Some(hook) = self.webhooks.get_mut(&batch.webhook) {
-            hook.running -= 1;
-            if hook.running == 0 && hook.ready.is_empty() {
-                self.webhooks.remove(&batch.webhook);
+        for webhook in &batch.webhooks {
+            if let Some(hook) = self.webhooks.get_mut(webhook) {
+                hook.running -= 1;
+                if hook.running == 0 && hook.ready.is_empty() {
+                    self.webhooks.remove(webhook);
+                }
             }
+            self.offer_webhook(webhook);
         }
-        self.offer_webhook(&batch.webhook);
         self.offer_group(&batch.group);
         if let Some(queue) = self.groups.get(&batch.group)
             && queue.running == 0
@@ -176,6 +255,7 @@ impl FairQueue {
         self.webhooks.retain(|_, hook| hook.running > 0);
         for queue in self.groups.values_mut() {
             queue.turn.clear();
+            queue.quick_turn.clear();
             queue.in_turn = false;
         }
         self.groups.retain(|_, queue| queue.running > 0);
@@ -226,7 +306,11 @@ impl FairQueue {
         hook.in_turn = true;
         let group = hook.group.clone();
         let queue = self.groups.entry(group.clone()).or_default();
-        queue.turn.push_back(webhook.to_owned());
+        if self.quick.contains(webhook) {
+            queue.quick_turn.push_back(webhook.to_owned());
+        } else {
+            queue.turn.push_back(webhook.to_owned());
+        }
         self.offer_group(&group);
     }
 
@@ -236,7 +320,9 @@ impl FairQueue {
         let Some(queue) = self.groups.get_mut(group) else {
             return;
         };
-        if queue.in_turn || queue.turn.is_empty() || queue.running >= self.shares.per_group {
+        let runnable = !queue.turn.is_empty()
+            || (!queue.quick_turn.is_empty() && queue.quick_running < self.shares.quick_per_group);
+        if queue.in_turn || !runnable || queue.running >= self.shares.per_group {
             return;
         }
         queue.in_turn = true;
@@ -254,6 +340,7 @@ mod tests {
             total,
             per_group,
             per_webhook: 2,
+            quick_per_group: 2,
         }
     }
 
@@ -275,7 +362,7 @@ mod tests {
         fill(&mut queue, "b", 1, 1);
         let started = queue.next_batches();
         assert_eq!(started.len(), 1);
-        assert_eq!(started[0].webhook, "b-w0");
+        assert_eq!(started[0].webhooks, ["b-w0"]);
         assert_eq!(queue.running(), 5);
     }
 
@@ -358,5 +445,125 @@ mod tests {
         fill(&mut queue, "medium", 1, 4);
         let names: Vec<_> = queue.busiest_groups(2).into_iter().map(|(name, ..)| name).collect();
         assert_eq!(names, [Arc::from("large"), Arc::from("medium")]);
+    }
+
+    fn learned(queue: &mut FairQueue, group: &str, webhooks: &[&str], quick: bool) {
+        queue.learn(
+            &Batch {
+                group: Arc::from(group),
+                webhooks: webhooks.iter().map(|w| w.to_string()).collect(),
+                ids: Vec::new(),
+                quick: false,
+            },
+            quick,
+        );
+    }
+
+    #[test]
+    fn quick_webhooks_of_a_group_share_batches_and_others_run_alone() {
+        let mut queue = FairQueue::new(Shares {
+            batch_size: 4,
+            total: 8,
+            per_group: 8,
+            per_webhook: 2,
+            quick_per_group: 4,
+        });
+        learned(&mut queue, "a", &["a-w0", "a-w2", "a-w3"], true);
+        learned(&mut queue, "b", &["b-w0"], true);
+        fill(&mut queue, "a", 4, 1);
+        fill(&mut queue, "b", 1, 1);
+        let started = queue.next_batches();
+        let parts: Vec<(&str, Vec<&str>)> = started
+            .iter()
+            .map(|b| (&*b.group, b.webhooks.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                ("a", vec!["a-w0", "a-w2", "a-w3"]),
+                ("b", vec!["b-w0"]),
+                ("a", vec!["a-w1"])
+            ],
+            "a-w1 is not known to be quick: it keeps its turn and runs alone; b's never join a's"
+        );
+        assert_eq!(started[0].ids, ["a-w0-d0", "a-w2-d0", "a-w3-d0"]);
+        assert_eq!(queue.running(), 3);
+        for batch in &started {
+            queue.finish(batch);
+        }
+        assert_eq!(queue.backlog(), 0);
+        assert!(queue.groups.is_empty() && queue.webhooks.is_empty());
+    }
+
+    #[test]
+    fn a_shared_batch_holds_at_most_a_batch_and_counts_against_each_webhook() {
+        let mut queue = FairQueue::new(Shares {
+            batch_size: 4,
+            total: 8,
+            per_group: 8,
+            per_webhook: 1,
+            quick_per_group: 4,
+        });
+        learned(&mut queue, "a", &["a-w0", "a-w1", "a-w2"], true);
+        fill(&mut queue, "a", 3, 3);
+        let started = queue.next_batches();
+        assert_eq!(started.len(), 2);
+        assert_eq!(started[0].ids, ["a-w0-d0", "a-w0-d1", "a-w0-d2", "a-w1-d0"]);
+        assert_eq!(started[0].webhooks, ["a-w0", "a-w1"]);
+        // The first batch was full before a-w2's turn: it starts the next one.
+        assert_eq!(started[1].webhooks, ["a-w2"]);
+        assert_eq!(started[1].ids, ["a-w2-d0", "a-w2-d1", "a-w2-d2"]);
+        assert!(
+            queue.next_batches().is_empty(),
+            "each webhook has its one batch running"
+        );
+        queue.finish(&started[0]);
+        let last = queue.next_batches();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].ids, ["a-w1-d1", "a-w1-d2"]);
+    }
+
+    #[test]
+    fn a_slow_batch_sends_its_webhooks_back_to_batches_of_their_own() {
+        let mut queue = FairQueue::new(shares(8, 8));
+        learned(&mut queue, "a", &["a-w0", "a-w1"], true);
+        learned(&mut queue, "a", &["a-w0", "a-w1"], false);
+        fill(&mut queue, "a", 2, 1);
+        let started = queue.next_batches();
+        assert_eq!(started.len(), 2);
+        assert!(started.iter().all(|batch| batch.webhooks.len() == 1));
+    }
+
+    #[test]
+    fn deliveries_of_quick_webhooks_wait_for_their_lane_while_others_start() {
+        let mut queue = FairQueue::new(Shares {
+            batch_size: 32,
+            total: 8,
+            per_group: 8,
+            per_webhook: 2,
+            quick_per_group: 1,
+        });
+        let quick: Vec<String> = (0..10).map(|w| format!("a-w{w}")).collect();
+        let quick: Vec<&str> = quick.iter().map(String::as_str).collect();
+        learned(&mut queue, "a", &quick, true);
+        assert!(queue.push("a", "a-w0", "first".into()));
+        let started = queue.next_batches();
+        assert_eq!(started.len(), 1);
+        // While the lane's one batch runs, the quick webhooks' deliveries gather; a webhook
+        // not known to be quick starts at once.
+        fill(&mut queue, "a", 10, 2);
+        assert!(queue.push("a", "a-slow", "slow-d0".into()));
+        let next = queue.next_batches();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].webhooks, ["a-slow"]);
+        queue.finish(&started[0]);
+        let gathered = queue.next_batches();
+        assert_eq!(gathered.len(), 1);
+        assert_eq!(
+            gathered[0].ids.len(),
+            20,
+            "one plugin call for every delivery that waited"
+        );
+        assert_eq!(gathered[0].webhooks.len(), 10);
     }
 }

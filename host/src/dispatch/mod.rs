@@ -29,6 +29,9 @@ pub struct DispatchConfig {
     pub per_group: usize,
     /// Most batches running at once overall.
     pub max_batches: usize,
+    /// Most batches of a group's quick webhooks running at once: few, so that their
+    /// deliveries gather into full batches while these run.
+    pub quick_per_group: usize,
     /// How often the due index is read for retries and for deliveries left from before a restart.
     pub poll_interval: Duration,
     /// Longest wait for one attempt's answer; a batch's plugin call is granted this much on
@@ -45,6 +48,8 @@ impl Default for DispatchConfig {
             // the other groups, which take turns for them.
             per_group: 64,
             max_batches: 128,
+            // Each ends in a few milliseconds and keeps a core busy: a few cover two cores.
+            quick_per_group: 4,
             poll_interval: Duration::from_millis(500),
             attempt_timeout: Duration::from_secs(15),
         }
@@ -54,6 +59,11 @@ impl Default for DispatchConfig {
 /// The group deliveries are counted under when their webhook's group is not known here (a
 /// retry after a restart, before a message of its thing came in).
 pub const UNKNOWN_GROUP: &str = "";
+
+/// A batch that ended within this long shows its receivers quick: their webhooks may share
+/// batches with the group's other quick webhooks. A slower one runs its webhooks alone again,
+/// so a receiver that turned slow holds up at most one shared batch.
+const QUICK_BATCH: Duration = Duration::from_millis(250);
 
 /// Most webhooks whose group is remembered; past it the memory starts again, and a retry of a
 /// forgotten webhook counts under [`UNKNOWN_GROUP`] until its thing publishes again.
@@ -87,6 +97,7 @@ impl Dispatcher {
                     total: config.max_batches,
                     per_group: config.per_group,
                     per_webhook: config.per_webhook,
+                    quick_per_group: config.quick_per_group,
                 }),
                 groups: HashMap::new(),
             }),
@@ -200,15 +211,18 @@ impl Dispatcher {
             target: crate::telemetry::SPANS,
             "delivery batch",
             otel.name = "deliver",
-            webhook_id = %batch.webhook,
+            webhook_id = %batch.webhooks[0],
+            webhooks = batch.webhooks.len(),
             deliveries = batch.ids.len(),
         );
+        let started = Instant::now();
         let result = self
             .runtime
             .events()
             .deliver(batch.ids.clone(), self.config.attempt_timeout)
             .instrument(span)
             .await;
+        let quick = result.is_ok() && started.elapsed() < QUICK_BATCH;
         match result {
             Ok(outcomes) => {
                 for outcome in outcomes {
@@ -232,10 +246,13 @@ impl Dispatcher {
                 }
             }
             // The deliveries stay pending in the store; the poller brings them back.
-            Err(error) => tracing::error!(%error, webhook = batch.webhook, "delivery batch failed; it will be retried"),
+            Err(error) => {
+                tracing::error!(%error, webhooks = ?batch.webhooks, "delivery batch failed; it will be retried")
+            }
         }
         let batches = {
             let mut queues = self.queues.lock().expect("dispatch queues poisoned");
+            queues.fair.learn(&batch, quick);
             queues.fair.finish(&batch);
             METRICS.pending_deliveries.set(queues.fair.backlog() as i64);
             if self.stopping.load(Ordering::SeqCst) {

@@ -547,6 +547,8 @@ struct Drain {
     end_rss_kib: (u64, u64),
     /// Connections the receiver accepted during the drain.
     connections: usize,
+    /// Plugin calls the host made during the drain, by export.
+    calls: Vec<(String, u64)>,
 }
 
 impl Drain {
@@ -595,6 +597,7 @@ async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
         process_status_kib(pid, "RssFile:")? + process_status_kib(pid, "RssShmem:")?,
     );
     let connections = receiver.connections() - connections_before;
+    let calls = plugin_calls(&host).await?;
     host.stop()?;
     Ok(Drain {
         deliveries: messages * k,
@@ -603,7 +606,23 @@ async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
         peak_rss_kib,
         end_rss_kib,
         connections,
+        calls,
     })
+}
+
+/// The plugin calls a host made since it started, by export, from its `/metrics`.
+async fn plugin_calls(host: &TestHost) -> Result<Vec<(String, u64)>> {
+    let text = reqwest::get(host.url("/metrics")).await?.text().await?;
+    let prefix = "webhooks_plugin_call_duration_seconds_count{export=\"";
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        let (export, count) = rest.split_once("\"} ").context("a metrics count line")?;
+        calls.push((export.to_owned(), count.trim().parse()?));
+    }
+    Ok(calls)
 }
 
 /// The median drain of three by deliveries/s.
@@ -617,7 +636,7 @@ async fn drain_median(messages: usize, k: usize) -> Result<Drain> {
 }
 
 /// The head of the drain table, in `bench drain` and in the report.
-const DRAIN_HEADER: &str = "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver |\n|---|---|---|---|---|---|\n";
+const DRAIN_HEADER: &str = "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver | plugin calls per 100 deliveries |\n|---|---|---|---|---|---|---|\n";
 
 /// `bench drain`: the drain table for each K.
 async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
@@ -635,14 +654,20 @@ async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
 
 fn drain_row(k: usize, run: &Drain) -> String {
     format!(
-        "| {k} | {} | {:.0} | {:.3} ms | {:.1} MiB ({:.1} + {:.1} MiB) | {} |",
+        "| {k} | {} | {:.0} | {:.3} ms | {:.1} MiB ({:.1} + {:.1} MiB) | {} | {} |",
         run.deliveries,
         run.rate(),
         run.cpu_per_delivery_ms(),
         run.peak_rss_kib as f64 / 1024.0,
         run.end_rss_kib.0 as f64 / 1024.0,
         run.end_rss_kib.1 as f64 / 1024.0,
-        run.connections
+        run.connections,
+        run.calls
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(export, count)| format!("{export} {:.1}", *count as f64 * 100.0 / run.deliveries as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
