@@ -134,6 +134,15 @@ impl crate::bindings::exports::mainflux::webhooks::migration::Guest for Plugin {
     }
 }
 
+#[cfg(not(feature = "previous-world"))]
+impl crate::bindings::exports::mainflux::webhooks::intake::Guest for Plugin {
+    fn on_messages(
+        messages: Vec<crate::bindings::exports::mainflux::webhooks::events::Message>,
+    ) -> Result<Vec<Result<crate::bindings::exports::mainflux::webhooks::events::Accepted, Error>>, Error> {
+        message_events::events().on_messages(messages)
+    }
+}
+
 #[cfg(feature = "export")]
 crate::bindings::export!(Plugin with_types_in crate::bindings);
 
@@ -149,7 +158,7 @@ mod message_events {
     use crate::removal::Removals;
     use crate::webhooks::name_index::Upkeep;
 
-    fn events() -> Events<'static> {
+    pub(super) fn events() -> Events<'static> {
         let settings = settings::delivery_settings();
         let policy = RetryPolicy {
             schedule_ms: settings.retry_schedule_ms,

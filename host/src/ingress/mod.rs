@@ -6,12 +6,14 @@
 pub mod broker;
 pub mod device_key;
 pub mod event_stream;
+mod gathering;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument;
 
+use self::gathering::Gathering;
 use crate::dispatch::Dispatcher;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::{Accepted, Message};
 use crate::runtime::{CallError, Runtime};
@@ -44,17 +46,19 @@ pub enum IntakeError {
 }
 
 /// Where messages are taken in: the plugin records their deliveries, within each group's share
-/// and quotas, and the dispatcher attempts them.
+/// and quotas, many messages a call under load, and the dispatcher attempts them.
 pub struct Intake {
     runtime: Arc<Runtime>,
     dispatcher: Arc<Dispatcher>,
     tenancy: Tenancy,
+    gathering: Arc<Gathering>,
 }
 
 impl Intake {
     /// Takes messages in through `runtime` and hands their deliveries to `dispatcher`.
     pub fn new(runtime: Arc<Runtime>, dispatcher: Arc<Dispatcher>, tenancy: Tenancy) -> Self {
         Intake {
+            gathering: Gathering::new(runtime.clone()),
             runtime,
             dispatcher,
             tenancy,
@@ -87,12 +91,17 @@ impl Intake {
             message.id = tracing::field::Empty,
             deliveries = tracing::field::Empty,
         );
-        let accepted = self
-            .runtime
-            .events()
-            .on_message(message)
-            .instrument(span.clone())
-            .await?;
+        // While a candidate runs, each message goes alone: to the version that serves its group,
+        // and to a dry run beside.
+        let accepted = if self.runtime.candidate().is_some() {
+            self.runtime
+                .events()
+                .on_message(message)
+                .instrument(span.clone())
+                .await?
+        } else {
+            self.gathering.take_in(message, span.clone()).await?
+        };
         span.record("message.id", accepted.message_id.as_str());
         span.record("deliveries", accepted.deliveries.len());
         if !accepted.deliveries.is_empty() {

@@ -347,6 +347,29 @@ impl EventCalls<'_> {
             .await
     }
 
+    /// `intake.on-messages`: records the deliveries of every message in one instance, with one
+    /// commit when the version has the `intake` export and one `on-message` call after another
+    /// when it has not; answers one result per message, in order. The active version takes
+    /// them all: while a candidate runs, messages go one by one through
+    /// [`EventCalls::on_message`], which routes and compares each.
+    pub async fn on_messages(&self, messages: Vec<Message>) -> Result<Vec<Result<Accepted, PluginError>>, CallError> {
+        self.runtime
+            .answer("intake.on-messages", Duration::ZERO, None, move |exports, store| {
+                Box::pin(async move {
+                    if let Some(intake) = exports.intake(store)? {
+                        return intake.call_on_messages(store, &messages).await;
+                    }
+                    let events = exports.events(store)?;
+                    let mut answers = Vec::with_capacity(messages.len());
+                    for message in &messages {
+                        answers.push(events.call_on_message(&mut *store, message).await?);
+                    }
+                    Ok(Ok(answers))
+                })
+            })
+            .await
+    }
+
     /// `events.due`: up to `limit` deliveries due now.
     pub async fn due(&self, limit: u32) -> Result<Vec<DueDelivery>, CallError> {
         self.runtime

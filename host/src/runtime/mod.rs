@@ -31,7 +31,7 @@ pub use plugin::{Inspection, LoadError, Plugin, WORLD};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
-use bindings::exports::mainflux::webhooks::{api, events, migration};
+use bindings::exports::mainflux::webhooks::{api, events, intake, migration};
 use bindings::mainflux::webhooks::types::Error as PluginError;
 use rollout::{Arm, ErrorWindow};
 
@@ -62,7 +62,7 @@ impl Default for Limits {
 
 /// Why a call into the plugin gave no result: the plugin's own refusal, or a call that failed
 /// without an answer of its own.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The plugin answered with an error of its policy (invalid, not found, forbidden, …).
     #[error("the plugin refused: {0}")]
@@ -675,6 +675,15 @@ impl Exports {
     /// The instance's `events` interface.
     pub fn events(&self, store: &mut Store<HostState>) -> wasmtime::Result<events::Guest> {
         self.plugin.events.load(store, &self.instance)
+    }
+
+    /// The instance's `intake` interface, if this version of the plugin has it.
+    pub fn intake(&self, store: &mut Store<HostState>) -> wasmtime::Result<Option<intake::Guest>> {
+        self.plugin
+            .intake
+            .as_ref()
+            .map(|indices| indices.load(store, &self.instance))
+            .transpose()
     }
 
     /// The instance's `migration` interface, if this version of the plugin has it.

@@ -8,7 +8,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::HostState;
-use super::bindings::exports::mainflux::webhooks::{api, events, migration};
+use super::bindings::exports::mainflux::webhooks::{api, events, intake, migration};
 use super::cache::{CompileCache, Origin};
 use super::formats::DataFormats;
 
@@ -40,6 +40,9 @@ pub struct Plugin {
     /// Where the `migration` exports are, if this version has them: a plugin built before
     /// they were added runs without the import of the Go service's webhooks.
     pub(super) migration: Option<migration::GuestIndices>,
+    /// Where the `intake` export is, if this version has it: a plugin built before it was
+    /// added takes messages one call each.
+    pub(super) intake: Option<intake::GuestIndices>,
     /// Hex SHA-256 of the component's bytes.
     pub sha256: String,
     /// When this version was loaded.
@@ -55,7 +58,7 @@ pub struct Plugin {
 impl Plugin {
     /// The world this version implements, with the optional exports it lacks.
     pub fn world(&self) -> String {
-        world_name(self.migration.is_some())
+        world_name(self.migration.is_some(), self.intake.is_some())
     }
 
     /// The stored data formats this version serves (what an earlier world serves until it
@@ -65,11 +68,13 @@ impl Plugin {
     }
 }
 
-fn world_name(has_migration: bool) -> String {
-    if has_migration {
-        WORLD.to_owned()
-    } else {
-        format!("{WORLD} without migration")
+/// The world's name, with the optional exports a version lacks: the world before the
+/// `migration` exports has no `intake` either, so it is named by the first.
+fn world_name(has_migration: bool, has_intake: bool) -> String {
+    match (has_migration, has_intake) {
+        (true, true) => WORLD.to_owned(),
+        (true, false) => format!("{WORLD} without intake"),
+        (false, _) => format!("{WORLD} without migration"),
     }
 }
 
@@ -88,6 +93,7 @@ pub(super) fn load(
         .map_err(|e| LoadError::Compile(one_line(&e)))?;
     let (pre, api, events) = check(linker, &component)?;
     let migration = migration::GuestIndices::new(&pre).ok();
+    let intake = intake::GuestIndices::new(&pre).ok();
     if origin == Origin::Compiled {
         cache.store(engine, &component, &sha256);
     }
@@ -96,6 +102,7 @@ pub(super) fn load(
         api,
         events,
         migration,
+        intake,
         sha256,
         loaded_at: SystemTime::now(),
         load_time: started.elapsed(),
@@ -146,10 +153,12 @@ pub(super) fn inspect(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8])
     let imports = kind.imports(engine).map(|(name, _)| name.to_owned()).collect();
     let exports = kind.exports(engine).map(|(name, _)| name.to_owned()).collect();
     let checked = check(linker, &component);
-    let world = checked
-        .as_ref()
-        .ok()
-        .map(|(pre, _, _)| world_name(migration::GuestIndices::new(pre).is_ok()));
+    let world = checked.as_ref().ok().map(|(pre, _, _)| {
+        world_name(
+            migration::GuestIndices::new(pre).is_ok(),
+            intake::GuestIndices::new(pre).is_ok(),
+        )
+    });
     Ok(Inspection {
         sha256: hex(&Sha256::digest(bytes)),
         size: bytes.len(),

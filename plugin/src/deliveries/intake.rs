@@ -1,6 +1,8 @@
-//! Intake: the `on-message` export. A published message becomes one pending, due delivery per
-//! enabled webhook of its thing, all in one commit with the payload, so nothing acknowledged is
-//! lost (DESIGN.md, principle 3); a message id the thing already published records nothing.
+//! Intake: the `on-message` and `on-messages` exports. A published message becomes one
+//! pending, due delivery per enabled webhook of its thing, all in one commit with the payload,
+//! so nothing acknowledged is lost (DESIGN.md, principle 3); a message id the thing already
+//! published records nothing. A batch of messages shares one commit and one read of each
+//! thing's webhooks.
 
 use crate::bindings::exports::mainflux::webhooks::events::{Accepted, Message};
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
@@ -11,7 +13,9 @@ use crate::error::{Result, invalid};
 use crate::keys;
 use crate::record::{FORMAT_VERSION, Record};
 use crate::store::{self, CommitFailure};
+use crate::webhooks::record::Webhook;
 use crate::webhooks::storage;
+use std::collections::{HashMap, HashSet};
 use uuid::{ContextV7, Timestamp, Uuid};
 
 /// A version 7 UUID whose 12 bits after the millisecond carry the time to a quarter of a
@@ -22,106 +26,218 @@ fn time_ordered_id(context: &ContextV7) -> String {
     Uuid::new_v7(Timestamp::now(context)).to_string()
 }
 
+/// A message ready to commit: its answer, and its guard and writes.
+struct Prepared {
+    /// Its place in the call's list.
+    index: usize,
+    /// The key remembering a named message's id, which must be absent: the thing has not
+    /// published it before.
+    seen_key: Option<Vec<u8>>,
+    ops: Vec<Op>,
+    accepted: Accepted,
+}
+
 impl Events<'_> {
     /// Records one pending delivery per webhook of the thing in one commit, with the message id
     /// when the publisher named one: an id the thing already published records nothing.
     pub fn on_message(&self, message: Message) -> Result<Accepted> {
+        self.on_messages(vec![message])?.pop().expect("one answer per message")
+    }
+
+    /// Records the deliveries of each message as [`Events::on_message`] does, all in one
+    /// commit, reading each thing's webhooks once: one answer per message, in order. A message
+    /// with an invalid id is refused alone; a store failure fails the call, nothing recorded.
+    pub fn on_messages(&self, messages: Vec<Message>) -> Result<Vec<Result<Accepted>>> {
         let ids = ContextV7::new().with_additional_precision();
-        let (message_id, named) = match message.id {
-            Some(id) => {
-                Uuid::try_parse(&id).map_err(|_| invalid("X-Message-Id must be a UUID"))?;
-                (id.to_ascii_lowercase(), true)
-            }
-            // Time-ordered ids keep the records of one moment together in the store's key
-            // order, so a commit touches few pages.
-            None => (time_ordered_id(&ids), false),
-        };
-        let mut webhooks = storage::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
-        // A disabled webhook gets nothing until a user enables it again.
-        webhooks.retain(|webhook| !webhook.disabled);
-        if webhooks.is_empty() {
-            return Ok(Accepted {
-                message_id,
-                duplicate: false,
-                deliveries: Vec::new(),
-            });
-        }
-        let now = message.received_ms;
-        let mut guards = Vec::with_capacity(1);
-        let mut ops = Vec::with_capacity(2 + webhooks.len() * 5);
-        // Only a publisher that named the message can send it again: an id made here is new,
-        // so remembering it would cost two writes per message and never catch a duplicate.
-        if named {
-            let seen_key = keys::message_id(&message.thing_id, &message_id);
-            guards.push(Condition::Absent(seen_key.clone()));
-            ops.push(Op::Put(Entry {
-                key: keys::message_seen(now, &seen_key),
-                value: seen_key.clone(),
-            }));
-            ops.push(Op::Put(Entry {
-                key: seen_key,
-                value: now.to_string().into_bytes(),
-            }));
-        }
-        let mut deliveries = Vec::with_capacity(webhooks.len());
-        for webhook in &webhooks {
-            let delivery = Delivery {
-                v: FORMAT_VERSION,
-                id: time_ordered_id(&ids),
-                webhook_id: webhook.id.clone(),
-                thing_id: message.thing_id.clone(),
-                message_id: message_id.clone(),
-                content_type: message.content_type.clone(),
-                subtopic: message.subtopic.clone(),
-                status: Status::Pending,
-                created_ms: now,
-                next_attempt_ms: Some(now),
-                attempts: Vec::new(),
+        let mut answers: Vec<Option<Result<Accepted>>> = (0..messages.len()).map(|_| None).collect();
+        let mut webhooks_of: HashMap<String, Vec<Webhook>> = HashMap::new();
+        let mut named_here: HashSet<Vec<u8>> = HashSet::new();
+        let mut prepared = Vec::with_capacity(messages.len());
+        for (index, message) in messages.into_iter().enumerate() {
+            let (message_id, named) = match &message.id {
+                Some(id) => {
+                    if Uuid::try_parse(id).is_err() {
+                        answers[index] = Some(Err(invalid("X-Message-Id must be a UUID")));
+                        continue;
+                    }
+                    (id.to_ascii_lowercase(), true)
+                }
+                // Time-ordered ids keep the records of one moment together in the store's key
+                // order, so a commit touches few pages.
+                None => (time_ordered_id(&ids), false),
             };
-            ops.push(Op::Put(Entry {
-                key: keys::payload(&delivery.id),
-                value: message.payload.clone(),
-            }));
-            ops.push(Op::Put(Entry {
-                key: keys::due(now, &delivery.id),
-                value: webhook.id.clone().into_bytes(),
-            }));
-            ops.push(Op::Put(Entry {
-                key: keys::created(now, &delivery.id),
-                value: webhook.id.clone().into_bytes(),
-            }));
-            ops.push(Op::Put(Entry {
-                key: keys::log_entry(&webhook.id, now, &delivery.id),
-                value: Status::name(Status::Pending).as_bytes().to_vec(),
-            }));
-            ops.push(Op::Put(Entry {
-                key: keys::delivery(&delivery.id),
-                value: delivery.encode(),
-            }));
-            deliveries.push(DueDelivery {
-                id: delivery.id,
-                webhook_id: webhook.id.clone(),
-            });
+            if !webhooks_of.contains_key(&message.thing_id) {
+                let mut webhooks = storage::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
+                // A disabled webhook gets nothing until a user enables it again.
+                webhooks.retain(|webhook| !webhook.disabled);
+                webhooks_of.insert(message.thing_id.clone(), webhooks);
+            }
+            let webhooks = &webhooks_of[&message.thing_id];
+            let seen_key = named.then(|| keys::message_id(&message.thing_id, &message_id));
+            let repeated = seen_key.as_ref().is_some_and(|key| !named_here.insert(key.clone()));
+            if webhooks.is_empty() || repeated {
+                answers[index] = Some(Ok(Accepted {
+                    message_id,
+                    duplicate: repeated,
+                    deliveries: Vec::new(),
+                }));
+                continue;
+            }
+            prepared.push(prepare(&ids, index, message, message_id, seen_key, webhooks));
         }
-        match store::commit(self.kv, &guards, &ops) {
-            Ok(()) => Ok(Accepted {
-                message_id,
-                duplicate: false,
-                deliveries,
-            }),
-            Err(CommitFailure::Conflict(_)) => Ok(Accepted {
-                message_id,
-                duplicate: true,
-                deliveries: Vec::new(),
-            }),
-            Err(CommitFailure::Store(e)) => Err(e),
+        for (index, accepted) in self.commit_messages(prepared)? {
+            answers[index] = Some(Ok(accepted));
         }
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.expect("every message is answered"))
+            .collect())
+    }
+
+    /// Commits the prepared messages together. A guard that fails is a message id published
+    /// before: that message is a duplicate, recorded nothing, and the others go in without it;
+    /// after a first such failure every remaining id is read, so a batch sent again whole
+    /// takes two commits, not one per message.
+    fn commit_messages(&self, mut prepared: Vec<Prepared>) -> Result<Vec<(usize, Accepted)>> {
+        let mut answers = Vec::with_capacity(prepared.len());
+        let mut ids_read = false;
+        while !prepared.is_empty() {
+            let mut guards = Vec::new();
+            let mut guarded = Vec::new();
+            for (at, message) in prepared.iter().enumerate() {
+                if let Some(key) = &message.seen_key {
+                    guards.push(Condition::Absent(key.clone()));
+                    guarded.push(at);
+                }
+            }
+            let counts: Vec<usize> = prepared.iter().map(|message| message.ops.len()).collect();
+            let ops: Vec<Op> = prepared
+                .iter_mut()
+                .flat_map(|message| std::mem::take(&mut message.ops))
+                .collect();
+            let failed = match store::commit(self.kv, &guards, &ops) {
+                Ok(()) => {
+                    answers.extend(prepared.into_iter().map(|message| (message.index, message.accepted)));
+                    return Ok(answers);
+                }
+                Err(CommitFailure::Conflict(guard)) => guarded[guard],
+                Err(CommitFailure::Store(e)) => return Err(e),
+            };
+            let mut ops = ops.into_iter();
+            for (message, count) in prepared.iter_mut().zip(counts) {
+                message.ops = ops.by_ref().take(count).collect();
+            }
+            let mut repeated = vec![failed];
+            if !ids_read {
+                ids_read = true;
+                let keys: Vec<Vec<u8>> = guarded.iter().filter_map(|&at| prepared[at].seen_key.clone()).collect();
+                let stored = self.kv.get_many(&keys).map_err(store::store_error)?;
+                repeated.extend(
+                    guarded
+                        .iter()
+                        .zip(stored)
+                        .filter(|(_, value)| value.is_some())
+                        .map(|(&at, _)| at),
+                );
+            }
+            repeated.sort_unstable();
+            repeated.dedup();
+            for at in repeated.into_iter().rev() {
+                let message = prepared.remove(at);
+                answers.push((
+                    message.index,
+                    Accepted {
+                        message_id: message.accepted.message_id,
+                        duplicate: true,
+                        deliveries: Vec::new(),
+                    },
+                ));
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// The writes of one message: one pending, due delivery per webhook, with the payload; and
+/// the message id, remembered under a guard, when the publisher named it.
+fn prepare(
+    ids: &ContextV7,
+    index: usize,
+    message: Message,
+    message_id: String,
+    seen_key: Option<Vec<u8>>,
+    webhooks: &[Webhook],
+) -> Prepared {
+    let now = message.received_ms;
+    let mut ops = Vec::with_capacity(2 + webhooks.len() * 5);
+    // Only a publisher that named the message can send it again: an id made here is new,
+    // so remembering it would cost two writes per message and never catch a duplicate.
+    if let Some(seen_key) = &seen_key {
+        ops.push(Op::Put(Entry {
+            key: keys::message_seen(now, seen_key),
+            value: seen_key.clone(),
+        }));
+        ops.push(Op::Put(Entry {
+            key: seen_key.clone(),
+            value: now.to_string().into_bytes(),
+        }));
+    }
+    let mut deliveries = Vec::with_capacity(webhooks.len());
+    for webhook in webhooks {
+        let delivery = Delivery {
+            v: FORMAT_VERSION,
+            id: time_ordered_id(ids),
+            webhook_id: webhook.id.clone(),
+            thing_id: message.thing_id.clone(),
+            message_id: message_id.clone(),
+            content_type: message.content_type.clone(),
+            subtopic: message.subtopic.clone(),
+            status: Status::Pending,
+            created_ms: now,
+            next_attempt_ms: Some(now),
+            attempts: Vec::new(),
+        };
+        ops.push(Op::Put(Entry {
+            key: keys::payload(&delivery.id),
+            value: message.payload.clone(),
+        }));
+        ops.push(Op::Put(Entry {
+            key: keys::due(now, &delivery.id),
+            value: webhook.id.clone().into_bytes(),
+        }));
+        ops.push(Op::Put(Entry {
+            key: keys::created(now, &delivery.id),
+            value: webhook.id.clone().into_bytes(),
+        }));
+        ops.push(Op::Put(Entry {
+            key: keys::log_entry(&webhook.id, now, &delivery.id),
+            value: Status::name(Status::Pending).as_bytes().to_vec(),
+        }));
+        ops.push(Op::Put(Entry {
+            key: keys::delivery(&delivery.id),
+            value: delivery.encode(),
+        }));
+        deliveries.push(DueDelivery {
+            id: delivery.id,
+            webhook_id: webhook.id.clone(),
+        });
+    }
+    Prepared {
+        index,
+        seen_key,
+        ops,
+        accepted: Accepted {
+            message_id,
+            duplicate: false,
+            deliveries,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
+    use crate::bindings::exports::mainflux::webhooks::events::Message;
     use crate::keys;
     use crate::ports::Kv;
     use crate::testing::{Deliveries, events, message};
@@ -196,5 +312,119 @@ mod tests {
             events.on_message(message("t", Some("nope"), b"x", None)),
             Err(crate::Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_batch_answers_each_message_in_order_and_reads_each_thing_once() {
+        use crate::testing::{WatchedKv, store_webhook};
+        let kv = WatchedKv::default();
+        store_webhook(&kv.memory, "w1", "t1", "http://a/200", serde_json::Value::Null);
+        store_webhook(&kv.memory, "w2", "t1", "http://b/200", serde_json::Value::Null);
+        store_webhook(&kv.memory, "w3", "t2", "http://c/200", serde_json::Value::Null);
+        let sender = crate::testing::ScriptedSender::default();
+        let events = events(&kv, &sender);
+        let before = "7f1c1d2e-1111-4222-8333-000000000001";
+        let again = "7f1c1d2e-1111-4222-8333-000000000002";
+        events.on_message(message("t2", Some(before), b"old", None)).unwrap();
+        kv.take_scanned();
+        let answers = events
+            .on_messages(vec![
+                message("t1", None, b"one", None),
+                message("t2", Some(before), b"published before", None),
+                message("t1", Some("not-a-uuid"), b"invalid", None),
+                message("t2", Some(again), b"first", None),
+                message("t2", Some(&again.to_uppercase()), b"repeated in the batch", None),
+                message("t3", None, b"no webhooks", None),
+                message("t1", None, b"two", None),
+            ])
+            .unwrap();
+        let summary: Vec<_> = answers
+            .iter()
+            .map(|answer| match answer {
+                Ok(accepted) => format!("{} {}", accepted.duplicate, accepted.deliveries.len()),
+                Err(error) => format!("{error:?}").split('(').next().unwrap().to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "false 2",
+                "true 0",
+                "Error::Invalid",
+                "false 1",
+                "true 0",
+                "false 0",
+                "false 2"
+            ]
+        );
+        assert_eq!(answers[3].as_ref().unwrap().message_id, again);
+        assert_eq!(answers[4].as_ref().unwrap().message_id, again);
+        let mut scanned = kv.take_scanned();
+        scanned.sort();
+        assert_eq!(
+            scanned,
+            [
+                keys::by_thing_prefix("t1"),
+                keys::by_thing_prefix("t2"),
+                keys::by_thing_prefix("t3")
+            ],
+            "each thing's webhooks are read once"
+        );
+        assert_eq!(events.due(100).unwrap().len(), 1 + 2 + 1 + 2);
+        let payloads: Vec<Vec<u8>> = answers
+            .iter()
+            .filter_map(|answer| answer.as_ref().ok())
+            .flat_map(|accepted| accepted.deliveries.iter())
+            .map(|d| kv.get(&keys::payload(&d.id)).unwrap().unwrap())
+            .collect();
+        assert_eq!(
+            payloads,
+            [&b"one"[..], b"one", b"first", b"two", b"two"],
+            "each delivery carries its own message's payload"
+        );
+    }
+
+    #[test]
+    fn ids_published_meanwhile_make_duplicates_and_the_rest_goes_in() {
+        use crate::testing::{WatchedKv, store_webhook};
+        let kv = WatchedKv::default();
+        store_webhook(&kv.memory, "w1", "t", "http://a/200", serde_json::Value::Null);
+        let sender = crate::testing::ScriptedSender::default();
+        let events = events(&kv, &sender);
+        let ids: Vec<String> = (0..12).map(|i| format!("7f1c1d2e-1111-4222-8333-{i:012}")).collect();
+        let batch = || {
+            ids.iter()
+                .map(|id| message("t", Some(id), b"x", None))
+                .collect::<Vec<_>>()
+        };
+        // Another host takes in three of the messages just before this batch commits.
+        let taken: Vec<Message> = [1, 5, 9]
+            .iter()
+            .map(|&i| message("t", Some(&ids[i]), b"x", None))
+            .collect();
+        let other = std::rc::Rc::new(std::cell::RefCell::new(Some(taken)));
+        let hand = other.clone();
+        kv.before_next_commit(move |memory| {
+            let sender = crate::testing::ScriptedSender::default();
+            let other_host = crate::testing::events(memory, &sender);
+            for answer in other_host.on_messages(hand.borrow_mut().take().unwrap()).unwrap() {
+                assert!(!answer.unwrap().duplicate);
+            }
+        });
+        let answers = events.on_messages(batch()).unwrap();
+        let duplicates: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, answer)| answer.as_ref().unwrap().duplicate)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(duplicates, [1, 5, 9]);
+        assert_eq!(events.due(100).unwrap().len(), 12);
+        // The whole batch again: every message a duplicate, more than the retries of one
+        // guarded commit.
+        let answers = events.on_messages(batch()).unwrap();
+        assert!(answers.iter().all(|answer| answer.as_ref().unwrap().duplicate));
+        assert_eq!(events.due(100).unwrap().len(), 12);
+        drop(other);
     }
 }

@@ -2,9 +2,9 @@
 //! with this build's difference applied on the way.
 
 use webhooks_plugin::Error;
-#[cfg(not(feature = "previous"))]
-use webhooks_plugin::bindings::exports::mainflux::webhooks::migration;
 use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events};
+#[cfg(not(feature = "previous"))]
+use webhooks_plugin::bindings::exports::mainflux::webhooks::{intake, migration};
 use webhooks_plugin::bindings::mainflux::webhooks::types::DueDelivery;
 use webhooks_plugin::component::Plugin as Real;
 
@@ -159,6 +159,13 @@ impl migration::Guest for Variant {
             };
         }
         <Real as migration::Guest>::data_formats()
+    }
+}
+
+#[cfg(not(feature = "previous"))]
+impl intake::Guest for Variant {
+    fn on_messages(messages: Vec<events::Message>) -> Result<Vec<Result<events::Accepted, Error>>, Error> {
+        <Real as intake::Guest>::on_messages(messages)
     }
 }
 

@@ -568,6 +568,99 @@ async fn the_same_message_id_from_another_thing_is_another_message() -> anyhow::
     Ok(())
 }
 
+/// Publishes 240 messages at once from two things: 20 ids sent four times each, over both
+/// things' keys, and 160 without an id. Checks every publish was accepted and each message
+/// delivered exactly once; answers how many intake calls took messages in batches.
+async fn publish_together_and_count_once(host: &TestHost, receiver: &Receiver) -> anyhow::Result<f64> {
+    let named: Vec<String> = (0..20).map(|_| fresh_message_id()).collect();
+    let mut sends = Vec::new();
+    for round in 0..4 {
+        for (i, id) in named.iter().enumerate() {
+            let key = if i.is_multiple_of(2) { "key-1" } else { "key-2" };
+            let body = format!("named {i}");
+            let request = as_thing(host, key, "/messages").header(MESSAGE_ID, id).body(body);
+            sends.push((Some(id.clone()), round, send(request)));
+        }
+    }
+    for i in 0..160usize {
+        let key = if i.is_multiple_of(2) { "key-1" } else { "key-2" };
+        sends.push((
+            None,
+            0,
+            send(as_thing(host, key, "/messages").body(format!("unnamed {i}"))),
+        ));
+    }
+    let (labels, requests): (Vec<_>, Vec<_>) = sends.into_iter().map(|(id, round, r)| ((id, round), r)).unzip();
+    let answers = futures_util::future::join_all(requests).await;
+    for ((id, round), answer) in labels.into_iter().zip(answers) {
+        let answer = answer?;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{id:?} round {round}: {answer:?}");
+        if let Some(id) = id {
+            assert_eq!(answer.message_id.as_deref(), Some(id.as_str()));
+        }
+    }
+    let got = receiver.wait_for(None, 180, 4 * PROMPTLY).await?;
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..20)
+        .map(|i| format!("named {i}"))
+        .chain((0..160).map(|i| format!("unnamed {i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every message once");
+    for request in &got {
+        let body = String::from_utf8_lossy(&request.body);
+        let number: usize = body.rsplit(' ').next().unwrap_or_default().parse()?;
+        let to = if number.is_multiple_of(2) { "/one" } else { "/two" };
+        assert_eq!(request.path, to, "{body} goes to its own thing's webhook");
+    }
+    let metrics = reqwest::get(host.url("/metrics")).await?.text().await?;
+    let batched = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("webhooks_plugin_call_duration_seconds_count{export=\"intake.on-messages\"} ")
+        })
+        .map_or(Ok(0.0), |count| count.trim().parse::<f64>())?;
+    Ok(batched)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_together_are_taken_in_together_and_each_delivered_once() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let host = host_allowing_loopback().await?;
+    add_webhook(&host, THING_1, "in", &receiver.url("/one")).await?;
+    add_webhook(&host, THING_2, "in", &receiver.url("/two")).await?;
+    let batched = publish_together_and_count_once(&host, &receiver).await?;
+    assert!(batched >= 1.0, "no intake call took several messages");
+    receiver.exactly_after_a_while("/one", 90).await?;
+    receiver.exactly_after_a_while("/two", 90).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_without_batched_intake_takes_messages_published_together_one_by_one() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let plugin = webhooks_tests::plugin_variant("previous");
+    let plugin = plugin.to_str().context("a UTF-8 path")?;
+    let host = host_retrying_on(SHORT_SCHEDULE, &[("MF_WEBHOOKS_PLUGIN", plugin)]).await?;
+    add_webhook(&host, THING_1, "in", &receiver.url("/one")).await?;
+    add_webhook(&host, THING_2, "in", &receiver.url("/two")).await?;
+    publish_together_and_count_once(&host, &receiver).await?;
+    receiver.exactly_after_a_while("/one", 90).await?;
+    let (status, health) = host.call(Method::GET, "/health", "", None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        health["plugin"]["world"]
+            .as_str()
+            .is_some_and(|w| w.ends_with("without migration")),
+        "{health}"
+    );
+    Ok(())
+}
+
 // --- 9. registry removal ------------------------------------------------------------------
 
 /// The `(thing_id, name)` of every webhook of `GROUP_1`, sorted.
