@@ -28,7 +28,7 @@ pub enum LoadError {
 
 /// The world a plugin implements; one without the `migration` exports (built before they were
 /// added) runs too, without the import.
-pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.0";
+pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.1";
 
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {
@@ -94,6 +94,12 @@ pub(super) fn load(
     let (pre, api, events) = check(linker, &component)?;
     let migration = migration::GuestIndices::new(&pre).ok();
     let intake = intake::GuestIndices::new(&pre).ok();
+    if intake.is_none() {
+        tracing::info!(
+            %sha256,
+            "the plugin has no intake export (built for an earlier world): messages are taken in one call each"
+        );
+    }
     if origin == Origin::Compiled {
         cache.store(engine, &component, &sha256);
     }
