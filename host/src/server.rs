@@ -11,7 +11,7 @@ use crate::identity::IdentityBackend;
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::identity::things::{ThingsConfig, ThingsService};
 use crate::ingress::event_stream::{self, Owner};
-use crate::ingress::{self, Intake};
+use crate::ingress::{self, Intake, gathering};
 use crate::listener::{self, ListenerConfig};
 use crate::outbound::{OutboundClient, OutboundConfig};
 use crate::retention;
@@ -189,6 +189,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         runtime.clone(),
         dispatcher.clone(),
         Tenancy::new(identity.clone(), config.quotas()),
+        if db_url.starts_with("sqlite://") {
+            gathering::EMBEDDED_BATCH
+        } else {
+            gathering::SHARED_BATCH
+        },
     ));
     // When the stop signal came: everything in flight gets SHUTDOWN_GRACE from then.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(None::<Instant>);

@@ -16,12 +16,19 @@ use crate::runtime::{CallError, Runtime};
 /// groups the commits of the calls running together, so a few keep the store's writer busy.
 const CALLS: usize = 4;
 
-/// Most messages one call takes in.
-const BATCH: usize = 64;
+/// Most messages one call takes in with an embedded store: one commit holds them all.
+pub const EMBEDDED_BATCH: usize = 64;
+
+/// Most messages one call takes in with a shared store: a commit of more than 256 keys takes
+/// PostgreSQL's store-wide lock, which would make every other host's commits wait, and eight
+/// messages to three webhooks each stay below it.
+pub const SHARED_BATCH: usize = 8;
 
 /// The messages waiting for a call, and the calls running.
 pub struct Gathering {
     runtime: Arc<Runtime>,
+    /// Most messages a call takes in.
+    batch: usize,
     state: Mutex<State>,
 }
 
@@ -38,10 +45,11 @@ struct Waiting {
 }
 
 impl Gathering {
-    /// Gathers messages into calls of `runtime`.
-    pub fn new(runtime: Arc<Runtime>) -> Arc<Self> {
+    /// Gathers messages into calls of `runtime`, at most `batch` a call.
+    pub fn new(runtime: Arc<Runtime>, batch: usize) -> Arc<Self> {
         Arc::new(Gathering {
             runtime,
+            batch: batch.max(1),
             state: Mutex::new(State::default()),
         })
     }
@@ -73,7 +81,7 @@ impl Gathering {
                     state.running -= 1;
                     return;
                 }
-                let take = state.waiting.len().min(BATCH);
+                let take = state.waiting.len().min(self.batch);
                 state.waiting.drain(..take).collect()
             };
             if batch.len() == 1 {

@@ -6,7 +6,7 @@
 pub mod broker;
 pub mod device_key;
 pub mod event_stream;
-mod gathering;
+pub mod gathering;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -55,10 +55,11 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Takes messages in through `runtime` and hands their deliveries to `dispatcher`.
-    pub fn new(runtime: Arc<Runtime>, dispatcher: Arc<Dispatcher>, tenancy: Tenancy) -> Self {
+    /// Takes messages in through `runtime`, at most `batch` a plugin call, and hands their
+    /// deliveries to `dispatcher`.
+    pub fn new(runtime: Arc<Runtime>, dispatcher: Arc<Dispatcher>, tenancy: Tenancy, batch: usize) -> Self {
         Intake {
-            gathering: Gathering::new(runtime.clone()),
+            gathering: Gathering::new(runtime.clone(), batch),
             runtime,
             dispatcher,
             tenancy,
