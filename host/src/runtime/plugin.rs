@@ -26,8 +26,9 @@ pub enum LoadError {
     World(String),
 }
 
-/// The world a plugin implements; one without the `migration` exports (built before they were
-/// added) runs too, without the import.
+/// The world a plugin implements. Plugins built for earlier versions run too: one without the
+/// `intake` export (0.1.0) takes messages one call each, one without the `migration` exports
+/// also runs without the import.
 pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.1";
 
 /// One loaded version of the plugin, ready to instantiate.
@@ -183,4 +184,17 @@ fn one_line(error: &wasmtime::Error) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_world_is_named_by_what_it_lacks_first() {
+        assert_eq!(world_name(true, true), WORLD);
+        assert_eq!(world_name(true, false), format!("{WORLD} without intake"));
+        // The world before the migration exports predates intake too.
+        assert_eq!(world_name(false, false), format!("{WORLD} without migration"));
+    }
 }
