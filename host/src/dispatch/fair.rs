@@ -2,11 +2,14 @@
 //! take turns, each within its cap, so a group with many slow receivers holds at most its share
 //! and another group's next batch gets the next free slot.
 //!
-//! Webhooks whose receivers answer quickly share batches in a lane of their own, with a few
-//! batches of a group running at once: their deliveries wait there for a moment instead of
-//! each starting its own plugin call, so a call carries up to a batch however thinly the
-//! deliveries are spread over webhooks. A receiver not known to be quick gets batches of its
-//! own under the caps above, so its wait holds up no other webhook's outcomes.
+//! Each group has three lanes. Webhooks whose receivers answer quickly share batches in the
+//! quick lane, with a few batches of a group running at once: their deliveries wait there for
+//! a moment instead of each starting its own plugin call, so a call carries up to a batch
+//! however thinly the deliveries are spread over webhooks. A webhook not seen yet runs its
+//! batches alone in the probation lane, also of a few batches at once, until it shows itself
+//! quick or slow; a probation batch still running after a moment leaves the lane at once, so a
+//! slow newcomer never holds it. A webhook known to be slow gets batches of its own under the
+//! caps above, so its wait holds up no other webhook's outcomes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -26,6 +29,27 @@ pub struct Shares {
     /// Most batches of quick webhooks (see [`FairQueue::learn`]) of one group running at once,
     /// within `per_group`.
     pub quick_per_group: usize,
+    /// Most batches of webhooks not yet known to be quick or slow of one group running at once,
+    /// within `per_group`.
+    pub probation_per_group: usize,
+}
+
+/// Which of its group's lanes a batch runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Webhooks whose batches end quickly, several to a batch.
+    Quick,
+    /// One webhook not yet known to be quick or slow.
+    Probation,
+    /// One webhook known to be slow.
+    Own,
+}
+
+/// What the dispatcher learnt of a webhook's receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speed {
+    Quick,
+    Slow,
 }
 
 /// Deliveries attempted by one plugin call, all of one group: of one webhook, or of several
@@ -38,8 +62,10 @@ pub struct Batch {
     pub webhooks: Vec<String>,
     /// The deliveries' ids.
     pub ids: Vec<String>,
-    /// Whether it runs in the group's lane of quick webhooks.
-    pub quick: bool,
+    /// The lane it runs in.
+    pub lane: Lane,
+    /// Tells running batches apart.
+    pub id: u64,
 }
 
 #[derive(Default)]
@@ -48,10 +74,14 @@ struct GroupQueue {
     turn: VecDeque<String>,
     /// The same, of the webhooks known to be quick.
     quick_turn: VecDeque<String>,
+    /// The same, of the webhooks not yet known to be quick or slow.
+    new_turn: VecDeque<String>,
     /// Batches running.
     running: usize,
     /// Batches of the quick lane running.
     quick_running: usize,
+    /// Batches of the probation lane running.
+    probation_running: usize,
     /// Deliveries queued or running.
     backlog: usize,
     /// Whether the group is in the turn of groups.
@@ -75,13 +105,17 @@ pub struct FairQueue {
     running: usize,
     /// Every delivery queued or running, so none runs twice at once.
     known: HashSet<String>,
-    /// Webhooks whose last batch ended quickly, which may share a batch.
-    quick: HashSet<String>,
+    /// What the last batch of each webhook showed.
+    speeds: HashMap<String, Speed>,
+    /// The probation batches running, by id, with their group.
+    on_probation: HashMap<u64, Arc<str>>,
+    /// The id of the next batch.
+    next_id: u64,
 }
 
-/// Most webhooks remembered as quick; past it the memory starts again, and each webhook earns
-/// its place with a batch of its own.
-const REMEMBERED_QUICK: usize = 100_000;
+/// Most webhooks whose speed is remembered; past it the memory starts again, and each webhook
+/// goes through probation again.
+const REMEMBERED_SPEEDS: usize = 100_000;
 
 impl FairQueue {
     /// An empty queue sharing slots as `shares` says.
@@ -93,28 +127,52 @@ impl FairQueue {
                 per_group: shares.per_group.clamp(1, shares.total.max(1)),
                 per_webhook: shares.per_webhook.max(1),
                 quick_per_group: shares.quick_per_group.max(1),
+                probation_per_group: shares.probation_per_group.max(1),
             },
             groups: HashMap::new(),
             webhooks: HashMap::new(),
             turn: VecDeque::new(),
             running: 0,
             known: HashSet::new(),
-            quick: HashSet::new(),
+            speeds: HashMap::new(),
+            on_probation: HashMap::new(),
+            next_id: 0,
         }
     }
 
     /// Records how long a batch took: its webhooks may share batches while their batches end
     /// quickly, and run alone again from the first one that does not.
     pub fn learn(&mut self, batch: &Batch, quick: bool) {
+        let speed = if quick { Speed::Quick } else { Speed::Slow };
         for webhook in &batch.webhooks {
-            if !quick {
-                self.quick.remove(webhook);
-            } else if !self.quick.contains(webhook) {
-                if self.quick.len() >= REMEMBERED_QUICK {
-                    self.quick.clear();
-                }
-                self.quick.insert(webhook.clone());
+            if self.speeds.get(webhook) == Some(&speed) {
+                continue;
             }
+            if self.speeds.len() >= REMEMBERED_SPEEDS {
+                self.speeds.clear();
+            }
+            self.speeds.insert(webhook.clone(), speed);
+        }
+    }
+
+    /// Takes a probation batch that is still running out of its lane, its webhook now known to
+    /// be slow, so the lane's slot goes to the next newcomer.
+    pub fn graduate(&mut self, batch: &Batch) {
+        let Some(group) = self.on_probation.remove(&batch.id) else {
+            return;
+        };
+        if let Some(queue) = self.groups.get_mut(&group) {
+            queue.probation_running -= 1;
+        }
+        self.learn(batch, false);
+        self.offer_group(&group);
+    }
+
+    fn lane_of(&self, webhook: &str) -> Lane {
+        match self.speeds.get(webhook) {
+            Some(Speed::Quick) => Lane::Quick,
+            Some(Speed::Slow) => Lane::Own,
+            None => Lane::Probation,
         }
     }
 
@@ -153,11 +211,17 @@ impl FairQueue {
             let Some(group) = self.turn.pop_front() else { break };
             let queue = self.groups.get_mut(&group).expect("a group in turn is queued");
             queue.in_turn = false;
-            let quick = !queue.quick_turn.is_empty() && queue.quick_running < self.shares.quick_per_group;
-            let first = if quick {
-                queue.quick_turn.pop_front()
+            let lane = if !queue.quick_turn.is_empty() && queue.quick_running < self.shares.quick_per_group {
+                Lane::Quick
+            } else if !queue.new_turn.is_empty() && queue.probation_running < self.shares.probation_per_group {
+                Lane::Probation
             } else {
-                queue.turn.pop_front()
+                Lane::Own
+            };
+            let first = match lane {
+                Lane::Quick => queue.quick_turn.pop_front(),
+                Lane::Probation => queue.new_turn.pop_front(),
+                Lane::Own => queue.turn.pop_front(),
             };
             let Some(webhook) = first else {
                 continue;
@@ -166,15 +230,21 @@ impl FairQueue {
                 group: group.clone(),
                 webhooks: Vec::new(),
                 ids: Vec::new(),
-                quick,
+                lane,
+                id: self.next_id,
             };
+            self.next_id += 1;
             self.take(&mut batch, &webhook);
-            if quick {
+            if lane == Lane::Quick {
                 self.add_quick_webhooks(&mut batch);
             }
             let queue = self.groups.get_mut(&group).expect("a group in turn is queued");
             queue.running += 1;
-            queue.quick_running += usize::from(quick);
+            queue.quick_running += usize::from(lane == Lane::Quick);
+            if lane == Lane::Probation {
+                queue.probation_running += 1;
+                self.on_probation.insert(batch.id, group.clone());
+            }
             self.running += 1;
             for webhook in &batch.webhooks {
                 self.offer_webhook(webhook);
@@ -196,17 +266,22 @@ impl FairQueue {
     }
 
     /// Fills a batch of the quick lane with the deliveries of the quick webhooks next in turn;
-    /// one that is no longer quick moves to the turn of batches of their own.
+    /// one that is no longer quick moves to the turn of its lane.
     fn add_quick_webhooks(&mut self, batch: &mut Batch) {
         while batch.ids.len() < self.shares.batch_size {
-            let queue = self.groups.get_mut(&batch.group).expect("the batch's group is queued");
-            let Some(webhook) = queue.quick_turn.pop_front() else {
-                break;
+            let lane = {
+                let queue = self.groups.get(&batch.group).expect("the batch's group is queued");
+                match queue.quick_turn.front() {
+                    Some(webhook) => self.lane_of(webhook),
+                    None => break,
+                }
             };
-            if self.quick.contains(&webhook) {
-                self.take(batch, &webhook);
-            } else {
-                queue.turn.push_back(webhook);
+            let queue = self.groups.get_mut(&batch.group).expect("the batch's group is queued");
+            let webhook = queue.quick_turn.pop_front().expect("looked at above");
+            match lane {
+                Lane::Quick => self.take(batch, &webhook),
+                Lane::Probation => queue.new_turn.push_back(webhook),
+                Lane::Own => queue.turn.push_back(webhook),
             }
         }
     }
@@ -220,7 +295,10 @@ impl FairQueue {
         self.running -= 1;
         if let Some(queue) = self.groups.get_mut(&batch.group) {
             queue.running -= 1;
-            queue.quick_running -= usize::from(batch.quick);
+            queue.quick_running -= usize::from(batch.lane == Lane::Quick);
+            if self.on_probation.remove(&batch.id).is_some() {
+                queue.probation_running -= 1;
+            }
             queue.backlog -= batch.ids.len();
         }
         for webhook in &batch.webhooks {
@@ -256,6 +334,7 @@ impl FairQueue {
         for queue in self.groups.values_mut() {
             queue.turn.clear();
             queue.quick_turn.clear();
+            queue.new_turn.clear();
             queue.in_turn = false;
         }
         self.groups.retain(|_, queue| queue.running > 0);
@@ -297,6 +376,7 @@ impl FairQueue {
 
     /// Puts a webhook in its group's turn when it has work and a free slot of its own.
     fn offer_webhook(&mut self, webhook: &str) {
+        let lane = self.lane_of(webhook);
         let Some(hook) = self.webhooks.get_mut(webhook) else {
             return;
         };
@@ -306,10 +386,10 @@ impl FairQueue {
         hook.in_turn = true;
         let group = hook.group.clone();
         let queue = self.groups.entry(group.clone()).or_default();
-        if self.quick.contains(webhook) {
-            queue.quick_turn.push_back(webhook.to_owned());
-        } else {
-            queue.turn.push_back(webhook.to_owned());
+        match lane {
+            Lane::Quick => queue.quick_turn.push_back(webhook.to_owned()),
+            Lane::Probation => queue.new_turn.push_back(webhook.to_owned()),
+            Lane::Own => queue.turn.push_back(webhook.to_owned()),
         }
         self.offer_group(&group);
     }
@@ -321,7 +401,8 @@ impl FairQueue {
             return;
         };
         let runnable = !queue.turn.is_empty()
-            || (!queue.quick_turn.is_empty() && queue.quick_running < self.shares.quick_per_group);
+            || (!queue.quick_turn.is_empty() && queue.quick_running < self.shares.quick_per_group)
+            || (!queue.new_turn.is_empty() && queue.probation_running < self.shares.probation_per_group);
         if queue.in_turn || !runnable || queue.running >= self.shares.per_group {
             return;
         }
@@ -341,6 +422,7 @@ mod tests {
             per_group,
             per_webhook: 2,
             quick_per_group: 2,
+            probation_per_group: per_group,
         }
     }
 
@@ -453,7 +535,8 @@ mod tests {
                 group: Arc::from(group),
                 webhooks: webhooks.iter().map(|w| w.to_string()).collect(),
                 ids: Vec::new(),
-                quick: false,
+                lane: Lane::Own,
+                id: 0,
             },
             quick,
         );
@@ -467,6 +550,7 @@ mod tests {
             per_group: 8,
             per_webhook: 2,
             quick_per_group: 4,
+            probation_per_group: 4,
         });
         learned(&mut queue, "a", &["a-w0", "a-w2", "a-w3"], true);
         learned(&mut queue, "b", &["b-w0"], true);
@@ -503,6 +587,7 @@ mod tests {
             per_group: 8,
             per_webhook: 1,
             quick_per_group: 4,
+            probation_per_group: 4,
         });
         learned(&mut queue, "a", &["a-w0", "a-w1", "a-w2"], true);
         fill(&mut queue, "a", 3, 3);
@@ -542,6 +627,7 @@ mod tests {
             per_group: 8,
             per_webhook: 2,
             quick_per_group: 1,
+            probation_per_group: 4,
         });
         let quick: Vec<String> = (0..10).map(|w| format!("a-w{w}")).collect();
         let quick: Vec<&str> = quick.iter().map(String::as_str).collect();
@@ -565,5 +651,47 @@ mod tests {
             "one plugin call for every delivery that waited"
         );
         assert_eq!(gathered[0].webhooks.len(), 10);
+    }
+
+    #[test]
+    fn newcomers_go_a_few_at_a_time_and_one_still_running_leaves_probation() {
+        let mut queue = FairQueue::new(Shares {
+            batch_size: 32,
+            total: 64,
+            per_group: 64,
+            per_webhook: 2,
+            quick_per_group: 4,
+            probation_per_group: 2,
+        });
+        learned(&mut queue, "a", &["a-slow"], false);
+        fill(&mut queue, "a", 5, 1);
+        assert!(queue.push("a", "a-slow", "slow-d0".into()));
+        let started = queue.next_batches();
+        let lanes: Vec<(Lane, &str)> = started.iter().map(|b| (b.lane, b.webhooks[0].as_str())).collect();
+        assert_eq!(
+            lanes,
+            [
+                (Lane::Probation, "a-w0"),
+                (Lane::Probation, "a-w1"),
+                (Lane::Own, "a-slow")
+            ],
+            "two newcomers at once; a webhook known to be slow does not wait for them"
+        );
+        // a-w0 answers quickly and joins the quick lane; a-w1 is still running after a moment:
+        // it leaves probation, known to be slow, and the next newcomer starts.
+        queue.learn(&started[0], true);
+        queue.finish(&started[0]);
+        queue.graduate(&started[1]);
+        let next = queue.next_batches();
+        let lanes: Vec<(Lane, &str)> = next.iter().map(|b| (b.lane, b.webhooks[0].as_str())).collect();
+        assert_eq!(lanes, [(Lane::Probation, "a-w2"), (Lane::Probation, "a-w3")]);
+        assert_eq!(queue.lane_of("a-w0"), Lane::Quick);
+        assert_eq!(queue.lane_of("a-w1"), Lane::Own);
+        // Its end later frees no probation slot a second time.
+        queue.learn(&started[1], false);
+        queue.finish(&started[1]);
+        assert!(queue.next_batches().is_empty(), "the lane is full with a-w2 and a-w3");
+        queue.finish(&next[0]);
+        assert_eq!(queue.next_batches()[0].webhooks, ["a-w4"]);
     }
 }

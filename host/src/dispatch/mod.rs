@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use self::fair::{Batch, FairQueue, Shares};
+use self::fair::{Batch, FairQueue, Lane, Shares};
 use crate::metrics::METRICS;
 use crate::runtime::Runtime;
 use crate::runtime::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
@@ -32,6 +32,9 @@ pub struct DispatchConfig {
     /// Most batches of a group's quick webhooks running at once: few, so that their
     /// deliveries gather into full batches while these run.
     pub quick_per_group: usize,
+    /// Most first batches of a group's webhooks not yet known to be quick or slow running at
+    /// once; one still running after 250 ms leaves this count.
+    pub probation_per_group: usize,
     /// How often the due index is read for retries and for deliveries left from before a restart.
     pub poll_interval: Duration,
     /// Longest wait for one attempt's answer; a batch's plugin call is granted this much on
@@ -50,6 +53,9 @@ impl Default for DispatchConfig {
             max_batches: 128,
             // Each ends in a few milliseconds and keeps a core busy: a few cover two cores.
             quick_per_group: 4,
+            // A burst toward many new webhooks (a restart, a drain) starts a few instances at
+            // a time, not one per webhook.
+            probation_per_group: 8,
             poll_interval: Duration::from_millis(500),
             attempt_timeout: Duration::from_secs(15),
         }
@@ -98,6 +104,7 @@ impl Dispatcher {
                     per_group: config.per_group,
                     per_webhook: config.per_webhook,
                     quick_per_group: config.quick_per_group,
+                    probation_per_group: config.probation_per_group,
                 }),
                 groups: HashMap::new(),
             }),
@@ -216,12 +223,21 @@ impl Dispatcher {
             deliveries = batch.ids.len(),
         );
         let started = Instant::now();
-        let result = self
-            .runtime
-            .events()
+        let events = self.runtime.events();
+        let call = events
             .deliver(batch.ids.clone(), self.config.attempt_timeout)
-            .instrument(span)
-            .await;
+            .instrument(span);
+        tokio::pin!(call);
+        let result = match batch.lane {
+            Lane::Probation => match tokio::time::timeout(QUICK_BATCH, &mut call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.graduate(&batch);
+                    call.await
+                }
+            },
+            Lane::Quick | Lane::Own => call.await,
+        };
         let quick = result.is_ok() && started.elapsed() < QUICK_BATCH;
         match result {
             Ok(outcomes) => {
@@ -255,6 +271,22 @@ impl Dispatcher {
             queues.fair.learn(&batch, quick);
             queues.fair.finish(&batch);
             METRICS.pending_deliveries.set(queues.fair.backlog() as i64);
+            if self.stopping.load(Ordering::SeqCst) {
+                Vec::new()
+            } else {
+                queues.fair.next_batches()
+            }
+        };
+        for batch in batches {
+            self.spawn_batch(batch);
+        }
+    }
+
+    /// Takes a probation batch still running out of its lane, so the next newcomer starts.
+    fn graduate(self: &Arc<Self>, batch: &Batch) {
+        let batches = {
+            let mut queues = self.queues.lock().expect("dispatch queues poisoned");
+            queues.fair.graduate(batch);
             if self.stopping.load(Ordering::SeqCst) {
                 Vec::new()
             } else {
