@@ -88,6 +88,17 @@ struct GroupQueue {
     in_turn: bool,
 }
 
+impl GroupQueue {
+    /// The turn of the webhooks of a lane.
+    fn lane_turn(&mut self, lane: Lane) -> &mut VecDeque<String> {
+        match lane {
+            Lane::Quick => &mut self.quick_turn,
+            Lane::Probation => &mut self.new_turn,
+            Lane::Own => &mut self.turn,
+        }
+    }
+}
+
 struct WebhookQueue {
     group: Arc<str>,
     ready: VecDeque<String>,
@@ -218,12 +229,7 @@ impl FairQueue {
             } else {
                 Lane::Own
             };
-            let first = match lane {
-                Lane::Quick => queue.quick_turn.pop_front(),
-                Lane::Probation => queue.new_turn.pop_front(),
-                Lane::Own => queue.turn.pop_front(),
-            };
-            let Some(webhook) = first else {
+            let Some(webhook) = queue.lane_turn(lane).pop_front() else {
                 continue;
             };
             let mut batch = Batch {
@@ -280,8 +286,7 @@ impl FairQueue {
             let webhook = queue.quick_turn.pop_front().expect("looked at above");
             match lane {
                 Lane::Quick => self.take(batch, &webhook),
-                Lane::Probation => queue.new_turn.push_back(webhook),
-                Lane::Own => queue.turn.push_back(webhook),
+                other => queue.lane_turn(other).push_back(webhook),
             }
         }
     }
@@ -386,11 +391,7 @@ impl FairQueue {
         hook.in_turn = true;
         let group = hook.group.clone();
         let queue = self.groups.entry(group.clone()).or_default();
-        match lane {
-            Lane::Quick => queue.quick_turn.push_back(webhook.to_owned()),
-            Lane::Probation => queue.new_turn.push_back(webhook.to_owned()),
-            Lane::Own => queue.turn.push_back(webhook.to_owned()),
-        }
+        queue.lane_turn(lane).push_back(webhook.to_owned());
         self.offer_group(&group);
     }
 
