@@ -1,5 +1,6 @@
-//! The semantics every store backend must have, checked against each: ordered, bounded and
-//! resumable prefix scans; all-or-nothing guarded commits; and compare-and-set that holds when
+//! The semantics every store backend must have, checked against each: the sequential cases of
+//! `tests/conformance/store.json` (ordered, bounded and resumable prefix scans; all-or-nothing
+//! guarded commits), which the embeddings' stores run too; and compare-and-set that holds when
 //! many commits race, also from separate hosts sharing one PostgreSQL database.
 //!
 //! The PostgreSQL cases need `WEBHOOKS_TEST_POSTGRES` (a superuser URL; `tests/services`
@@ -9,7 +10,9 @@ use std::sync::Arc;
 
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
-use super::{Condition, Entry, KvBackend, Op, StoreError};
+use serde_json::{Value, json};
+
+use super::{Condition, KvBackend, Op, StoreError};
 
 fn unique_name(what: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -66,101 +69,105 @@ fn put(key: &[u8], value: &[u8]) -> Op {
     Op::Put(key.to_vec(), value.to_vec())
 }
 
-fn keys(entries: Vec<Entry>) -> Vec<Vec<u8>> {
-    entries.into_iter().map(|(k, _)| k).collect()
+/// The sequential cases every implementation of the `store` import is held to, as data that
+/// the embeddings' own stores run too (`tests/conformance/store.json` says the format).
+const CASES: &str = include_str!("../../../tests/conformance/store.json");
+
+fn cases() -> Vec<Value> {
+    let file: Value = serde_json::from_str(CASES).expect("the conformance file is JSON");
+    file["cases"].as_array().expect("a list of cases").clone()
 }
 
-async fn scans_are_ordered_bounded_and_resumable(store: &dyn KvBackend) {
-    let ops = [&b"a"[..], b"p\x00", b"p\x001", b"p\x002", b"p\xff", b"q", b"\xff\xff"]
+/// A key or value of the file: one byte per character (latin1).
+fn bytes(text: &Value) -> Vec<u8> {
+    text.as_str()
+        .unwrap_or_else(|| panic!("bytes are written as strings: {text}"))
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or_else(|_| panic!("{c:?} is not one byte")))
+        .collect()
+}
+
+fn text(bytes: &[u8]) -> Value {
+    Value::String(bytes.iter().map(|&b| char::from(b)).collect())
+}
+
+fn optional_text(bytes: Option<Vec<u8>>) -> Value {
+    bytes.map_or(Value::Null, |bytes| text(&bytes))
+}
+
+/// A store answer in the file's terms.
+fn answer<T>(result: Result<T, StoreError>, ok: impl FnOnce(T) -> Value) -> Value {
+    match result {
+        Ok(value) => json!({ "ok": ok(value) }),
+        Err(StoreError::Conflict(index)) => json!({ "conflict": index }),
+        Err(StoreError::Unavailable(why)) => json!({ "unavailable": why }),
+    }
+}
+
+fn condition(guard: &Value) -> Condition {
+    if let Some(key) = guard.get("absent") {
+        Condition::Absent(bytes(key))
+    } else if let Some(key) = guard.get("present") {
+        Condition::Present(bytes(key))
+    } else {
+        let pair = &guard["equals"];
+        Condition::Equals(bytes(&pair[0]), bytes(&pair[1]))
+    }
+}
+
+fn op(op: &Value) -> Op {
+    match op.get("put") {
+        Some(pair) => Op::Put(bytes(&pair[0]), bytes(&pair[1])),
+        None => Op::Delete(bytes(&op["delete"])),
+    }
+}
+
+fn list<T>(values: &Value, each: impl Fn(&Value) -> T) -> Vec<T> {
+    values
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {values}"))
         .iter()
-        .map(|k| put(k, b"v"))
-        .collect();
-    store.commit(vec![], ops).await.unwrap();
-    let all = keys(store.scan(b"p".to_vec(), None, 10, false).await.unwrap());
-    assert_eq!(
-        all,
-        vec![
-            b"p\x00".to_vec(),
-            b"p\x001".to_vec(),
-            b"p\x002".to_vec(),
-            b"p\xff".to_vec()
-        ]
-    );
-    let next = keys(
-        store
-            .scan(b"p".to_vec(), Some(b"p\x001".to_vec()), 2, false)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(next, vec![b"p\x002".to_vec(), b"p\xff".to_vec()]);
-    let back = keys(store.scan(b"p".to_vec(), None, 2, true).await.unwrap());
-    assert_eq!(back, vec![b"p\xff".to_vec(), b"p\x002".to_vec()]);
-    let back = keys(
-        store
-            .scan(b"p".to_vec(), Some(b"p\x002".to_vec()), 10, true)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(back, vec![b"p\x001".to_vec(), b"p\x00".to_vec()]);
-    let everything = keys(store.scan(vec![], None, 100, false).await.unwrap());
-    assert_eq!(everything.len(), 7);
-    assert_eq!(everything.last().unwrap(), &b"\xff\xff".to_vec(), "bytes sort unsigned");
-    let top = keys(store.scan(b"\xff".to_vec(), None, 10, false).await.unwrap());
-    assert_eq!(top, vec![b"\xff\xff".to_vec()], "a prefix with no upper bound");
-    assert_eq!(
-        store
-            .get_many(vec![b"q".to_vec(), b"none".to_vec(), b"q".to_vec()])
-            .await
-            .unwrap(),
-        vec![Some(b"v".to_vec()), None, Some(b"v".to_vec())]
-    );
+        .map(each)
+        .collect()
 }
 
-async fn guards_make_commits_all_or_nothing(store: &dyn KvBackend) {
-    store.commit(vec![], vec![put(b"k", b"1")]).await.unwrap();
-    let failed = store
-        .commit(
-            vec![Condition::Present(b"k".to_vec()), Condition::Absent(b"k".to_vec())],
-            vec![put(b"other", b"x")],
-        )
-        .await;
-    assert_eq!(failed, Err(StoreError::Conflict(1)));
-    assert_eq!(store.get(b"other".to_vec()).await.unwrap(), None);
-    let stale = store
-        .commit(
-            vec![Condition::Equals(b"k".to_vec(), b"0".to_vec())],
-            vec![Op::Delete(b"k".to_vec())],
-        )
-        .await;
-    assert_eq!(stale, Err(StoreError::Conflict(0)));
-    store
-        .commit(
-            vec![Condition::Equals(b"k".to_vec(), b"1".to_vec())],
-            vec![Op::Delete(b"k".to_vec()), put(b"j", b"2")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_many(vec![b"k".to_vec(), b"j".to_vec()]).await.unwrap(),
-        vec![None, Some(b"2".to_vec())]
-    );
-    // Ops apply in order: a put after a delete of the same key stands, and the reverse.
-    store
-        .commit(
-            vec![],
-            vec![
-                Op::Delete(b"x".to_vec()),
-                put(b"x", b"kept"),
-                put(b"y", b"gone"),
-                Op::Delete(b"y".to_vec()),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_many(vec![b"x".to_vec(), b"y".to_vec()]).await.unwrap(),
-        vec![Some(b"kept".to_vec()), None]
-    );
+/// Makes the call a step names and answers what the store said.
+async fn run_step(store: &dyn KvBackend, step: &Value) -> Value {
+    if let Some(key) = step.get("get") {
+        answer(store.get(bytes(key)).await, optional_text)
+    } else if let Some(keys) = step.get("get-many") {
+        answer(store.get_many(list(keys, bytes)).await, |values| {
+            values.into_iter().map(optional_text).collect()
+        })
+    } else if let Some(scan) = step.get("scan") {
+        let after = (!scan["after"].is_null()).then(|| bytes(&scan["after"]));
+        let limit = scan["limit"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .expect("a u32 limit");
+        let reverse = scan["reverse"].as_bool().expect("reverse is a bool");
+        let found = store.scan(bytes(&scan["prefix"]), after, limit, reverse).await;
+        answer(found, |entries| {
+            entries
+                .iter()
+                .map(|(key, value)| json!([text(key), text(value)]))
+                .collect()
+        })
+    } else if let Some(commit) = step.get("commit") {
+        let guards = list(&commit["guards"], condition);
+        let ops = list(&commit["ops"], op);
+        answer(store.commit(guards, ops).await, |()| Value::Null)
+    } else {
+        panic!("a step names get, get-many, scan or commit: {step}")
+    }
+}
+
+/// Runs one case on an empty store; panics at the first answer that differs.
+async fn run_case(store: &dyn KvBackend, case: &Value) {
+    for (index, step) in list(&case["steps"], Value::clone).iter().enumerate() {
+        let answered = run_step(store, step).await;
+        assert_eq!(answered, step["expect"], "case {}, step {index}: {step}", case["name"]);
+    }
 }
 
 /// 200 commits race to claim 20 keys, spread over the given handles (hosts): exactly one wins
@@ -268,13 +275,10 @@ async fn wide_commits_exclude_narrow_ones(stores: Vec<Arc<dyn KvBackend>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_scans() {
-    scans_are_ordered_bounded_and_resumable(sqlite().store.as_ref()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_guards() {
-    guards_make_commits_all_or_nothing(sqlite().store.as_ref()).await;
+async fn sqlite_answers_the_conformance_cases() {
+    for case in cases() {
+        run_case(sqlite().store.as_ref(), &case).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,15 +290,11 @@ async fn sqlite_races() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_scans() {
-    let store = postgres(&postgres_database().await).await;
-    scans_are_ordered_bounded_and_resumable(store.as_ref()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_guards() {
-    let store = postgres(&postgres_database().await).await;
-    guards_make_commits_all_or_nothing(store.as_ref()).await;
+async fn postgres_answers_the_conformance_cases() {
+    for case in cases() {
+        let store = postgres(&postgres_database().await).await;
+        run_case(store.as_ref(), &case).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
