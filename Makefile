@@ -2,7 +2,7 @@
 #
 #   make run    build everything, then serve on :9021 with the embedded defaults
 #   make test   build everything, then run the whole test suite
-#   make build  the host binary and the plugin component, in release mode
+#   make build  the host binary, the plugin component and the example transforms, in release mode
 #   make bench  benchmarks of the running service, printed as tables
 #   make embed-demo  the plugin in Node.js with jco (examples/embed-node), needs the plugin built
 
@@ -12,14 +12,21 @@ HOST_BIN     := target/release/webhooks-host
 PLUGIN_WASM  := target/$(WASM_TARGET)/release/webhooks_plugin.wasm
 # Test components: the plugin built with one difference each (tests/plugin-variants).
 VARIANTS     := tagged previous legacy trap spin grow partial
+# The example transforms (examples/transforms), built and unit tested beside the plugin.
+TRANSFORM_PACKAGES := -p threshold-filter -p slack-message -p senml-flatten
+TRANSFORM_WASM     := $(addprefix target/$(WASM_TARGET)/release/,threshold_filter.wasm slack_message.wasm senml_flatten.wasm)
+# Test transforms: one misbehaviour each, and one that behaves (tests/transform-variants).
+TRANSFORM_VARIANTS := spin grow huge trap slow echo
 
-.PHONY: build run test test-suites lint bench wasm-target plugin-variants fuzz-tools embed-demo
+.PHONY: build run test test-suites lint bench wasm-target plugin-variants transform-variants fuzz-tools embed-demo
 
 build: wasm-target
-	$(CARGO) build --release -p webhooks-plugin --target $(WASM_TARGET)
+	@# One invocation: the examples use a subset of the plugin's dependency features, so its
+	@# component comes out byte for byte the same.
+	$(CARGO) build --release -p webhooks-plugin $(TRANSFORM_PACKAGES) --target $(WASM_TARGET)
 	@# The test crate is built with the host so `make test` reuses every compiled dependency.
 	$(CARGO) build --release -p webhooks-host -p webhooks-tests
-	@ls -l $(HOST_BIN) $(PLUGIN_WASM)
+	@ls -l $(HOST_BIN) $(PLUGIN_WASM) $(TRANSFORM_WASM)
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -35,6 +42,15 @@ plugin-variants: wasm-target
 		$(CARGO) build --release -p plugin-variants --target $(WASM_TARGET) --target-dir target/variants \
 			--features $$variant || exit 1; \
 		cp target/variants/$(WASM_TARGET)/release/plugin_variants.wasm target/plugin-variants/$$variant.wasm; \
+	done
+
+# In the shared build folder, unlike the plugin's variants: their one dependency, wit-bindgen,
+# has the plugin's features, so these builds change nothing the plugin's build uses.
+transform-variants: wasm-target
+	@mkdir -p target/transform-variants
+	@for variant in $(TRANSFORM_VARIANTS); do \
+		$(CARGO) build --release -p transform-variants --target $(WASM_TARGET) --features $$variant || exit 1; \
+		cp target/$(WASM_TARGET)/release/transform_variants.wasm target/transform-variants/$$variant.wasm; \
 	done
 
 # schemathesis (PyPI), for the fuzzing test of the OpenAPI description, in the build folder.
@@ -72,10 +88,11 @@ embed-demo:
 	node examples/embed-node/store-conformance.mjs
 	EMBED_NODE_PREFIX=$(EMBED_NODE) node examples/embed-node/demo.mjs
 
-# Plugin unit tests run natively, then the plugin in Node.js; the rest runs beside throwaway
-# PostgreSQL and NATS servers (tests/services installs, starts and stops them).
-test: build plugin-variants fuzz-tools
-	$(CARGO) test -p webhooks-plugin
+# The plugin's and the example transforms' unit tests run natively, then the plugin in Node.js;
+# the rest runs beside throwaway PostgreSQL and NATS servers (tests/services installs, starts and
+# stops them).
+test: build plugin-variants transform-variants fuzz-tools
+	$(CARGO) test -p webhooks-plugin $(TRANSFORM_PACKAGES)
 	$(MAKE) --no-print-directory embed-demo
 	tests/services run target/services -- $(MAKE) --no-print-directory test-suites
 
@@ -89,12 +106,17 @@ test-suites:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release -p webhooks-host -p webhooks-tests --all-targets -- -D warnings
-	$(CARGO) clippy -p webhooks-plugin --target $(WASM_TARGET) -- -D warnings
-	$(CARGO) clippy -p webhooks-plugin --all-targets -- -D warnings
+	$(CARGO) clippy -p webhooks-plugin $(TRANSFORM_PACKAGES) --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p webhooks-plugin $(TRANSFORM_PACKAGES) --all-targets -- -D warnings
 	@for variant in $(VARIANTS); do \
 		$(CARGO) clippy --release -p plugin-variants --target $(WASM_TARGET) --target-dir target/variants \
 			--features $$variant -- -D warnings || exit 1; \
 	done
+	@for variant in $(TRANSFORM_VARIANTS); do \
+		$(CARGO) clippy -p transform-variants --target $(WASM_TARGET) --features $$variant -- -D warnings || exit 1; \
+	done
+	@# Natively there is no export, and every variant's code compiles in every build: one pass.
+	$(CARGO) clippy -p transform-variants --all-targets --all-features -- -D warnings
 
 # The performance targets and cost growth, written to BENCHMARKS.md; then the scale-out table
 # (SQLite, PostgreSQL, PostgreSQL with two hosts) and the plugin runtime's costs.

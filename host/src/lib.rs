@@ -12,6 +12,7 @@
 //!   attempts out;
 //! - [`retention`]: old records deleted and stored data kept up to date, beside the service;
 //! - [`settings`]: the operator's delivery settings, for the plugin's policy;
+//! - [`transform`]: tenants' transform components, checked, compiled and run in their own sandbox;
 //! - [`migration`]: the import of the webhooks the platform's Go service kept;
 //! - [`telemetry`]: traces over OTLP;
 //! - [`config`] and [`server`]: configuration, start-up and shutdown.
@@ -33,3 +34,4 @@ pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+pub mod transform;

@@ -118,6 +118,23 @@ pub fn plugin_variant_bytes(name: &str) -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {} (run `make plugin-variants`)", path.display()))
 }
 
+/// A test transform (`echo`, `spin`, `grow`, `huge`, `trap`, `slow`), as
+/// `make transform-variants` writes it under `target/transform-variants/`.
+pub fn transform_variant_bytes(name: &str) -> Result<Vec<u8>> {
+    let path = profile_dir()
+        .parent()
+        .unwrap()
+        .join(format!("transform-variants/{name}.wasm"));
+    std::fs::read(&path).with_context(|| format!("reading {} (run `make transform-variants`)", path.display()))
+}
+
+/// An example transform of `examples/transforms/` (`threshold_filter`, `slack_message`,
+/// `senml_flatten`), as `make build` writes it.
+pub fn example_transform_bytes(name: &str) -> Result<Vec<u8>> {
+    let path = plugin_component().with_file_name(format!("{name}.wasm"));
+    std::fs::read(&path).with_context(|| format!("reading {} (run `make build`)", path.display()))
+}
+
 /// The compile cache the suite's hosts share, in the build folder.
 pub fn shared_plugin_cache() -> PathBuf {
     profile_dir().parent().unwrap().join("e2e-plugin-cache")

@@ -9,13 +9,14 @@ use std::time::SystemTime;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// How many compiled versions are kept; older ones are deleted when a new one is written.
+/// How many compiled plugin versions are kept; older ones are deleted when a new one is written.
 const KEEP: usize = 8;
 
-/// Where compiled plugin code is kept.
+/// Where compiled code is kept.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    keep: usize,
 }
 
 /// How a component was obtained.
@@ -30,7 +31,12 @@ pub enum Origin {
 impl CompileCache {
     /// A cache in `dir`, created when first written; `None` turns caching off.
     pub fn new(dir: Option<PathBuf>) -> Self {
-        CompileCache { dir }
+        CompileCache { dir, keep: KEEP }
+    }
+
+    /// The same cache keeping the `keep` most recently used components instead.
+    pub fn keeping(self, keep: usize) -> Self {
+        CompileCache { keep, ..self }
     }
 
     /// The component for `bytes` (whose SHA-256 is `sha256`): from the cache when it holds
@@ -70,7 +76,7 @@ impl CompileCache {
             return;
         }
         if let Some(dir) = &self.dir {
-            prune(dir, KEEP);
+            prune(dir, self.keep);
         }
     }
 

@@ -22,7 +22,7 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-pub use cache::CompileCache;
+pub use cache::{CompileCache, Origin};
 pub use formats::DataFormats;
 pub use rollout::{CanaryPolicy, Candidate, Mode, RolledBack};
 

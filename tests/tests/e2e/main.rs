@@ -21,4 +21,5 @@ mod rollout;
 mod runtime;
 mod signing;
 mod traces;
+mod transforms;
 mod webhooks;
