@@ -1,8 +1,8 @@
 // The embedding: the plugin component, transpiled by jco into core Wasm modules and a JavaScript
 // `instantiate(getCoreModule, imports)` (`jco transpile --instantiation async`, see
 // transpile.sh), instantiated with
-// - `mainflux:webhooks/store`, `identity` and `settings` from JavaScript (store.mjs,
-//   identity.mjs, `fixedSettings` below), and
+// - `mainflux:webhooks/store`, `identity`, `settings` and `transforms` from JavaScript
+//   (store.mjs, identity.mjs, `fixedSettings` and `noTransforms` below), and
 // - WASI (clocks, random, cli, io, and `wasi:http/outgoing-handler` for deliveries) from
 //   @bytecodealliance/preview2-shim, with an empty environment and no files, as the Rust host
 //   grants it.
@@ -41,6 +41,22 @@ export const fixedSettings = {
   webhookQuota: () => 0,
 };
 
+/**
+ * The `transforms` import (world 0.1.2): this embedding runs no tenants' transforms, so it
+ * refuses every component (`invalid`, which the plugin answers as 400 to an attach) and there
+ * is never one to apply. A platform that runs them checks and runs each in a sandbox of its
+ * own (EMBEDDING.md, section 2.5).
+ */
+export const noTransforms = {
+  load: () => {
+    throw { payload: { tag: 'invalid', val: 'this platform runs no transforms' } };
+  },
+  apply: () => {
+    throw { payload: { tag: 'failed', val: 'this platform runs no transforms' } };
+  },
+  quota: () => 0,
+};
+
 /** A call's answer: `{ok}` or `{err}`, with `err` the WIT `error` value (`{tag, val}`). */
 export function outcome(run) {
   try {
@@ -56,7 +72,13 @@ export function outcome(run) {
  * Loads the transpiled plugin from `pluginDir` (the output of transpile.sh) and answers a
  * function that runs one call in a fresh instance: `call((plugin) => plugin.api.viewWebhook(...))`.
  */
-export async function loadPlugin({ pluginDir = join(PREFIX, 'plugin'), store, identity, settings = fixedSettings }) {
+export async function loadPlugin({
+  pluginDir = join(PREFIX, 'plugin'),
+  store,
+  identity,
+  settings = fixedSettings,
+  transforms = noTransforms,
+}) {
   const entry = join(pluginDir, 'webhooks_plugin.js');
   if (!existsSync(entry)) throw new Error(`${entry} is missing: transpile the plugin first (transpile.sh, or make embed-demo)`);
   const { instantiate } = await import(pathToFileURL(entry).href);
@@ -74,6 +96,7 @@ export async function loadPlugin({ pluginDir = join(PREFIX, 'plugin'), store, id
     'mainflux:webhooks/store': store,
     'mainflux:webhooks/identity': identity,
     'mainflux:webhooks/settings': settings,
+    'mainflux:webhooks/transforms': transforms,
   };
 
   const instances = { count: 0 };

@@ -374,6 +374,24 @@ pub struct ServeConfig {
         default_value_t = 0
     )]
     pub quota_webhooks: u32,
+
+    /// Largest linear memory of one transform call (e.g. 16MiB).
+    #[arg(long, env = "MF_WEBHOOKS_TRANSFORM_MEMORY", value_name = "MF_WEBHOOKS_TRANSFORM_MEMORY", default_value = "16MiB", value_parser = parse_bytes)]
+    pub transform_memory: usize,
+
+    /// Longest wall time of one transform call, its instantiation included (e.g. 10ms).
+    #[arg(long, env = "MF_WEBHOOKS_TRANSFORM_DEADLINE", value_name = "MF_WEBHOOKS_TRANSFORM_DEADLINE", default_value = "10ms", value_parser = parse_nonzero_duration)]
+    pub transform_deadline: Duration,
+
+    /// Most webhooks of one group with a transform; 0 for no limit. An attach that would pass
+    /// it is refused with `409`.
+    #[arg(
+        long,
+        env = "MF_WEBHOOKS_TRANSFORM_QUOTA",
+        value_name = "MF_WEBHOOKS_TRANSFORM_QUOTA",
+        default_value_t = 100
+    )]
+    pub transform_quota: u32,
 }
 
 /// A rate from 0 to 1.
@@ -572,6 +590,11 @@ impl ServeConfig {
     /// The compile cache folder, unless turned off.
     pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
         (!self.plugin_cache.is_empty()).then(|| PathBuf::from(&self.plugin_cache))
+    }
+
+    /// Where compiled transforms are kept: beside the plugin's compiled code, when that is kept.
+    pub fn transform_cache_dir(&self) -> Option<PathBuf> {
+        self.plugin_cache_dir().map(|dir| dir.join("transforms"))
     }
 
     /// The certificate chain and key files of HTTPS on the API, when both are set; one

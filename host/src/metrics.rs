@@ -18,7 +18,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// REST request duration, by method and route template.
     pub request_duration: HistogramVec,
-    /// Delivery attempts, by outcome (`delivered`, `retrying`, `failed`).
+    /// Delivery attempts, by outcome (`delivered`, `skipped`, `retrying`, `failed`).
     pub deliveries: IntCounterVec,
     /// Time from sending a delivery request to the receiver's answer (or the error).
     pub delivery_latency: Histogram,
@@ -86,7 +86,7 @@ impl Metrics {
         );
         let deliveries = counter(
             "webhooks_deliveries_total",
-            "Delivery attempts, by outcome: delivered, retrying (another attempt follows) or failed (no more attempts).",
+            "Delivery attempts, by outcome: delivered, skipped (the webhook's transform chose not to send), retrying (another attempt follows) or failed (no more attempts).",
             &["outcome"],
         );
         let delivery_latency = Histogram::with_opts(
@@ -169,7 +169,7 @@ impl Metrics {
             "Delivery batches running, for the ten groups with the most deliveries queued or running.",
         );
         // Every known series from the start, so a dashboard shows zeros rather than gaps.
-        for outcome in ["delivered", "retrying", "failed"] {
+        for outcome in ["delivered", "skipped", "retrying", "failed"] {
             deliveries.with_label_values(&[outcome]);
         }
         for trigger in ["admin", "sighup"] {

@@ -19,6 +19,7 @@ use crate::runtime::{CanaryPolicy, Capabilities, CompileCache, Limits, Runtime};
 use crate::settings::DeliverySettings;
 use crate::store;
 use crate::tenancy::Tenancy;
+use crate::transform::{TransformLimits, Transforms};
 
 /// How long in-flight requests may take to finish after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -121,6 +122,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         identity: identity.clone(),
         outbound,
         settings,
+        transforms: transforms(&config)?,
     };
     let plugin_path = config.plugin_path();
     let cache = CompileCache::new(config.plugin_cache_dir());
@@ -292,6 +294,7 @@ pub async fn import(config: ServeConfig) -> Result<crate::migration::ImportRepor
             )
         })?,
         settings: Arc::new(DeliverySettings::default()),
+        transforms: transforms(&config)?,
     };
     let plugin_path = config.plugin_path();
     let runtime = Runtime::new(
@@ -321,6 +324,22 @@ fn store_variable(config: &ServeConfig, db_url: &str) -> &'static str {
     } else {
         "MF_WEBHOOKS_DB_URL"
     }
+}
+
+/// The sandbox of tenants' transforms, with the limits of the configuration.
+fn transforms(config: &ServeConfig) -> Result<Arc<Transforms>, StartupError> {
+    let limits = TransformLimits {
+        memory_bytes: config.transform_memory,
+        deadline: config.transform_deadline,
+        group_quota: config.transform_quota,
+        ..TransformLimits::default()
+    };
+    Transforms::new(limits, config.transform_cache_dir()).map_err(|e| {
+        fault(
+            "MF_WEBHOOKS_TRANSFORM_MEMORY",
+            format!("cannot set up the transforms' sandbox: {e:#}"),
+        )
+    })
 }
 
 /// The limits of each plugin call, from the configuration.

@@ -1,8 +1,10 @@
-//! The component's face: the `api`, `events` and `migration` exports over the `store`, `identity`,
-//! `settings` and `wasi:http` imports. It only adapts: each import becomes a port, each export
-//! one call into the module that decides.
+//! The component's face: the `api`, `events`, `intake`, `migration` and `transform-api` exports
+//! over the `store`, `identity`, `settings`, `transforms` and `wasi:http` imports. It only
+//! adapts: each import becomes a port, each export one call into the module that decides.
 
 use crate::bindings::exports::mainflux::webhooks::api::Guest;
+#[cfg(not(feature = "previous-world"))]
+use crate::bindings::mainflux::webhooks::transforms;
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::bindings::mainflux::webhooks::{identity, store};
 use crate::deliveries::log::DeliveryLog;
@@ -10,7 +12,8 @@ use crate::ports::{Access, Clock, Kv};
 use crate::webhooks::operations::Service;
 use crate::{Error, Role};
 
-/// The component: implements the `api`, `events` and `migration` exports.
+/// The component: implements the `api`, `events`, `intake`, `migration` and `transform-api`
+/// exports.
 pub struct Plugin;
 
 /// The `store` capability granted by the host.
@@ -56,6 +59,36 @@ impl Access for HostIdentity {
         identity::authorize_group(token, group_id, role)
     }
 }
+
+/// The `transforms` capability granted by the host.
+#[cfg(not(feature = "previous-world"))]
+struct HostTransforms;
+
+#[cfg(not(feature = "previous-world"))]
+impl crate::ports::Transformer for HostTransforms {
+    fn load(&self, component: &[u8]) -> Result<String, crate::ports::TransformError> {
+        transforms::load(component)
+    }
+
+    fn apply(
+        &self,
+        sha256: &str,
+        message: &crate::ports::TransformMessage,
+        metadata: &str,
+    ) -> Result<crate::ports::Action, crate::ports::TransformError> {
+        transforms::apply(sha256, message, metadata)
+    }
+
+    fn quota(&self) -> u32 {
+        transforms::quota()
+    }
+}
+
+/// The transforms this build runs: the host's, or none in the world before them.
+#[cfg(not(feature = "previous-world"))]
+static TRANSFORMER: HostTransforms = HostTransforms;
+#[cfg(feature = "previous-world")]
+static TRANSFORMER: crate::ports::NoTransforms = crate::ports::NoTransforms;
 
 /// The host's wall clock.
 struct WallClock;
@@ -143,11 +176,41 @@ impl crate::bindings::exports::mainflux::webhooks::intake::Guest for Plugin {
     }
 }
 
+#[cfg(not(feature = "previous-world"))]
+impl crate::bindings::exports::mainflux::webhooks::transform_api::Guest for Plugin {
+    fn attach_transform(token: String, webhook_id: String, component: Vec<u8>) -> Result<String, Error> {
+        transform_operations().attach(&token, &webhook_id, component)
+    }
+
+    fn detach_transform(token: String, webhook_id: String) -> Result<(), Error> {
+        transform_operations().detach(&token, &webhook_id)
+    }
+
+    fn try_transform(
+        token: String,
+        webhook_id: String,
+        sample: Vec<u8>,
+    ) -> Result<crate::bindings::exports::mainflux::webhooks::transform_api::Trial, Error> {
+        use crate::bindings::exports::mainflux::webhooks::transform_api::Trial;
+        Ok(
+            match transform_operations().try_transform(&token, &webhook_id, &sample)? {
+                crate::transforms::Trial::Answered(json) => Trial::Answered(json),
+                crate::transforms::Trial::Failed(reason) => Trial::Failed(reason),
+            },
+        )
+    }
+}
+
+#[cfg(not(feature = "previous-world"))]
+fn transform_operations() -> crate::transforms::Transforms<'static> {
+    crate::transforms::Transforms::new(&HostStore, &HostIdentity, &TRANSFORMER, &WallClock)
+}
+
 #[cfg(feature = "export")]
 crate::bindings::export!(Plugin with_types_in crate::bindings);
 
 mod message_events {
-    use super::{HostStore, Plugin, WallClock};
+    use super::{HostStore, Plugin, TRANSFORMER, WallClock};
     use crate::Error;
     use crate::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Guest, Message};
     use crate::bindings::mainflux::webhooks::settings;
@@ -164,6 +227,7 @@ mod message_events {
             schedule_ms: settings.retry_schedule_ms,
         };
         Events::new(&HostStore, &WasiHttp, &WallClock)
+            .with_transformer(&TRANSFORMER)
             .with_policy(policy)
             .with_lease(settings::claim_lease_ms())
     }

@@ -5,9 +5,16 @@
 //! |---|---|
 //! | 1 | what plugins before the name-search index wrote: webhook records and their indexes |
 //! | 2 | as 1, and every webhook has its name-search entries (`ix\0group-names` is set) |
+//! | 3 | webhooks may carry transforms (the record's `transform`, `tc` and `tg` keys) and deliveries may be `skipped`; the name-search promise of 2 holds once `ix\0group-names` is set |
 //!
 //! A version may only write a format that the version before it serves, so that a rollback
-//! finds data it reads (the compatibility rules in README.md).
+//! finds data it reads (the compatibility rules in README.md). Format 3 is the exception on
+//! purpose: upkeep never raises to it; the first attach of a transform does, in the attach's
+//! own commit, so a rollback to a version that knows no transforms stays possible until one is
+//! attached, and is refused after, when that version would drop the field on update and send
+//! payloads untransformed. The attach may find a store still in format 1 (its name-search
+//! backfill unfinished), hence the marker, not the number, tells whether format 2's promise
+//! holds in format 3.
 
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
@@ -18,9 +25,11 @@ use crate::store::{self, Step};
 /// The oldest stored format this version reads and keeps whole.
 pub const OLDEST: u32 = 1;
 /// The newest stored format this version reads and keeps whole.
-pub const NEWEST: u32 = 2;
+pub const NEWEST: u32 = 3;
 /// The format this version's upkeep brings a store to.
 pub const WRITES: u32 = 2;
+/// The format of a store whose webhooks may carry transforms, named by the first attach.
+pub const TRANSFORMS: u32 = 3;
 
 /// The stored format: 1 when the store names none.
 pub fn stored(kv: &dyn Kv) -> Result<u32> {
@@ -37,33 +46,45 @@ fn parse(value: &[u8]) -> Option<u32> {
 /// Names `format` as the stored one, unless the store already names it or a newer one: the
 /// format only rises. Called by upkeep once the data keeps every promise of `format`.
 pub fn raise(kv: &dyn Kv, format: u32) -> Result<()> {
-    let key = keys::data_format();
     let gave_up = || internal("the stored data format kept changing while being raised");
     store::commit_retrying(kv, gave_up, |_| {
-        let current = kv.get(&key).map_err(store::store_error)?;
-        let stored = match &current {
-            None => 1,
-            Some(value) => parse(value).ok_or_else(|| internal("the stored data format is not a number"))?,
-        };
-        if current.is_some() && stored >= format {
-            return Ok(Step::Done(()));
-        }
-        let guard = match current {
-            Some(value) => Condition::Equals(Entry {
-                key: key.clone(),
-                value,
-            }),
-            None => Condition::Absent(key.clone()),
-        };
-        Ok(Step::Commit {
-            guards: vec![guard],
-            ops: vec![Op::Put(Entry {
-                key: key.clone(),
-                value: format.to_string().into_bytes(),
-            })],
-            answer: (),
+        Ok(match raise_within(kv, format)? {
+            None => Step::Done(()),
+            Some((guard, op)) => Step::Commit {
+                guards: vec![guard],
+                ops: vec![op],
+                answer: (),
+            },
         })
     })
+}
+
+/// The guard and write that name `format` as the stored one within another commit, when the
+/// store names an older one (or none); `None` when it already names `format` or a newer one.
+/// The guard holds the format as read, so a concurrent change fails the commit rather than be
+/// overwritten.
+pub fn raise_within(kv: &dyn Kv, format: u32) -> Result<Option<(Condition, Op)>> {
+    let key = keys::data_format();
+    let current = kv.get(&key).map_err(store::store_error)?;
+    let stored = match &current {
+        None => 1,
+        Some(value) => parse(value).ok_or_else(|| internal("the stored data format is not a number"))?,
+    };
+    if current.is_some() && stored >= format {
+        return Ok(None);
+    }
+    let guard = match current {
+        Some(value) => Condition::Equals(Entry {
+            key: key.clone(),
+            value,
+        }),
+        None => Condition::Absent(key.clone()),
+    };
+    let op = Op::Put(Entry {
+        key,
+        value: format.to_string().into_bytes(),
+    });
+    Ok(Some((guard, op)))
 }
 
 #[cfg(test)]
@@ -89,7 +110,25 @@ mod tests {
     }
 
     #[test]
+    fn a_raise_within_another_commit_is_guarded_by_the_format_as_read() {
+        let kv = MemoryKv::default();
+        let (guard, op) = raise_within(&kv, 3).unwrap().unwrap();
+        assert!(matches!(&guard, Condition::Absent(key) if *key == keys::data_format()));
+        // Someone names format 2 meanwhile: the guard fails rather than hide it.
+        raise(&kv, 2).unwrap();
+        assert!(kv.commit(&[guard], &[op]).is_err());
+        let (guard, op) = raise_within(&kv, 3).unwrap().unwrap();
+        kv.commit(&[guard], &[op]).unwrap();
+        assert_eq!(stored(&kv).unwrap(), 3);
+        assert!(raise_within(&kv, 3).unwrap().is_none());
+        assert!(raise_within(&kv, 2).unwrap().is_none());
+    }
+
+    #[test]
     fn what_this_version_writes_is_within_what_it_reads() {
         assert!((OLDEST..=NEWEST).contains(&WRITES));
+        assert!((OLDEST..=NEWEST).contains(&TRANSFORMS));
+        // Upkeep stops short of transforms: only an attach names format 3.
+        const { assert!(WRITES < TRANSFORMS) };
     }
 }

@@ -13,7 +13,9 @@
 //! | `ix\0group-names` | empty: every webhook has its `gs` entries (set by the backfill) |
 //! | `ix\0group-names-cursor` | the id of the last webhook the backfill indexed |
 //! | `ix\0format` | the stored data's format, in decimal digits (`format`); absent: 1 |
-//! | `gc\0{group}` | a random token replaced by every create in the group while a webhook quota is set, so two creates that counted the same webhooks cannot both go in |
+//! | `gc\0{group}` | a random token replaced by every create in the group while a webhook quota is set, so two creates that counted the same webhooks cannot both go in; attaching a transform replaces it too while a transform quota is set |
+//! | `tc\0{id}` | the bytes of the webhook's transform component, kept per webhook so a removal deletes them with its other keys (the host compiles once per SHA-256 however many webhooks share one) |
+//! | `tg\0{group}\0{id}` | the SHA-256 of the webhook's transform: the group's transforms, counted for the transform quota |
 //!
 //! A `gs` suffix starts at a char boundary of the lowercased name and keeps at most
 //! [`NAME_SUFFIX_BYTES`] bytes; names may hold any char, NUL included, so the id is read from
@@ -79,7 +81,7 @@ pub fn webhook_prefix() -> Vec<u8> {
 pub const NAME_SUFFIX_BYTES: usize = 48;
 
 /// Cuts a string to at most `max` bytes, at a char boundary.
-fn truncate(text: &str, max: usize) -> &str {
+pub fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
@@ -128,6 +130,21 @@ pub fn name_suffix_text<'k>(group_id: &str, entry: &'k [u8]) -> Option<&'k str> 
 /// counted the group's webhooks at the same time conflict on it instead of both going in.
 pub fn group_creates(group_id: &str) -> Vec<u8> {
     key("gc", &[group_id])
+}
+
+/// The bytes of a webhook's transform component.
+pub fn transform_component(webhook_id: &str) -> Vec<u8> {
+    key("tc", &[webhook_id])
+}
+
+/// The entry of a webhook's transform among its group's transforms; its value is the SHA-256.
+pub fn group_transform(group_id: &str, webhook_id: &str) -> Vec<u8> {
+    key("tg", &[group_id, webhook_id])
+}
+
+/// The prefix of every transform entry of a group.
+pub fn group_transforms_prefix(group_id: &str) -> Vec<u8> {
+    prefix("tg", group_id)
 }
 
 /// The marker that every webhook has its name-search entries, so listings may rely on them.
@@ -228,6 +245,14 @@ mod tests {
         assert!(by_thing("t1", "a").starts_with(&prefix));
         assert!(!by_thing("t10", "a").starts_with(&prefix));
         assert!(!by_group("t1", "a").starts_with(&prefix));
+    }
+
+    #[test]
+    fn a_group_transforms_prefix_selects_only_that_group() {
+        let prefix = group_transforms_prefix("g1");
+        assert!(group_transform("g1", "w").starts_with(&prefix));
+        assert!(!group_transform("g10", "w").starts_with(&prefix));
+        assert!(!transform_component("g1").starts_with(&prefix));
     }
 
     #[test]

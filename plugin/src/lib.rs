@@ -2,11 +2,11 @@
 //!
 //! Everything a user can observe of webhooks is decided here: validation, who may do what,
 //! the storage model and the JSON shape of every answer. The host only carries requests in
-//! and grants the `store` and `identity` capabilities (DESIGN.md, principle 1).
+//! and grants the `store`, `identity` and `transforms` capabilities (DESIGN.md, principle 1).
 //!
 //! The logic is written against small traits, the [`ports`] ([`ports::Kv`], [`ports::Access`],
-//! [`ports::Sender`], [`ports::Clock`]), so that it runs unchanged over the component's imports
-//! and, in unit tests, over the in-memory doubles of `testing`.
+//! [`ports::Sender`], [`ports::Transformer`], [`ports::Clock`]), so that it runs unchanged over
+//! the component's imports and, in unit tests, over the in-memory doubles of `testing`.
 //!
 //! Modules depend on each other in one direction only, each on those before it:
 //!
@@ -17,9 +17,11 @@
 //! 4. [`webhooks`]: the record, listings, its place in the store, the name index, the
 //!    operations behind the REST API;
 //! 5. [`removal`]: the one path that removes webhooks;
-//! 6. [`deliveries`]: the message path, the retry policy and the delivery log;
-//! 7. `component`: the exports and imports, adapted to the modules above;
-//! 8. `testing` (tests only): the ports' doubles and the fixtures every suite shares.
+//! 6. [`deliveries`]: the message path, the retry policy, what a transform decides of a
+//!    delivery, and the delivery log;
+//! 7. [`transforms`]: attaching, detaching and trying a webhook's transform;
+//! 8. `component`: the exports and imports, adapted to the modules above;
+//! 9. `testing` (tests only): the ports' doubles and the fixtures every suite shares.
 
 pub mod deliveries;
 pub mod error;
@@ -29,6 +31,7 @@ pub mod ports;
 pub mod record;
 pub mod removal;
 pub mod store;
+pub mod transforms;
 pub mod webhooks;
 
 #[cfg(target_arch = "wasm32")]

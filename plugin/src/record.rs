@@ -52,6 +52,10 @@ mod tests {
     fn stored_bytes_keep_their_format() {
         let webhook = br#"{"v":1,"id":"i","thing_id":"t","group_id":"g","name":"n","url":"http://h","headers":{"X-A":"1"},"secret":"whsec_x","disabled":true,"disabled_reason":"r"}"#;
         assert_eq!(Webhook::decode(webhook).unwrap().encode(), webhook);
+        // A webhook from before transforms has none; one with a transform keeps it.
+        assert_eq!(Webhook::decode(webhook).unwrap().transform, None);
+        let transformed = br#"{"v":1,"id":"i","thing_id":"t","group_id":"g","name":"n","url":"http://h","transform":{"sha256":"ab","size":3,"attached_ms":7}}"#;
+        assert_eq!(Webhook::decode(transformed).unwrap().encode(), transformed);
         let delivery = br#"{"v":1,"id":"d","webhook_id":"w","thing_id":"t","message_id":"m","content_type":"text/csv","status":"pending","created_ms":5,"next_attempt_ms":9,"attempts":[{"at_ms":5,"status_code":503,"error":"receiver answered 503","duration_ms":1,"response_body":"busy"}]}"#;
         assert_eq!(Delivery::decode(delivery).unwrap().encode(), delivery);
         let newer =

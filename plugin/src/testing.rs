@@ -1,10 +1,11 @@
 //! Test support shared by every unit-test suite: an in-memory double of each port
-//! ([`MemoryKv`], [`WatchedKv`], [`FixedAccess`], [`ScriptedSender`], [`FixedClock`]) and the
+//! ([`MemoryKv`], [`WatchedKv`], [`FixedAccess`], [`ScriptedSender`], [`FakeTransformer`],
+//! [`FixedClock`]) and the
 //! fixtures several suites set up the same way (webhooks stored, messages, a delivery service).
 //! It sits above every other module, so it may use any of them; nothing but tests uses it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
@@ -16,7 +17,10 @@ use crate::deliveries::record::Delivery;
 use crate::deliveries::retry::RetryPolicy;
 use crate::error::Result;
 use crate::keys;
-use crate::ports::{Access, Answer, AttemptResult, Clock, DESTINATION_REFUSED, Kv, Request, Sender};
+use crate::ports::{
+    Access, Action, Answer, AttemptResult, Changes, Clock, DESTINATION_REFUSED, Kv, Request, Sender, TransformError,
+    TransformMessage, Transformer,
+};
 use crate::record::Record;
 use crate::webhooks::record::Webhook;
 use crate::webhooks::storage;
@@ -177,7 +181,7 @@ impl Access for FixedAccess {
 pub const LOOPBACK_REFUSED: &str = "destination refused: 127.0.0.1 is a loopback address; \
                                     set MF_WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS=true to allow it";
 
-/// Answers each request with the status its URL's last path segment names (or the failure
+/// Answers each request with the status its URL's last path segment names, query aside (or the failure
 /// `refused`, `loopback`, `down` or `malformed` names), and remembers what it was sent.
 #[derive(Default)]
 pub struct ScriptedSender {
@@ -190,7 +194,7 @@ impl Sender for ScriptedSender {
         self.sent.borrow_mut().extend(requests.iter().cloned());
         requests
             .iter()
-            .map(|r| match r.url.rsplit('/').next().unwrap() {
+            .map(|r| match r.url.split('?').next().unwrap().rsplit('/').next().unwrap() {
                 "refused" => AttemptResult::Refused(DESTINATION_REFUSED.into()),
                 "loopback" => AttemptResult::Refused(LOOPBACK_REFUSED.into()),
                 "down" => AttemptResult::Failed("connection refused".into()),
@@ -199,6 +203,111 @@ impl Sender for ScriptedSender {
             })
             .collect()
     }
+}
+
+/// How a fake transform answers a message, given the webhook's metadata as JSON text.
+type Behaviour = Box<dyn Fn(&TransformMessage, &str) -> Result<Action, TransformError>>;
+
+/// The start of the bytes [`FakeTransformer`] refuses as not a component.
+pub const NOT_A_COMPONENT: &[u8] = b"not a component";
+
+/// The `transforms` capability in memory. A component is known by the SHA-256 of its bytes and
+/// answers as the test told ([`FakeTransformer::behave`]; send unchanged when told nothing);
+/// bytes starting with [`NOT_A_COMPONENT`] are refused as invalid. A component is `unknown`
+/// until loaded, as on a host that never checked it in; [`FakeTransformer::forget`] drops every
+/// one, as a restart does.
+#[derive(Default)]
+pub struct FakeTransformer {
+    behaviours: RefCell<HashMap<String, Behaviour>>,
+    held: RefCell<HashSet<String>>,
+    /// How many times `load` was called.
+    pub loads: Cell<usize>,
+    /// Every call of `apply` that ran a transform: its SHA-256, message and metadata.
+    pub applied: RefCell<Vec<(String, TransformMessage, String)>>,
+    /// What `quota` answers.
+    pub quota: Cell<u32>,
+}
+
+impl FakeTransformer {
+    /// Makes the component of these bytes answer with `behaviour`; answers its SHA-256.
+    pub fn behave(
+        &self,
+        component: &[u8],
+        behaviour: impl Fn(&TransformMessage, &str) -> Result<Action, TransformError> + 'static,
+    ) -> String {
+        let sha256 = sha256_hex(component);
+        self.behaviours.borrow_mut().insert(sha256.clone(), Box::new(behaviour));
+        sha256
+    }
+
+    /// Drops every component held, so each is `unknown` until loaded again.
+    pub fn forget(&self) {
+        self.held.borrow_mut().clear();
+    }
+}
+
+impl Transformer for FakeTransformer {
+    fn load(&self, component: &[u8]) -> Result<String, TransformError> {
+        self.loads.set(self.loads.get() + 1);
+        if component.starts_with(NOT_A_COMPONENT) {
+            return Err(TransformError::Invalid(
+                "the bytes are not a component of the transform world".into(),
+            ));
+        }
+        let sha256 = sha256_hex(component);
+        self.held.borrow_mut().insert(sha256.clone());
+        Ok(sha256)
+    }
+
+    fn apply(&self, sha256: &str, message: &TransformMessage, metadata: &str) -> Result<Action, TransformError> {
+        if !self.held.borrow().contains(sha256) {
+            return Err(TransformError::Unknown);
+        }
+        self.applied
+            .borrow_mut()
+            .push((sha256.to_owned(), message.clone(), metadata.to_owned()));
+        match self.behaviours.borrow().get(sha256) {
+            Some(behaviour) => behaviour(message, metadata),
+            None => Ok(Action::Send(unchanged())),
+        }
+    }
+
+    fn quota(&self) -> u32 {
+        self.quota.get()
+    }
+}
+
+/// The SHA-256 of the bytes, in hex, as the host names a component.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Changes that change nothing: the payload sent as it is.
+pub fn unchanged() -> Changes {
+    Changes {
+        body: None,
+        content_type: None,
+        headers: Vec::new(),
+        path: String::new(),
+    }
+}
+
+/// Attaches the component to a stored webhook as an attach commits it, without asking anyone:
+/// the host does not hold it yet, so its first use loads it from the store.
+pub fn attach_stored(kv: &dyn Kv, webhook_id: &str, component: &[u8]) {
+    let bytes = kv.get(&keys::webhook(webhook_id)).unwrap().unwrap();
+    let mut hook = Webhook::decode(&bytes).unwrap();
+    let sha256 = sha256_hex(component);
+    hook.transform = Some(crate::webhooks::record::TransformRef {
+        sha256: sha256.clone(),
+        size: component.len() as u64,
+        attached_ms: NOW,
+    });
+    let mut ops = Vec::new();
+    storage::put_webhook(&mut ops, &hook);
+    storage::put_transform(&mut ops, &hook, &sha256, component.to_vec());
+    kv.commit(&[], &ops).unwrap();
 }
 
 /// The time the fixtures' clock shows, ms since the Unix epoch.
@@ -237,6 +346,7 @@ pub fn webhook(id: &str, thing: &str, name: &str) -> Webhook {
         secret: None,
         disabled: false,
         disabled_reason: None,
+        transform: None,
     }
 }
 

@@ -132,7 +132,7 @@ pub fn check_delivery_shape(delivery: &Value, webhook: &str) -> Result<()> {
     ensure!(is_uuid(message), "the message id {message:?} is not a UUID");
     let status = delivery["status"].as_str().context("a string status")?;
     ensure!(
-        ["pending", "delivered", "failed"].contains(&status),
+        ["pending", "delivered", "failed", "skipped"].contains(&status),
         "status {status:?}"
     );
     let created = time_of(&delivery["created_at"])?;

@@ -660,6 +660,7 @@ pub async fn in_process_capabilities(
         identity: Arc::new(webhooks_host::identity::registry::RegistryBackend::open(&registry)?),
         outbound: webhooks_host::outbound::OutboundClient::new(webhooks_host::outbound::OutboundConfig::default())?,
         settings: Arc::new(settings),
+        transforms: webhooks_host::transform::Transforms::new(Default::default(), None)?,
     })
 }
 

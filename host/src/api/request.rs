@@ -102,6 +102,42 @@ impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
     }
 }
 
+/// A WebAssembly component body from a caller with a bearer token: none is `401` before the
+/// body is looked at; then `Content-Type: application/wasm` (or `application/octet-stream`,
+/// as `PUT /admin/plugin` takes; else 415), at most [`crate::transform::MAX_COMPONENT_BYTES`]
+/// (else 413).
+pub struct WasmBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for WasmBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let Bearer(token) = Bearer::from_request_parts(&mut parts, state).await?;
+        if token.is_empty() {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or empty bearer token"));
+        }
+        let request = Request::from_parts(parts, body);
+        let binary = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.trim().to_ascii_lowercase())
+            .is_some_and(|value| {
+                value.starts_with("application/wasm") || value.starts_with("application/octet-stream")
+            });
+        if !binary {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a transform must be sent with Content-Type: application/wasm",
+            ));
+        }
+        Ok(WasmBody(
+            read_body_within(request, crate::transform::MAX_COMPONENT_BYTES).await?,
+        ))
+    }
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

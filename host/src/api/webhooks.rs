@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
-use super::request::{Bearer, JsonBody, OptionalJsonBody, PathParams, QueryPairs};
+use super::request::{Bearer, JsonBody, OptionalJsonBody, PathParams, QueryPairs, WasmBody};
 use super::routes::Routes;
+use crate::runtime::bindings::exports::mainflux::webhooks::transform_api::Trial;
 
 /// The routes of this area.
 pub fn routes() -> Routes {
@@ -22,6 +23,9 @@ pub fn routes() -> Routes {
         .patch("/webhooks", remove)
         .get("/webhooks/{id}", view)
         .put("/webhooks/{id}", update)
+        .put("/webhooks/{id}/transform", attach_transform)
+        .delete("/webhooks/{id}/transform", detach_transform)
+        .post("/webhooks/{id}/transform/test", try_transform)
 }
 
 fn json(status: StatusCode, body: String) -> Response {
@@ -104,4 +108,36 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     app.runtime.api().remove_webhooks(token, body).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn attach_transform(
+    State(app): State<AppState>,
+    PathParams(id): PathParams<String>,
+    Bearer(token): Bearer,
+    WasmBody(component): WasmBody,
+) -> Result<Response, ApiError> {
+    let attached = app.runtime.transforms().attach(token, id, component).await?;
+    Ok(json(StatusCode::OK, attached))
+}
+
+async fn detach_transform(
+    State(app): State<AppState>,
+    PathParams(id): PathParams<String>,
+    Bearer(token): Bearer,
+) -> Result<Response, ApiError> {
+    app.runtime.transforms().detach(token, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn try_transform(
+    State(app): State<AppState>,
+    PathParams(id): PathParams<String>,
+    Bearer(token): Bearer,
+    JsonBody(sample): JsonBody,
+) -> Result<Response, ApiError> {
+    match app.runtime.transforms().try_sample(token, id, sample).await? {
+        Trial::Answered(action) => Ok(json(StatusCode::OK, action)),
+        // The transform, not the request, failed: the sample was understood.
+        Trial::Failed(reason) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason)),
+    }
 }

@@ -242,13 +242,19 @@ impl Dispatcher {
         match result {
             Ok(outcomes) => {
                 for outcome in outcomes {
+                    // A delivery its transform skipped is "delivered" with no answer (events.wit).
+                    let skipped = outcome.status == DeliveryStatus::Delivered && outcome.status_code.is_none();
                     let counted = match outcome.status {
+                        DeliveryStatus::Delivered if skipped => "skipped",
                         DeliveryStatus::Delivered => "delivered",
                         DeliveryStatus::Pending => "retrying",
                         DeliveryStatus::Failed => "failed",
                     };
                     METRICS.deliveries.with_label_values(&[counted]).inc();
                     match outcome.status {
+                        DeliveryStatus::Delivered if skipped => {
+                            tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, reason = outcome.error.as_deref(), "skipped by the webhook's transform")
+                        }
                         DeliveryStatus::Delivered => {
                             tracing::debug!(delivery = %outcome.id, webhook = %outcome.webhook_id, status = outcome.status_code, "delivered")
                         }

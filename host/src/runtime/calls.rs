@@ -16,6 +16,7 @@ use wasmtime::Store;
 use super::bindings::BoxCall;
 use super::bindings::exports::mainflux::webhooks::events::{Accepted, AttemptOutcome, Message};
 use super::bindings::exports::mainflux::webhooks::migration::{ForeignWebhook, ImportOutcome};
+use super::bindings::exports::mainflux::webhooks::transform_api::Trial;
 use super::bindings::mainflux::webhooks::types::{DueDelivery, Error as PluginError, Query};
 use super::shadow::{self, Answer};
 use super::{CallError, Exports, HostState, Mode, Runtime, SHADOW_HEAD_START};
@@ -34,6 +35,11 @@ impl Runtime {
     /// The plugin's `migration` exports, for the import of the Go service's webhooks.
     pub fn migration(self: &Arc<Self>) -> MigrationCalls<'_> {
         MigrationCalls { runtime: self }
+    }
+
+    /// The plugin's `transform-api` exports, for the REST layer.
+    pub fn transforms(self: &Arc<Self>) -> TransformCalls<'_> {
+        TransformCalls { runtime: self }
     }
 
     /// Runs `call` like [`Runtime::call`] and lifts the plugin's own error into
@@ -474,6 +480,90 @@ impl MigrationCalls<'_> {
                                 "this plugin version has no migration exports; load a newer one to import webhooks"
                                     .to_owned(),
                             ))),
+                        }
+                    })
+                },
+            )
+            .await
+    }
+}
+
+/// The exports of the plugin's `transform-api` interface, which a plugin built before it was
+/// added lacks: calls then answer [`PluginError::Unavailable`] saying so.
+pub struct TransformCalls<'r> {
+    runtime: &'r Arc<Runtime>,
+}
+
+/// The answer of a plugin version without the `transform-api` export.
+fn no_transforms() -> PluginError {
+    PluginError::Unavailable(
+        "this plugin version serves no transforms; load one built for the world 0.1.2 or later".to_owned(),
+    )
+}
+
+impl TransformCalls<'_> {
+    /// `transform-api.attach-transform`: answers `{"sha256", "size", "attached_at"}` as JSON.
+    ///
+    /// The first transform raises the stored data format to 3, which a candidate version
+    /// (canary or dry run) that knows no transforms cannot read: while one is loaded, attaching
+    /// is refused, so a rollout never ends with a version serving data it would misread.
+    pub async fn attach(&self, token: String, webhook_id: String, component: Bytes) -> Result<String, CallError> {
+        if let Some(candidate) = self.runtime.candidate()
+            && !candidate.version.plugin.formats().serves(3)
+        {
+            return Err(CallError::Refused(PluginError::Conflict(
+                "a candidate plugin version that knows no transforms is loaded; promote or drop it before attaching one"
+                    .to_owned(),
+            )));
+        }
+        self.runtime
+            .answer(
+                "transform-api.attach-transform",
+                Duration::ZERO,
+                None,
+                move |exports, store| {
+                    Box::pin(async move {
+                        match exports.transform_api(store)? {
+                            Some(api) => api.call_attach_transform(store, &token, &webhook_id, &component).await,
+                            None => Ok(Err(no_transforms())),
+                        }
+                    })
+                },
+            )
+            .await
+    }
+
+    /// `transform-api.detach-transform`.
+    pub async fn detach(&self, token: String, webhook_id: String) -> Result<(), CallError> {
+        self.runtime
+            .answer(
+                "transform-api.detach-transform",
+                Duration::ZERO,
+                None,
+                move |exports, store| {
+                    Box::pin(async move {
+                        match exports.transform_api(store)? {
+                            Some(api) => api.call_detach_transform(store, &token, &webhook_id).await,
+                            None => Ok(Err(no_transforms())),
+                        }
+                    })
+                },
+            )
+            .await
+    }
+
+    /// `transform-api.try-transform`: what the webhook's transform makes of a sample.
+    pub async fn try_sample(&self, token: String, webhook_id: String, sample: Bytes) -> Result<Trial, CallError> {
+        self.runtime
+            .answer(
+                "transform-api.try-transform",
+                Duration::ZERO,
+                None,
+                move |exports, store| {
+                    Box::pin(async move {
+                        match exports.transform_api(store)? {
+                            Some(api) => api.call_try_transform(store, &token, &webhook_id, &sample).await,
+                            None => Ok(Err(no_transforms())),
                         }
                     })
                 },

@@ -31,7 +31,7 @@ pub use plugin::{Inspection, LoadError, Plugin, WORLD};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
-use bindings::exports::mainflux::webhooks::{api, events, intake, migration};
+use bindings::exports::mainflux::webhooks::{api, events, intake, migration, transform_api};
 use bindings::mainflux::webhooks::types::Error as PluginError;
 use rollout::{Arm, ErrorWindow};
 
@@ -694,6 +694,15 @@ impl Exports {
             .map(|indices| indices.load(store, &self.instance))
             .transpose()
     }
+
+    /// The instance's `transform-api` interface, if this version of the plugin has it.
+    pub fn transform_api(&self, store: &mut Store<HostState>) -> wasmtime::Result<Option<transform_api::Guest>> {
+        self.plugin
+            .transform_api
+            .as_ref()
+            .map(|indices| indices.load(store, &self.instance))
+            .transpose()
+    }
 }
 
 /// Compiles the component at `path` with the service's engine settings and reports what it
@@ -741,5 +750,6 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     crate::store::add_to_linker(linker)?;
     crate::identity::add_to_linker(linker)?;
     crate::settings::add_to_linker(linker)?;
+    crate::transform::add_to_linker(linker)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::HostState;
-use super::bindings::exports::mainflux::webhooks::{api, events, intake, migration};
+use super::bindings::exports::mainflux::webhooks::{api, events, intake, migration, transform_api};
 use super::cache::{CompileCache, Origin};
 use super::formats::DataFormats;
 
@@ -27,9 +27,10 @@ pub enum LoadError {
 }
 
 /// The world a plugin implements. Plugins built for earlier versions run too: one without the
-/// `intake` export (0.1.0) takes messages one call each, one without the `migration` exports
-/// also runs without the import.
-pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.1";
+/// `transform-api` export (0.1.1) serves no transforms, one without the `intake` export (0.1.0)
+/// also takes messages one call each, one without the `migration` exports also runs without
+/// the import.
+pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.2";
 
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {
@@ -44,6 +45,9 @@ pub struct Plugin {
     /// Where the `intake` export is, if this version has it: a plugin built before it was
     /// added takes messages one call each.
     pub(super) intake: Option<intake::GuestIndices>,
+    /// Where the `transform-api` export is, if this version has it: a plugin built before it
+    /// was added serves no transforms.
+    pub(super) transform_api: Option<transform_api::GuestIndices>,
     /// Hex SHA-256 of the component's bytes.
     pub sha256: String,
     /// When this version was loaded.
@@ -59,7 +63,16 @@ pub struct Plugin {
 impl Plugin {
     /// The world this version implements, with the optional exports it lacks.
     pub fn world(&self) -> String {
-        world_name(self.migration.is_some(), self.intake.is_some())
+        world_name(
+            self.migration.is_some(),
+            self.intake.is_some(),
+            self.transform_api.is_some(),
+        )
+    }
+
+    /// Whether this version serves transforms (has the `transform-api` export).
+    pub fn serves_transforms(&self) -> bool {
+        self.transform_api.is_some()
     }
 
     /// The stored data formats this version serves (what an earlier world serves until it
@@ -69,13 +82,14 @@ impl Plugin {
     }
 }
 
-/// The world's name, with the optional exports a version lacks: the world before the
-/// `migration` exports has no `intake` either, so it is named by the first.
-fn world_name(has_migration: bool, has_intake: bool) -> String {
-    match (has_migration, has_intake) {
-        (true, true) => WORLD.to_owned(),
-        (true, false) => format!("{WORLD} without intake"),
-        (false, _) => format!("{WORLD} without migration"),
+/// The world's name, with the optional exports a version lacks: each earlier world lacks the
+/// exports of the later ones too, so it is named by the first it lacks.
+fn world_name(has_migration: bool, has_intake: bool, has_transforms: bool) -> String {
+    match (has_migration, has_intake, has_transforms) {
+        (true, true, true) => WORLD.to_owned(),
+        (true, true, false) => format!("{WORLD} without transform-api"),
+        (true, false, _) => format!("{WORLD} without intake"),
+        (false, _, _) => format!("{WORLD} without migration"),
     }
 }
 
@@ -95,6 +109,13 @@ pub(super) fn load(
     let (pre, api, events) = check(linker, &component)?;
     let migration = migration::GuestIndices::new(&pre).ok();
     let intake = intake::GuestIndices::new(&pre).ok();
+    let transform_api = transform_api::GuestIndices::new(&pre).ok();
+    if transform_api.is_none() {
+        tracing::info!(
+            %sha256,
+            "the plugin has no transform-api export (built for an earlier world): it serves no transforms"
+        );
+    }
     if intake.is_none() {
         tracing::info!(
             %sha256,
@@ -110,6 +131,7 @@ pub(super) fn load(
         events,
         migration,
         intake,
+        transform_api,
         sha256,
         loaded_at: SystemTime::now(),
         load_time: started.elapsed(),
@@ -164,6 +186,7 @@ pub(super) fn inspect(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8])
         world_name(
             migration::GuestIndices::new(pre).is_ok(),
             intake::GuestIndices::new(pre).is_ok(),
+            transform_api::GuestIndices::new(pre).is_ok(),
         )
     });
     Ok(Inspection {
@@ -192,9 +215,10 @@ mod tests {
 
     #[test]
     fn a_world_is_named_by_what_it_lacks_first() {
-        assert_eq!(world_name(true, true), WORLD);
-        assert_eq!(world_name(true, false), format!("{WORLD} without intake"));
-        // The world before the migration exports predates intake too.
-        assert_eq!(world_name(false, false), format!("{WORLD} without migration"));
+        assert_eq!(world_name(true, true, true), WORLD);
+        assert_eq!(world_name(true, true, false), format!("{WORLD} without transform-api"));
+        // Each earlier world predates the later exports too.
+        assert_eq!(world_name(true, false, false), format!("{WORLD} without intake"));
+        assert_eq!(world_name(false, false, false), format!("{WORLD} without migration"));
     }
 }

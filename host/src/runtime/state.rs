@@ -13,6 +13,7 @@ use crate::identity::{IdentityBackend, IdentityCtx, IdentityView};
 use crate::outbound::{OutboundClient, OutboundHooks};
 use crate::settings::{DeliverySettings, SettingsCtx, SettingsView};
 use crate::store::{KvBackend, StoreCtx, StoreView};
+use crate::transform::{Transforms, TransformsCtx, TransformsView};
 
 /// The capabilities every call is granted, shared by all calls.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Capabilities {
     pub outbound: Arc<OutboundClient>,
     /// The operator's delivery settings behind `settings`.
     pub settings: Arc<DeliverySettings>,
+    /// The sandbox of tenants' transforms behind `transforms`.
+    pub transforms: Arc<Transforms>,
 }
 
 /// The data of one call's `wasmtime::Store`.
@@ -38,6 +41,7 @@ pub struct HostState {
     store: StoreCtx,
     identity: IdentityCtx,
     settings: SettingsCtx,
+    transforms: TransformsCtx,
 }
 
 impl HostState {
@@ -54,6 +58,7 @@ impl HostState {
             store: StoreCtx::new(capabilities.store.clone()),
             identity: IdentityCtx::new(capabilities.identity.clone()),
             settings: SettingsCtx::new(&capabilities.settings),
+            transforms: TransformsCtx::new(capabilities.transforms.clone()),
         }
     }
 
@@ -101,5 +106,11 @@ impl IdentityView for HostState {
 impl SettingsView for HostState {
     fn settings(&mut self) -> &mut SettingsCtx {
         &mut self.settings
+    }
+}
+
+impl TransformsView for HostState {
+    fn transforms(&mut self) -> &mut TransformsCtx {
+        &mut self.transforms
     }
 }

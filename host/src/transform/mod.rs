@@ -4,7 +4,10 @@
 //! nothing granted but an empty WASI context. A call that traps, overruns or answers too much
 //! fails alone; the host and every other call go on.
 
+mod capability;
 mod ticker;
+
+pub use capability::{TransformsCtx, TransformsView, add_to_linker};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +40,9 @@ pub mod bindings {
 pub use bindings::exports::mainflux::transform::transformation::{Action, Changes, Message};
 use bindings::{Transform, TransformPre};
 
+/// The largest transform component accepted (SPEC.md section 10).
+pub const MAX_COMPONENT_BYTES: usize = 2 << 20;
+
 /// Limits of transforms, each its own setting (SPEC.md section 10).
 #[derive(Debug, Clone, Copy)]
 pub struct TransformLimits {
@@ -53,6 +59,9 @@ pub struct TransformLimits {
     /// Compiled transforms kept loaded in memory; past it the least recently used is dropped
     /// (and mapped from the disk cache again when next called).
     pub loaded: usize,
+    /// Most webhooks of one group with a transform (`MF_WEBHOOKS_TRANSFORM_QUOTA`); 0 for no
+    /// limit. The plugin enforces it.
+    pub group_quota: u32,
 }
 
 impl Default for TransformLimits {
@@ -61,9 +70,10 @@ impl Default for TransformLimits {
             memory_bytes: 16 << 20,
             deadline: Duration::from_millis(10),
             answer_bytes: 1 << 20,
-            component_bytes: 2 << 20,
+            component_bytes: MAX_COMPONENT_BYTES,
             max_instances: 64,
             loaded: 256,
+            group_quota: 100,
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Attempts: finding due deliveries, claiming a batch, sending every request of it at once
-//! through the [`Sender`] port, and recording each outcome (delivered, retried on the policy's
-//! schedule, or failed), disabling a webhook whose receiver answered 410 Gone. Claims and
-//! releases move a delivery's next attempt under a guard, so hosts sharing a store attempt a
-//! delivery once at a time.
+//! Attempts: finding due deliveries, claiming a batch, asking each one's transform (if its
+//! webhook has one) what to send, sending every request of it at once through the [`Sender`]
+//! port, and recording each outcome (delivered, skipped by the transform, retried on the
+//! policy's schedule, or failed), disabling a webhook whose receiver answered 410 Gone. Claims
+//! and releases move a delivery's next attempt under a guard, so hosts sharing a store attempt
+//! a delivery once at a time.
 
 use std::collections::HashMap;
 
@@ -11,11 +12,12 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::deliveries::Events;
 use crate::deliveries::record::{self, Attempt, Delivery, Status};
-use crate::deliveries::request::request_for;
+use crate::deliveries::request::{request_for, transformed_request};
 use crate::deliveries::retry::{Verdict, retry_after_ms, verdict};
+use crate::deliveries::transform::{Decision, decide};
 use crate::error::{Result, internal};
 use crate::keys;
-use crate::ports::AttemptResult;
+use crate::ports::{AttemptResult, Request, TransformMessage};
 use crate::record::Record;
 use crate::store::{self, Step};
 use crate::webhooks::record::Webhook;
@@ -59,30 +61,32 @@ impl Events<'_> {
         let payload_keys: Vec<Vec<u8>> = batch.iter().map(|(d, _)| keys::payload(&d.id)).collect();
         let payloads = self.kv.get_many(&payload_keys).map_err(store::store_error)?;
 
-        // Build every request, then send the ones that have somewhere to go.
-        let mut results: Vec<Option<AttemptResult>> = vec![None; batch.len()];
+        // Build every request, transforms asked one after another, then send the ones that
+        // have somewhere to go, all together.
+        let mut results: Vec<Option<Settled>> = (0..batch.len()).map(|_| None).collect();
         let mut requests = Vec::with_capacity(batch.len());
         let mut sent = Vec::with_capacity(batch.len());
         for (index, ((delivery, _), payload)) in batch.iter().zip(payloads).enumerate() {
-            let stop = match (webhooks.get(&delivery.webhook_id), payload) {
-                (Some(webhook), _) if webhook.disabled => Some("webhook disabled"),
-                (Some(webhook), Some(payload)) => {
-                    requests.push(request_for(webhook, delivery, payload, now / 1000));
-                    sent.push(index);
-                    None
-                }
-                (None, _) => Some("webhook removed"),
+            let settled = match (webhooks.get(&delivery.webhook_id), payload) {
+                (Some(webhook), _) if webhook.disabled => Settled::permanent("webhook disabled"),
+                (Some(webhook), Some(payload)) => match self.prepare(webhook, delivery, payload, now)? {
+                    Prepared::Send(request) => {
+                        requests.push(request);
+                        sent.push(index);
+                        continue;
+                    }
+                    Prepared::Settled(settled) => settled,
+                },
+                (None, _) => Settled::permanent("webhook removed"),
                 // Only expiry removes a pending delivery's payload; fail this one rather than
                 // the whole batch, again and again.
-                (_, None) => Some("payload no longer kept"),
+                (_, None) => Settled::permanent("payload no longer kept"),
             };
-            if let Some(reason) = stop {
-                results[index] = Some(AttemptResult::Permanent(reason.into()));
-            }
+            results[index] = Some(settled);
         }
         let started = self.clock.now_ms();
         for (index, result) in sent.into_iter().zip(self.sender.send_all(&requests)) {
-            results[index] = Some(result);
+            results[index] = Some(Settled::Attempted(result));
         }
         let finished = self.clock.now_ms();
 
@@ -91,7 +95,7 @@ impl Events<'_> {
         let mut gone: Vec<String> = Vec::new();
         for ((delivery, stored), result) in batch.into_iter().zip(results) {
             let result = result.expect("every delivery has a result");
-            if matches!(&result, AttemptResult::Answered(answer) if answer.status == 410)
+            if matches!(&result, Settled::Attempted(AttemptResult::Answered(answer)) if answer.status == 410)
                 && !gone.contains(&delivery.webhook_id)
             {
                 gone.push(delivery.webhook_id.clone());
@@ -118,6 +122,34 @@ impl Events<'_> {
             )?;
         }
         Ok(outcomes)
+    }
+
+    /// The request of one delivery, or, when its webhook's transform skips the message or
+    /// fails, how the delivery settles without one.
+    fn prepare(&self, webhook: &Webhook, delivery: &Delivery, payload: Vec<u8>, now: u64) -> Result<Prepared> {
+        let Some(transform) = &webhook.transform else {
+            return Ok(Prepared::Send(request_for(webhook, delivery, payload, now / 1000)));
+        };
+        let message = TransformMessage {
+            payload,
+            // As the Content-Type rule reads it: an empty one is none.
+            content_type: delivery.content_type.clone().filter(|c| !c.is_empty()),
+            subtopic: delivery.subtopic.clone(),
+            thing_id: delivery.thing_id.clone(),
+            message_id: delivery.message_id.clone(),
+        };
+        Ok(match decide(self.kv, self.transformer, webhook, transform, &message)? {
+            Decision::Send(changes) => Prepared::Send(transformed_request(
+                webhook,
+                delivery,
+                message.payload,
+                changes,
+                now / 1000,
+            )),
+            Decision::Skip(reason) => Prepared::Settled(Settled::Skipped(reason)),
+            // The same answer would come again: not retried.
+            Decision::Fail(reason) => Prepared::Settled(Settled::Attempted(AttemptResult::Permanent(reason))),
+        })
     }
 
     /// Takes the deliveries of a batch for one attempt: each one's next attempt moves to the end
@@ -271,7 +303,8 @@ impl Events<'_> {
                             value: delivery.webhook_id.clone().into_bytes(),
                         }));
                     }
-                    Status::Delivered => ops.push(Op::Delete(keys::payload(&delivery.id))),
+                    // Nothing will be sent again: a retry is refused for both.
+                    Status::Delivered | Status::Skipped => ops.push(Op::Delete(keys::payload(&delivery.id))),
                     Status::Failed => {}
                 }
                 if delivery.status != before.status {
@@ -294,14 +327,61 @@ impl Events<'_> {
     }
 }
 
-/// A delivery after an attempt with this result, and the outcome to report.
+/// What became of one delivery of a batch.
+enum Settled {
+    /// A request was sent, or could not be, with this result.
+    Attempted(AttemptResult),
+    /// The webhook's transform skipped the message, for this reason: nothing was sent.
+    Skipped(String),
+}
+
+impl Settled {
+    fn permanent(reason: &str) -> Self {
+        Settled::Attempted(AttemptResult::Permanent(reason.into()))
+    }
+}
+
+/// One delivery of a batch before anything is sent.
+enum Prepared {
+    /// Send this request with the batch.
+    Send(Request),
+    /// Nothing to send: settled already.
+    Settled(Settled),
+}
+
+/// A delivery after an attempt with this result, and the outcome to report. A skip is
+/// reported `delivered` with no status code and the reason as the error (`events.wit`); its
+/// record says `skipped`.
 fn apply(
     mut delivery: Delivery,
-    result: &AttemptResult,
+    settled: &Settled,
     started: u64,
     finished: u64,
     retry: impl Fn(usize, &AttemptResult) -> Option<u64>,
 ) -> (Delivery, AttemptOutcome) {
+    let result = match settled {
+        Settled::Attempted(result) => result,
+        Settled::Skipped(reason) => {
+            delivery.attempts.push(Attempt {
+                at_ms: started,
+                status_code: None,
+                error: Some(reason.clone()),
+                duration_ms: 0,
+                response_body: None,
+            });
+            delivery.status = Status::Skipped;
+            delivery.next_attempt_ms = None;
+            let outcome = AttemptOutcome {
+                id: delivery.id.clone(),
+                webhook_id: delivery.webhook_id.clone(),
+                status: DeliveryStatus::Delivered,
+                status_code: None,
+                error: Some(reason.clone()),
+                next_attempt_ms: None,
+            };
+            return (delivery, outcome);
+        }
+    };
     let (status_code, error, response_body) = match result {
         AttemptResult::Answered(answer) => {
             let code = answer.status;
@@ -333,7 +413,8 @@ fn apply(
         webhook_id: delivery.webhook_id.clone(),
         status: match delivery.status {
             Status::Pending => DeliveryStatus::Pending,
-            Status::Delivered => DeliveryStatus::Delivered,
+            // A skip is a delivery done, with nothing sent (`events.wit`).
+            Status::Delivered | Status::Skipped => DeliveryStatus::Delivered,
             Status::Failed => DeliveryStatus::Failed,
         },
         status_code,

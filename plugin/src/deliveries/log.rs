@@ -48,7 +48,8 @@ impl LogQuery {
                         "pending" => Status::Pending,
                         "delivered" => Status::Delivered,
                         "failed" => Status::Failed,
-                        _ => return Err(invalid("status must be pending, delivered or failed")),
+                        "skipped" => Status::Skipped,
+                        _ => return Err(invalid("status must be pending, delivered, failed or skipped")),
                     })
                 }
                 _ => {}
@@ -236,6 +237,7 @@ mod tests {
             q(&[("status", "failed"), ("limit", "5")]).unwrap().status,
             Some(Status::Failed)
         );
+        assert_eq!(q(&[("status", "skipped")]).unwrap().status, Some(Status::Skipped));
         for bad in [("status", "lost"), ("limit", "0"), ("limit", "201"), ("offset", "-1")] {
             assert!(matches!(q(&[bad]), Err(crate::Error::Invalid(_))), "{bad:?}");
         }

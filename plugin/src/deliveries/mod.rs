@@ -1,7 +1,8 @@
 //! Deliveries: a published message on its way to each webhook of its thing. [`Events`] holds
 //! the message path's capabilities and settings; its operations live in one file per concern
 //! (intake, attempts, retention), beside the record, the retry policy, the request each attempt
-//! sends, the delivery log and the outgoing-HTTP port's `wasi:http` side.
+//! sends, what a webhook's transform decides of it, the delivery log and the outgoing-HTTP
+//! port's `wasi:http` side.
 
 pub mod attempts;
 pub mod intake;
@@ -11,14 +12,16 @@ pub mod record;
 pub mod request;
 pub mod retention;
 pub mod retry;
+pub mod transform;
 
 use crate::deliveries::retry::{RetryPolicy, random_unit};
-use crate::ports::{Clock, Kv, Sender};
+use crate::ports::{Clock, Kv, NoTransforms, Sender, Transformer};
 
 /// The message operations over a store and an outgoing HTTP sender.
 pub struct Events<'a> {
     kv: &'a dyn Kv,
     sender: &'a dyn Sender,
+    transformer: &'a dyn Transformer,
     clock: &'a dyn Clock,
     policy: RetryPolicy,
     random: fn() -> f64,
@@ -29,11 +32,13 @@ pub struct Events<'a> {
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
 
 impl<'a> Events<'a> {
-    /// Binds the operations to their capabilities and a clock, with the default retry policy.
+    /// Binds the operations to their capabilities and a clock, with the default retry policy
+    /// and no transforms.
     pub fn new(kv: &'a dyn Kv, sender: &'a dyn Sender, clock: &'a dyn Clock) -> Self {
         Events {
             kv,
             sender,
+            transformer: &NoTransforms,
             clock,
             policy: RetryPolicy::default(),
             random: random_unit,
@@ -44,6 +49,12 @@ impl<'a> Events<'a> {
     /// Claims deliveries for this long while attempting them.
     pub fn with_lease(mut self, lease_ms: u64) -> Self {
         self.lease_ms = lease_ms;
+        self
+    }
+
+    /// Runs webhooks' transforms through this capability.
+    pub fn with_transformer(mut self, transformer: &'a dyn Transformer) -> Self {
+        self.transformer = transformer;
         self
     }
 

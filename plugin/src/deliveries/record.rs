@@ -17,6 +17,8 @@ pub enum Status {
     Delivered,
     /// No more attempts will be made.
     Failed,
+    /// The webhook's transform chose not to send it: nothing was sent, nothing will be.
+    Skipped,
 }
 
 impl Status {
@@ -26,6 +28,7 @@ impl Status {
             Status::Pending => "pending",
             Status::Delivered => "delivered",
             Status::Failed => "failed",
+            Status::Skipped => "skipped",
         }
     }
 }

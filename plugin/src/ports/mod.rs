@@ -42,6 +42,98 @@ pub trait Sender {
     fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult>;
 }
 
+/// Runs tenants' transform components (the `transforms` capability): the host checks,
+/// compiles and runs them in their own sandbox; the plugin decides when and what an answer means.
+pub trait Transformer {
+    /// Checks and compiles a component and keeps it ready; answers its SHA-256 in hex.
+    fn load(&self, component: &[u8]) -> Result<String, TransformError>;
+    /// Runs the transform of this SHA-256 on `message` with the webhook's metadata as JSON text.
+    fn apply(&self, sha256: &str, message: &TransformMessage, metadata: &str) -> Result<Action, TransformError>;
+    /// Most webhooks of one group that may have a transform; 0 for no limit.
+    fn quota(&self) -> u32;
+}
+
+#[cfg(not(feature = "previous-world"))]
+pub use crate::bindings::mainflux::transform::transformation::{Action, Changes, Message as TransformMessage};
+#[cfg(not(feature = "previous-world"))]
+pub use crate::bindings::mainflux::webhooks::transforms::TransformError;
+
+#[cfg(feature = "previous-world")]
+pub use before_transforms::{Action, Changes, TransformError, TransformMessage};
+
+/// The world before the `migration` exports imports no transforms, so its bindings lack their
+/// types: the same shapes, written out, let the logic compile unchanged for that build.
+#[cfg(feature = "previous-world")]
+mod before_transforms {
+    /// The message a transform receives.
+    #[derive(Debug, Clone)]
+    pub struct TransformMessage {
+        /// The exact payload bytes.
+        pub payload: Vec<u8>,
+        /// The content type the device published with, if any.
+        pub content_type: Option<String>,
+        /// The subtopic; empty for none.
+        pub subtopic: String,
+        /// The thing that published it.
+        pub thing_id: String,
+        /// The message's id.
+        pub message_id: String,
+    }
+
+    /// What to change in the request sent for a message.
+    #[derive(Debug, Clone)]
+    pub struct Changes {
+        /// The body to send; none sends the payload.
+        pub body: Option<Vec<u8>>,
+        /// The `Content-Type` to send; none keeps the usual one.
+        pub content_type: Option<String>,
+        /// Headers added to the webhook's own.
+        pub headers: Vec<(String, String)>,
+        /// Appended to the URL's path; empty for none.
+        pub path: String,
+    }
+
+    /// A transform's answer.
+    #[derive(Debug, Clone)]
+    pub enum Action {
+        /// Do not send the message, for this reason.
+        Skip(String),
+        /// Send it, changed as told.
+        Send(Changes),
+    }
+
+    /// Why a transform gave no answer.
+    #[derive(Debug, Clone)]
+    pub enum TransformError {
+        /// The host does not hold the component now.
+        Unknown,
+        /// The component is not acceptable, for this reason.
+        Invalid(String),
+        /// The call failed, for this reason.
+        Failed(String),
+    }
+}
+
+/// The transformer of a build or a setting without transforms: nothing loads or runs.
+pub struct NoTransforms;
+
+/// Why [`NoTransforms`] refuses.
+const NO_TRANSFORMS: &str = "this plugin build runs no transforms";
+
+impl Transformer for NoTransforms {
+    fn load(&self, _: &[u8]) -> Result<String, TransformError> {
+        Err(TransformError::Invalid(NO_TRANSFORMS.into()))
+    }
+
+    fn apply(&self, _: &str, _: &TransformMessage, _: &str) -> Result<Action, TransformError> {
+        Err(TransformError::Failed(NO_TRANSFORMS.into()))
+    }
+
+    fn quota(&self) -> u32 {
+        0
+    }
+}
+
 /// The wall clock the plugin reads for "now".
 pub trait Clock {
     /// Milliseconds since the Unix epoch.

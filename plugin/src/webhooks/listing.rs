@@ -287,6 +287,7 @@ mod tests {
             secret: None,
             disabled: false,
             disabled_reason: None,
+            transform: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::error::{Result, conflict, invalid, not_found, unavailable};
 use crate::keys;
 use crate::ports::{Access, Kv, require_token};
 use crate::record::Record;
-use crate::store::{self, COMMIT_ATTEMPTS, CommitFailure, Step, store_error};
+use crate::store::{self, COMMIT_ATTEMPTS, CommitFailure, Step};
 use crate::webhooks::listing::PageQuery;
 use crate::webhooks::record::{Webhook, WebhookInput};
 use crate::webhooks::storage;
@@ -86,9 +86,8 @@ impl<'a> Service<'a> {
     /// and write that make a concurrent create in the group, counted against the same webhooks,
     /// fail this commit.
     fn within_quota(&self, group_id: &str, adding: usize) -> Result<(Condition, Op)> {
-        let token_key = keys::group_creates(group_id);
         // Read before counting: a create that goes in after this read changes the token.
-        let token = self.kv.get(&token_key).map_err(store_error)?;
+        let guarded = storage::group_creates_guard(self.kv, group_id)?;
         let stored = storage::count_under(self.kv, &keys::by_group_prefix(group_id))?;
         let quota = self.webhook_quota as usize;
         if stored + adding > quota {
@@ -96,18 +95,7 @@ impl<'a> Service<'a> {
                 "the group has {stored} webhooks and a quota of {quota}; {adding} more would pass it"
             )));
         }
-        let guard = match token {
-            Some(value) => Condition::Equals(Entry {
-                key: token_key.clone(),
-                value,
-            }),
-            None => Condition::Absent(token_key.clone()),
-        };
-        let op = Op::Put(Entry {
-            key: token_key,
-            value: uuid::Uuid::new_v4().as_bytes().to_vec(),
-        });
-        Ok((guard, op))
+        Ok(guarded)
     }
 
     /// A page of the thing's webhooks, selected by URL query parameters.

@@ -41,6 +41,32 @@ pub struct Webhook {
     /// Why deliveries are stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// The transform attached to the webhook, if any; absent from records written before
+    /// transforms, which read unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformRef>,
+}
+
+/// The transform attached to a webhook: its component's bytes are kept under their own key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformRef {
+    /// The SHA-256 of the component's bytes, in hex, as the host named it.
+    pub sha256: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// When it was attached, ms since the Unix epoch.
+    pub attached_ms: u64,
+}
+
+impl TransformRef {
+    /// The JSON users see: `{"sha256", "size", "attached_at"}`.
+    pub fn view(&self) -> Value {
+        serde_json::json!({
+            "sha256": self.sha256,
+            "size": self.size,
+            "attached_at": crate::deliveries::record::rfc3339(self.attached_ms),
+        })
+    }
 }
 
 impl Record for Webhook {
@@ -87,6 +113,8 @@ impl Webhook {
             },
             disabled: input.disabled == Some(true),
             disabled_reason: (input.disabled == Some(true)).then(|| DISABLED_BY_USER.to_owned()),
+            // Only attaching one sets it, through its own endpoint.
+            transform: None,
         }
     }
 
@@ -113,11 +141,14 @@ impl Webhook {
                 view.insert("disabled_reason".into(), reason.clone().into());
             }
         }
+        if let Some(transform) = &self.transform {
+            view.insert("transform".into(), transform.view());
+        }
         Value::Object(view)
     }
 
     /// Replaces the fields a user may set; the secret and the disabled flag change only when
-    /// the request names them.
+    /// the request names them, and the transform never (it has endpoints of its own).
     pub fn apply(&mut self, input: WebhookInput) {
         self.name = input.name;
         self.url = input.url;
@@ -302,15 +333,7 @@ pub fn is_managed_header(name: &str) -> bool {
 pub fn validate_headers(headers: &Map<String, Value>) -> Result<()> {
     let mut seen: Vec<String> = Vec::with_capacity(headers.len());
     for (name, value) in headers {
-        if !is_header_name(name) {
-            return Err(invalid(format!("header name {name:?} is not a valid HTTP header name")));
-        }
-        // Refused here rather than at delivery, where every attempt would fail the same way.
-        if is_managed_header(name) {
-            return Err(invalid(format!(
-                "header {name:?} cannot be set on a webhook: the service manages it"
-            )));
-        }
+        validate_header_name(name)?;
         let lower = name.to_ascii_lowercase();
         if seen.contains(&lower) {
             return Err(invalid(format!("header {name:?} is given more than once")));
@@ -319,11 +342,36 @@ pub fn validate_headers(headers: &Map<String, Value>) -> Result<()> {
         let Value::String(value) = value else {
             return Err(invalid(format!("value of header {name:?} must be a string")));
         };
-        if !is_header_value(value) {
-            return Err(invalid(format!(
-                "value of header {name:?} contains a character not allowed in HTTP headers"
-            )));
-        }
+        validate_header_value(name, value)?;
+    }
+    Ok(())
+}
+
+/// Checks one header as a webhook's headers are checked: a name the service lets a webhook set,
+/// a valid value. A transform's added headers are held to the same rule.
+pub fn validate_header(name: &str, value: &str) -> Result<()> {
+    validate_header_name(name)?;
+    validate_header_value(name, value)
+}
+
+fn validate_header_name(name: &str) -> Result<()> {
+    if !is_header_name(name) {
+        return Err(invalid(format!("header name {name:?} is not a valid HTTP header name")));
+    }
+    // Refused here rather than at delivery, where every attempt would fail the same way.
+    if is_managed_header(name) {
+        return Err(invalid(format!(
+            "header {name:?} cannot be set on a webhook: the service manages it"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_header_value(name: &str, value: &str) -> Result<()> {
+    if !is_header_value(value) {
+        return Err(invalid(format!(
+            "value of header {name:?} contains a character not allowed in HTTP headers"
+        )));
     }
     Ok(())
 }
@@ -338,7 +386,7 @@ fn is_header_name(name: &str) -> bool {
 
 /// RFC 9110 `field-value`: no control characters but horizontal tab, no leading or trailing
 /// whitespace, which receivers would strip.
-fn is_header_value(value: &str) -> bool {
+pub fn is_header_value(value: &str) -> bool {
     value.chars().all(|c| c == '\t' || !c.is_control())
         && !value.starts_with([' ', '\t'])
         && !value.ends_with([' ', '\t'])

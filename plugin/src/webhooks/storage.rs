@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::bindings::mainflux::webhooks::store::{Entry, Op};
+use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::Result;
 use crate::keys;
 use crate::ports::Kv;
@@ -53,6 +53,25 @@ pub fn count_under(kv: &dyn Kv, prefix: &[u8]) -> Result<usize> {
         }
         after = chunk.into_iter().last().map(|entry| entry.key);
     }
+}
+
+/// The guard and write of the group's creates token (`gc`): the guard holds the token as read
+/// now, the write replaces it. Read before counting what a quota limits, so that two commits
+/// that counted the same entries cannot both go in: the second finds the token replaced.
+pub fn group_creates_guard(kv: &dyn Kv, group_id: &str) -> Result<(Condition, Op)> {
+    let token_key = keys::group_creates(group_id);
+    let guard = match kv.get(&token_key).map_err(store_error)? {
+        Some(value) => Condition::Equals(Entry {
+            key: token_key.clone(),
+            value,
+        }),
+        None => Condition::Absent(token_key.clone()),
+    };
+    let op = Op::Put(Entry {
+        key: token_key,
+        value: uuid::Uuid::new_v4().as_bytes().to_vec(),
+    });
+    Ok((guard, op))
 }
 
 /// Whether every webhook has its name-search entries, so a group listing may narrow by them.
@@ -124,11 +143,39 @@ pub fn put_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
     }));
 }
 
-/// The writes that remove a webhook's record, index entries and name reservation.
+/// The writes that remove a webhook's record, index entries, name reservation and transform.
 pub fn delete_webhook(ops: &mut Vec<Op>, webhook: &Webhook) {
     ops.push(Op::Delete(keys::webhook(&webhook.id)));
     ops.push(Op::Delete(keys::by_thing(&webhook.thing_id, &webhook.id)));
     ops.push(Op::Delete(keys::by_group(&webhook.group_id, &webhook.id)));
     ops.push(Op::Delete(keys::name(&webhook.thing_id, &webhook.name)));
     delete_name_suffixes(ops, webhook);
+    // Whether or not the record names a transform: deleting an absent key costs nothing, and
+    // no component is left behind whatever wrote the record.
+    delete_transform(ops, webhook);
+}
+
+/// The writes that keep a webhook's transform component and its entry among the group's
+/// transforms, beside the record that names it.
+pub fn put_transform(ops: &mut Vec<Op>, webhook: &Webhook, sha256: &str, component: Vec<u8>) {
+    ops.push(Op::Put(Entry {
+        key: keys::transform_component(&webhook.id),
+        value: component,
+    }));
+    ops.push(Op::Put(Entry {
+        key: keys::group_transform(&webhook.group_id, &webhook.id),
+        value: sha256.as_bytes().to_vec(),
+    }));
+}
+
+/// The writes that remove a webhook's transform component and its entry among the group's
+/// transforms.
+pub fn delete_transform(ops: &mut Vec<Op>, webhook: &Webhook) {
+    ops.push(Op::Delete(keys::transform_component(&webhook.id)));
+    ops.push(Op::Delete(keys::group_transform(&webhook.group_id, &webhook.id)));
+}
+
+/// The bytes of a webhook's transform component, if kept.
+pub fn load_transform_component(kv: &dyn Kv, webhook_id: &str) -> Result<Option<Vec<u8>>> {
+    kv.get(&keys::transform_component(webhook_id)).map_err(store_error)
 }

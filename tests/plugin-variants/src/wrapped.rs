@@ -4,7 +4,7 @@
 use webhooks_plugin::Error;
 use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events};
 #[cfg(not(feature = "previous"))]
-use webhooks_plugin::bindings::exports::mainflux::webhooks::{intake, migration};
+use webhooks_plugin::bindings::exports::mainflux::webhooks::{intake, migration, transform_api};
 use webhooks_plugin::bindings::mainflux::webhooks::types::DueDelivery;
 use webhooks_plugin::component::Plugin as Real;
 
@@ -166,6 +166,21 @@ impl migration::Guest for Variant {
 impl intake::Guest for Variant {
     fn on_messages(messages: Vec<events::Message>) -> Result<Vec<Result<events::Accepted, Error>>, Error> {
         <Real as intake::Guest>::on_messages(messages)
+    }
+}
+
+#[cfg(not(feature = "previous"))]
+impl transform_api::Guest for Variant {
+    fn attach_transform(token: String, webhook_id: String, component: Vec<u8>) -> Result<String, Error> {
+        <Real as transform_api::Guest>::attach_transform(token, webhook_id, component)
+    }
+
+    fn detach_transform(token: String, webhook_id: String) -> Result<(), Error> {
+        <Real as transform_api::Guest>::detach_transform(token, webhook_id)
+    }
+
+    fn try_transform(token: String, webhook_id: String, sample: Vec<u8>) -> Result<transform_api::Trial, Error> {
+        <Real as transform_api::Guest>::try_transform(token, webhook_id, sample)
     }
 }
 

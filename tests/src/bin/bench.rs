@@ -1125,6 +1125,64 @@ async fn throughput(messages: usize, k: usize) -> Result<(f64, f64)> {
     Ok((rate(&service), rate(&native)))
 }
 
+/// Deliveries/s of two runs of `messages` messages to one webhook, back to back: without a
+/// transform, then with the pass-through test transform attached (it changes nothing, so the
+/// difference is what running a transform per delivery costs).
+async fn transform_throughput(messages: usize) -> Result<(f64, f64)> {
+    let rate = |run: &Run| run.deliveries as f64 / run.elapsed.as_secs_f64();
+    let (receiver, host) = host_with_webhooks(1).await?;
+    let plain = service_run(&[&host], &receiver, messages, 1).await?;
+    drop(host);
+    let (receiver, host) = host_with_webhooks(1).await?;
+    let (status, page) = host
+        .call(Method::GET, &format!("/things/{THING_1}/webhooks"), EDITOR, None)
+        .await?;
+    let webhook = page["webhooks"][0]["id"].as_str().context("a webhook")?.to_owned();
+    ensure_ok(status, &page)?;
+    let attached = host
+        .request(Method::PUT, &format!("/webhooks/{webhook}/transform"), EDITOR)
+        .header("Content-Type", "application/wasm")
+        .body(webhooks_tests::transform_variant_bytes("pass")?)
+        .send()
+        .await?;
+    if attached.status() != StatusCode::OK {
+        bail!("attaching the transform answered {}", attached.status());
+    }
+    let transformed = service_run(&[&host], &receiver, messages, 1).await?;
+    Ok((rate(&plain), rate(&transformed)))
+}
+
+fn ensure_ok(status: StatusCode, answer: &serde_json::Value) -> Result<()> {
+    if status != StatusCode::OK {
+        bail!("answered {status}: {answer}");
+    }
+    Ok(())
+}
+
+/// The time of one call of the threshold filter example on a 256-byte JSON payload, each in a
+/// fresh instance, in the host's transform sandbox run in this process.
+async fn transform_call(calls: usize) -> Result<Duration> {
+    use webhooks_host::transform::{Message, Transforms};
+    let transforms = Transforms::new(Default::default(), None)?;
+    let sha = transforms.load(&webhooks_tests::example_transform_bytes("threshold_filter")?)?;
+    let mut payload = br#"{"temperature": 31.5, "pad": ""#.to_vec();
+    payload.resize(PAYLOAD_BYTES - 2, b'x');
+    payload.extend_from_slice(br#""}"#);
+    let message = Message {
+        payload,
+        content_type: Some("application/json".into()),
+        subtopic: String::new(),
+        thing_id: THING_1.into(),
+        message_id: "01a23c61-1df9-7000-b46c-27968b44f10a".into(),
+    };
+    let metadata = r#"{"transform": {"field": "temperature", "above": 30}}"#;
+    median_of_rounds(calls, async || {
+        transforms.apply(&sha, &message, metadata).await?;
+        Ok(())
+    })
+    .await
+}
+
 /// The machine, in one line: CPU model, cores and memory.
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -1255,6 +1313,25 @@ async fn report(out: &std::path::Path) -> Result<()> {
             isolated.a_drained_after.as_secs_f64()
         ),
         met: isolated.beside.p99 <= isolated.alone.p99 + Duration::from_millis(50),
+    });
+    let (plain, transformed) = transform_throughput(10_000).await?;
+    targets.push(Target {
+        measure: "HTTP end to end with a transform (the pass-through test component) on every webhook, beside the \
+                  same run without, just before (10,000 messages, 1 webhook per thing)"
+            .into(),
+        target: "≥ 0.8× without",
+        measured: format!("{transformed:.0}/s, {:.2}× without ({plain:.0}/s)", transformed / plain),
+        met: transformed / plain >= 0.8,
+    });
+    let call = transform_call(20_000).await?;
+    targets.push(Target {
+        measure: format!(
+            "one transform call: the threshold filter example on a {PAYLOAD_BYTES} B JSON payload, fresh instance \
+             (median of {ROUNDS} rounds of 2,000)"
+        ),
+        target: "≤ 1 ms (a tenth of the default 10 ms deadline)",
+        measured: format!("{:.1} µs", call.as_secs_f64() * 1e6),
+        met: call <= Duration::from_millis(1),
     });
     let listed = group_list(10_000, 100, 500).await?;
     targets.push(Target {

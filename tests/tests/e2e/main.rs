@@ -22,4 +22,5 @@ mod runtime;
 mod signing;
 mod traces;
 mod transforms;
+mod webhook_transforms;
 mod webhooks;

@@ -9,6 +9,7 @@
 //! - `trap`: panics, which traps.
 //! - `slow`: busy for about 50 ms by the clock, then sends the message unchanged: over the
 //!   default 10 ms deadline, but it finishes under a longer one.
+//! - `pass`: behaves and changes nothing (the benchmark's transform: the cost of one alone).
 //! - `echo`: behaves, and changes what it can see changed: sends the body
 //!   `<metadata JSON text>|<payload>`, adds the header `x-transformed: yes` and appends
 //!   `/echoed` to the URL path; the content type stays the delivery's.
@@ -53,6 +54,9 @@ pub fn answer(message: Message, metadata: &str) -> Result<Action, String> {
             body: Some(vec![b'x'; HUGE_BODY_BYTES]),
             ..unchanged()
         }));
+    }
+    if cfg!(feature = "pass") {
+        return Ok(Action::Send(unchanged()));
     }
     if cfg!(feature = "slow") {
         busy_for(SLOW_FOR);
@@ -118,7 +122,8 @@ fn busy_for(duration: Duration) {
         feature = "huge",
         feature = "trap",
         feature = "slow",
-        feature = "echo"
+        feature = "echo",
+        feature = "pass"
     )
 ))]
 mod component {
