@@ -186,8 +186,8 @@ impl Transforms {
             .total_tables(limits.max_instances * 2)
             .total_stacks(limits.max_instances)
             .max_memory_size(limits.memory_bytes)
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(16 << 10);
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

@@ -60,10 +60,15 @@ impl Ticker {
         Ticker { running }
     }
 
-    /// Marks a call as running, waking the thread.
+    /// Marks a call as running, waking the thread when it was the only one.
     pub fn running(&self) -> RunningCall {
-        *self.running.calls.lock().expect("ticker poisoned") += 1;
-        self.running.started.notify_one();
+        let mut calls = self.running.calls.lock().expect("ticker poisoned");
+        *calls += 1;
+        // Only the first call wakes it: while any run, it ticks without waiting.
+        if *calls == 1 {
+            self.running.started.notify_one();
+        }
+        drop(calls);
         RunningCall {
             running: self.running.clone(),
         }

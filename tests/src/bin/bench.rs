@@ -105,6 +105,18 @@ async fn main() -> Result<()> {
             );
             Ok(())
         }
+        Some("transform") => {
+            let messages = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10_000);
+            let (plain, transformed) = transform_throughput(messages).await?;
+            let call = transform_call(20_000).await?;
+            println!(
+                "{messages} messages, 1 webhook: {plain:.0}/s without a transform, {transformed:.0}/s with the \
+                 pass-through one ({:.2}×); one threshold filter call {:.1} µs",
+                transformed / plain,
+                call.as_secs_f64() * 1e6
+            );
+            Ok(())
+        }
         Some("isolation") => {
             isolation(ISOLATION).await?;
             isolation(Scenario {
@@ -115,7 +127,10 @@ async fn main() -> Result<()> {
             .map(drop)
         }
         Some(other) => {
-            bail!("unknown benchmark {other:?}; try: report, list, deliver, drain, steady, scale, runtime, isolation")
+            bail!(
+                "unknown benchmark {other:?}; try: report, list, deliver, drain, steady, scale, runtime, isolation, \
+                 transform"
+            )
         }
     }
 }
