@@ -27,7 +27,7 @@ pub use formats::DataFormats;
 pub use rollout::{CanaryPolicy, Candidate, Mode, RolledBack};
 
 pub use calls::{ApiCalls, EventCalls, MigrationCalls};
-pub use plugin::{Inspection, LoadError, Plugin, WORLD};
+pub use plugin::{Inspection, LoadError, Plugin, WORLD, sha256_hex};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
@@ -721,15 +721,38 @@ fn engine_and_linker(limits: &Limits) -> Result<(Engine, Linker<HostState>), Loa
 }
 
 fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
+    Engine::new(&pooled_config(
+        limits.max_instances,
+        limits.memory_bytes,
+        PoolShape {
+            core_instances: 8,
+            tables: 4,
+        },
+    ))
+}
+
+/// How many core instances and tables one component instance of an engine's pool may use.
+pub struct PoolShape {
+    /// Core instances per component instance.
+    pub core_instances: u32,
+    /// Tables per component instance.
+    pub tables: u32,
+}
+
+/// The settings of an engine whose instances come from a pool of `instances` slots of at most
+/// `memory_bytes` of linear memory each, with epoch interruption: the plugin's engine and the
+/// transforms' share them.
+pub fn pooled_config(instances: u32, memory_bytes: usize, shape: PoolShape) -> Config {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(limits.max_instances)
-        .total_core_instances(limits.max_instances * 8)
-        .total_memories(limits.max_instances)
-        .total_tables(limits.max_instances * 4)
-        .total_stacks(limits.max_instances)
-        .max_memory_size(limits.memory_bytes)
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * shape.core_instances)
+        .total_memories(instances)
+        .total_tables(instances * shape.tables)
+        .total_stacks(instances)
+        .max_memory_size(memory_bytes)
         // Keep warm slots resident instead of returning them to the kernel after every call
-        // (TOOLCHAIN.md: the largest single gain in instantiation cost).
+        // (TOOLCHAIN.md: the largest single gain in instantiation cost). A Rust guest's stack
+        // and data alone are over 1 MiB.
         .linear_memory_keep_resident(4 << 20)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
@@ -737,9 +760,9 @@ fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .epoch_interruption(true)
-        .memory_reservation(limits.memory_bytes as u64)
+        .memory_reservation(memory_bytes as u64)
         .memory_reservation_for_growth(0);
-    Engine::new(&config)
+    config
 }
 
 /// Composes the capabilities of the world, each added by its own module.

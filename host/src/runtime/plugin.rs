@@ -102,7 +102,7 @@ pub(super) fn load(
     bytes: &[u8],
 ) -> Result<Plugin, LoadError> {
     let started = Instant::now();
-    let sha256 = hex(&Sha256::digest(bytes));
+    let sha256 = sha256_hex(bytes);
     let (component, origin) = cache
         .component(engine, bytes, &sha256)
         .map_err(|e| LoadError::Compile(one_line(&e)))?;
@@ -190,7 +190,7 @@ pub(super) fn inspect(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8])
         )
     });
     Ok(Inspection {
-        sha256: hex(&Sha256::digest(bytes)),
+        sha256: sha256_hex(bytes),
         size: bytes.len(),
         compile_time,
         imports,
@@ -205,8 +205,9 @@ fn one_line(error: &wasmtime::Error) -> String {
     format!("{error:#}").replace('\n', " ")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The SHA-256 of `bytes` in lowercase hex: how components are named everywhere.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

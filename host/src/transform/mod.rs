@@ -14,14 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
-};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::runtime::CompileCache;
+use crate::runtime::{CompileCache, PoolShape, pooled_config, sha256_hex};
 use ticker::Ticker;
 
 /// The host's side of the `transform` world.
@@ -179,21 +176,14 @@ impl Transforms {
     /// An engine and linker for transforms under `limits`, their compiled code kept in
     /// `cache_dir` (none: compiled again after each start).
     pub fn new(limits: TransformLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances * 4)
-            .total_memories(limits.max_instances)
-            .total_tables(limits.max_instances * 2)
-            .total_stacks(limits.max_instances)
-            .max_memory_size(limits.memory_bytes)
-            .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(64 << 10);
-        let mut config = Config::new();
-        config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .epoch_interruption(true)
-            .memory_reservation(limits.memory_bytes as u64)
-            .memory_reservation_for_growth(0);
+        let config = pooled_config(
+            limits.max_instances,
+            limits.memory_bytes,
+            PoolShape {
+                core_instances: 4,
+                tables: 2,
+            },
+        );
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         // What Rust's std links from WASI, served from an empty context; nothing else.
@@ -224,7 +214,7 @@ impl Transforms {
                 limit: self.limits.component_bytes,
             });
         }
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = sha256_hex(bytes);
         if self.touch(&sha256) {
             return Ok(sha256);
         }
@@ -364,10 +354,6 @@ fn answer_size(action: &Action) -> usize {
                     .sum::<usize>()
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
