@@ -328,11 +328,22 @@ impl ThingsServer {
             .count()
     }
 
-    /// Stops listening and waits until its port refuses connections. Calls in flight are
-    /// still answered.
+    /// Stops listening and waits until its port refuses connections and every open
+    /// connection has closed. Calls in flight are still answered.
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+            // A graceful shutdown ends once every connection has: until then the host's open
+            // connection could still be answered.
+            if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+                .await
+                .is_err()
+            {
+                bail!(
+                    "the things service on {} still serves a connection after 5 s",
+                    self.addr
+                );
+            }
         }
         let started = Instant::now();
         while tokio::net::TcpStream::connect(self.addr).await.is_ok() {

@@ -112,29 +112,49 @@ impl<S: Send + Sync> FromRequest<S> for WasmBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = crate::transform::MAX_COMPONENT_BYTES;
         let (mut parts, body) = request.into_parts();
         let Bearer(token) = Bearer::from_request_parts(&mut parts, state).await?;
-        if token.is_empty() {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or empty bearer token"));
-        }
-        let request = Request::from_parts(parts, body);
-        let binary = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| value.trim().to_ascii_lowercase())
-            .is_some_and(|value| {
-                value.starts_with("application/wasm") || value.starts_with("application/octet-stream")
-            });
-        if !binary {
-            return Err(ApiError::new(
+        let refusal = if token.is_empty() {
+            Some(ApiError::new(StatusCode::UNAUTHORIZED, "missing or empty bearer token"))
+        } else if !is_binary(&parts.headers) {
+            Some(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "a transform must be sent with Content-Type: application/wasm",
-            ));
+            ))
+        } else {
+            None
+        };
+        let request = Request::from_parts(parts, body);
+        if let Some(refusal) = refusal {
+            discard_body_within(request, limit).await;
+            return Err(refusal);
         }
-        Ok(WasmBody(
-            read_body_within(request, crate::transform::MAX_COMPONENT_BYTES).await?,
-        ))
+        Ok(WasmBody(read_body_within(request, limit).await?))
+    }
+}
+
+fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .is_some_and(|value| value.starts_with("application/wasm") || value.starts_with("application/octet-stream"))
+}
+
+/// Reads and drops a refused request's body when it is within `limit`, so that the client,
+/// which is still sending it, reads the refusal instead of a reset: hyper closes a connection
+/// whose request body was left unread, and a client blocked writing a large body then sees
+/// the close, not the answer. A body declared over the limit is not read at all.
+async fn discard_body_within(request: Request, limit: usize) {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_none_or(|length| length <= limit as u64) {
+        // The request timeout bounds a client that stops sending.
+        let _ = axum::body::to_bytes(request.into_body(), limit).await;
     }
 }
 
