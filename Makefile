@@ -122,10 +122,13 @@ lint:
 	@# Natively there is no export, and every variant's code compiles in every build: one pass.
 	$(CARGO) clippy -p transform-variants --all-targets --all-features -- -D warnings
 
-# The performance targets and cost growth, written to BENCHMARKS.md; then the scale-out table
-# (SQLite, PostgreSQL, PostgreSQL with two hosts) and the plugin runtime's costs.
+# The performance targets and cost growth, written to BENCHMARKS.md; then the plugin runtime's
+# costs, the drain on PostgreSQL (with its CPU and top statements) and the scale-out table
+# (SQLite, PostgreSQL, PostgreSQL with two hosts), appended to it.
 bench: build plugin-variants transform-variants
 	target/release/bench report BENCHMARKS.md
-	tests/services run target/services -- target/release/bench scale 10000 2
 	target/release/bench runtime 20000 > target/bench-runtime.md
-	cat target/bench-runtime.md && cat target/bench-runtime.md >> BENCHMARKS.md
+	tests/services run target/services -- sh -c 'target/release/bench drain 20000 1 3 --store postgres \
+		&& echo && target/release/bench scale 10000 2' > target/bench-postgres.md
+	printf '\n## PostgreSQL\n\n`target/release/bench drain 20000 1 3 --store postgres` and `target/release/bench scale 10000 2`, inside `tests/services`.\n\n' \
+		| cat target/bench-runtime.md - target/bench-postgres.md | tee -a BENCHMARKS.md

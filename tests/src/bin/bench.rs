@@ -12,7 +12,9 @@
 //! things with K webhooks each (default 1 and 3) into NATS JetStream while the host is stopped,
 //! starts it on SQLite, and prints deliveries/s until the last is received, the host's CPU time
 //! per delivery and peak resident memory (from `/proc`), and the connections the receiver
-//! accepted; median of 3 runs.
+//! accepted; median of 3 runs. With `--store postgres` (inside `tests/services`) the host uses
+//! its own PostgreSQL database, and the bench adds PostgreSQL's CPU per delivery (all its
+//! processes, from `/proc`) and its top statements by total time from `pg_stat_statements`.
 //!
 //! `bench scale [MESSAGES] [K]`: end-to-end deliveries/s and publish-to-receipt latency of
 //! MESSAGES messages (default 10,000) to a thing with K webhooks (default 2) on SQLite, on
@@ -56,8 +58,8 @@ const PAYLOAD_BYTES: usize = 256;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().cloned().as_deref() {
         Some("list") | None => {
             let webhooks = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(100);
             let requests = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(2_000);
@@ -72,12 +74,21 @@ async fn main() -> Result<()> {
             deliver(messages, &ks).await
         }
         Some("drain") => {
+            let store = match args.iter().position(|a| a == "--store") {
+                Some(at) => {
+                    let name = args.get(at + 1).context("--store takes sqlite or postgres")?;
+                    let store = DrainStore::parse(name)?;
+                    args.drain(at..at + 2);
+                    store
+                }
+                None => DrainStore::Sqlite,
+            };
             let messages = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             let mut ks: Vec<usize> = args.iter().skip(2).map(|k| k.parse()).collect::<Result<_, _>>()?;
             if ks.is_empty() {
                 ks = vec![1, 3];
             }
-            drain(messages, &ks).await
+            drain(messages, &ks, store).await
         }
         Some("report") => {
             let out = args.get(1).map_or("BENCHMARKS.md", String::as_str);
@@ -564,6 +575,36 @@ struct Drain {
     connections: usize,
     /// Plugin calls the host made during the drain, by export.
     calls: Vec<(String, u64)>,
+    /// PostgreSQL's CPU time over the drain, all its processes, when the store is PostgreSQL.
+    database_cpu: Option<Duration>,
+    /// PostgreSQL's top statements by total time over the drain, as a table.
+    statements: Option<String>,
+    /// Statements PostgreSQL ran on the drain's database, each one a round trip or part of one.
+    statement_calls: Option<u64>,
+}
+
+/// The store a drain runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DrainStore {
+    Sqlite,
+    Postgres,
+}
+
+impl DrainStore {
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "sqlite" => Ok(DrainStore::Sqlite),
+            "postgres" => Ok(DrainStore::Postgres),
+            other => bail!("--store takes sqlite or postgres, not {other:?}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DrainStore::Sqlite => "SQLite",
+            DrainStore::Postgres => "PostgreSQL",
+        }
+    }
 }
 
 impl Drain {
@@ -574,19 +615,31 @@ impl Drain {
     fn cpu_per_delivery_ms(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e3 / self.deliveries as f64
     }
+
+    fn database_cpu_per_delivery_ms(&self) -> Option<f64> {
+        self.database_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e3 / self.deliveries as f64)
+    }
 }
 
 /// Loads `messages` broker messages spread over [`DRAIN_THINGS`] things with `k` webhooks each
-/// into JetStream while the host is stopped, then starts it on SQLite and times until every
+/// into JetStream while the host is stopped, then starts it on `store` and times until every
 /// delivery has been received, reading the host's CPU time and peak memory from `/proc`.
-async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
+async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain> {
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start().await?;
-    let env = [
+    let database = match store {
+        DrainStore::Sqlite => None,
+        DrainStore::Postgres => Some(postgres_database()?),
+    };
+    let mut env = vec![
         ALLOW_PRIVATE,
         ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
         ("MF_BROKER_URL", nats.url.as_str()),
     ];
+    if let Some(database) = &database {
+        env.push(("MF_WEBHOOKS_DB_URL", database));
+    }
     // The first start makes the stream and the durable consumer; the messages then wait in it.
     let mut host = TestHost::start_with(registry_with_things(DRAIN_THINGS), &env).await?;
     for t in 0..DRAIN_THINGS {
@@ -600,12 +653,24 @@ async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
         .await?;
 
     let connections_before = receiver.connections();
+    let server = match &database {
+        Some(database) => Some(DatabaseServer::watch(database)?),
+        None => None,
+    };
     let started = Instant::now();
     host.start_again().await?;
     let pid = host.pid().context("the host runs")?;
     receiver.wait_for_count(messages * k, Duration::from_secs(600)).await?;
     let elapsed = started.elapsed();
     let cpu = process_cpu(pid)?;
+    let (database_cpu, statements, statement_calls) = match &server {
+        Some(server) => (
+            Some(server.cpu_since()?),
+            Some(server.top_statements(12)?),
+            server.statement_calls()?,
+        ),
+        None => (None, None, None),
+    };
     let peak_rss_kib = process_status_kib(pid, "VmHWM:")?;
     let end_rss_kib = (
         process_status_kib(pid, "RssAnon:")?,
@@ -622,7 +687,134 @@ async fn drain_run(messages: usize, k: usize) -> Result<Drain> {
         end_rss_kib,
         connections,
         calls,
+        database_cpu,
+        statements,
+        statement_calls,
     })
+}
+
+/// The PostgreSQL server of `tests/services` (`WEBHOOKS_TEST_POSTGRES`, whose postmaster's pid
+/// is `WEBHOOKS_TEST_POSTGRES_PID`), watched over a drain: its CPU time and its statements on
+/// one database from the moment it is watched.
+struct DatabaseServer {
+    admin: String,
+    database: String,
+    postmaster: u32,
+    cpu_before: Duration,
+    statements: bool,
+}
+
+impl DatabaseServer {
+    /// Starts watching the server that holds `database_url`: notes the CPU its processes have
+    /// used and resets `pg_stat_statements` if the server loads it.
+    fn watch(database_url: &str) -> Result<Self> {
+        let admin = std::env::var("WEBHOOKS_TEST_POSTGRES").context("WEBHOOKS_TEST_POSTGRES is not set")?;
+        let postmaster = std::env::var("WEBHOOKS_TEST_POSTGRES_PID")
+            .context("WEBHOOKS_TEST_POSTGRES_PID is not set: run the bench through tests/services")?
+            .parse()
+            .context("WEBHOOKS_TEST_POSTGRES_PID")?;
+        let database = database_url.rsplit_once('/').context("a database URL")?.1.to_owned();
+        let statements = psql(
+            &admin,
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
+        )
+        .is_ok();
+        Ok(DatabaseServer {
+            admin,
+            database,
+            postmaster,
+            cpu_before: server_cpu(postmaster)?,
+            statements,
+        })
+    }
+
+    /// CPU time of the server's processes since it was watched.
+    fn cpu_since(&self) -> Result<Duration> {
+        Ok(server_cpu(self.postmaster)?.saturating_sub(self.cpu_before))
+    }
+
+    /// Statements run on the database since it was watched, if `pg_stat_statements` counts
+    /// them.
+    fn statement_calls(&self) -> Result<Option<u64>> {
+        if !self.statements {
+            return Ok(None);
+        }
+        let sum = psql(
+            &self.admin,
+            &format!(
+                "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE d.datname = '{}'",
+                self.database
+            ),
+        )?;
+        Ok(Some(sum.trim().parse().context("a count of statements")?))
+    }
+
+    /// The `limit` statements on the database with the most execution time since it was
+    /// watched, as a Markdown table.
+    fn top_statements(&self, limit: usize) -> Result<String> {
+        if !self.statements {
+            return Ok("(pg_stat_statements is not loaded by this server)\n".into());
+        }
+        let rows = psql(
+            &self.admin,
+            &format!(
+                "SELECT s.calls, round(s.total_exec_time::numeric, 1), round(s.mean_exec_time::numeric * 1000, 1), \
+                 s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 150) \
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE d.datname = '{}' ORDER BY s.total_exec_time DESC LIMIT {limit}",
+                self.database
+            ),
+        )?;
+        let mut table = String::from("| calls | total ms | mean µs | rows | statement |\n|---|---|---|---|---|\n");
+        for row in rows.lines().filter(|row| !row.is_empty()) {
+            let fields: Vec<&str> = row.splitn(5, '\t').collect();
+            if fields.len() == 5 {
+                table.push_str(&format!(
+                    "| {} | {} | {} | {} | `{}` |\n",
+                    fields[0],
+                    fields[1],
+                    fields[2],
+                    fields[3],
+                    fields[4].replace('|', "\\|")
+                ));
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// Runs `sql` on the server at `url` and answers its rows, tab-separated.
+fn psql(url: &str, sql: &str) -> Result<String> {
+    let output = std::process::Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .context("running psql")?;
+    if !output.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// CPU time of a PostgreSQL server so far: its postmaster's own and its reaped children's, and
+/// that of every live child (backends, background workers), from `/proc`.
+fn server_cpu(postmaster: u32) -> Result<Duration> {
+    let (own, reaped) = process_cpu_with_children(postmaster)?;
+    let mut total = own + reaped;
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A child may end between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(fields) = stat_fields(&stat)
+            && fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(postmaster)
+        {
+            total += ticks_to_duration(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)?;
+        }
+    }
+    Ok(total)
 }
 
 /// The plugin calls a host made since it started, by export, from its `/metrics`.
@@ -641,35 +833,102 @@ async fn plugin_calls(host: &TestHost) -> Result<Vec<(String, u64)>> {
 }
 
 /// The median drain of three by deliveries/s.
-async fn drain_median(messages: usize, k: usize) -> Result<Drain> {
+async fn drain_median(messages: usize, k: usize, store: DrainStore) -> Result<Drain> {
     let mut runs = Vec::with_capacity(3);
     for _ in 0..3 {
-        runs.push(drain_run(messages, k).await?);
+        runs.push(drain_run(messages, k, store).await?);
     }
     runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     Ok(runs.swap_remove(1))
 }
 
-/// The head of the drain table, in `bench drain` and in the report.
-const DRAIN_HEADER: &str = "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery | peak RSS (anon + file at the end) | new connections to the receiver | plugin calls per 100 deliveries |\n|---|---|---|---|---|---|---|\n";
-
-/// `bench drain`: the drain table for each K.
-async fn drain(messages: usize, ks: &[usize]) -> Result<()> {
+/// `bench drain`: the drain table for each K, and on PostgreSQL its top statements.
+async fn drain(messages: usize, ks: &[usize], store: DrainStore) -> Result<()> {
     println!(
-        "{messages} messages of {PAYLOAD_BYTES} B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, SQLite store, \
-         receiver on loopback; median of 3 runs"
+        "{messages} messages of {PAYLOAD_BYTES} B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, {} store, \
+         receiver on loopback; median of 3 runs",
+        store.name()
     );
-    print!("{DRAIN_HEADER}");
+    let mut statements = Vec::new();
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
     for &k in ks {
-        let run = drain_median(messages, k).await?;
-        println!("{}", drain_row(k, &run));
+        let run = drain_median(messages, k, store).await?;
+        rows.push(drain_row(k, &run));
+        if let Some(table) = &run.statements {
+            statements.push((k, table.clone()));
+        }
+        runs.push((k, run));
+    }
+    print!("{}", drain_header(store));
+    for row in rows {
+        println!("{row}");
+    }
+    if store == DrainStore::Postgres {
+        print!("{}", capacity_model(&runs));
+    }
+    for (k, table) in statements {
+        println!(
+            "\nPostgreSQL's top statements by total time, {k} webhook(s) per thing (the median run, from \
+             `pg_stat_statements`):\n"
+        );
+        print!("{table}");
     }
     Ok(())
 }
 
-fn drain_row(k: usize, run: &Drain) -> String {
+/// How many hosts one PostgreSQL server carries, and at what rate, from the drains' measured
+/// CPU per delivery on each side: a server of C cores kept busy delivers C / (its CPU per
+/// delivery) per second, which keeps that rate × (host CPU per delivery) host cores busy.
+fn capacity_model(runs: &[(usize, Drain)]) -> String {
+    let mut model = String::from(
+        "\nCapacity model from these drains (CPU per delivery measured on each side; PostgreSQL's cores fully \
+         used, hosts of 2 cores fully used; the receivers elsewhere):\n\n| webhooks per thing | host CPU per delivery \
+         | PostgreSQL CPU per delivery | statements per delivery | PostgreSQL of 2 cores | 4 cores | 8 cores | 16 \
+         cores |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (k, run) in runs {
+        let (Some(database), host) = (run.database_cpu_per_delivery_ms(), run.cpu_per_delivery_ms()) else {
+            continue;
+        };
+        let statements = run
+            .statement_calls
+            .map(|calls| format!("{:.2}", calls as f64 / run.deliveries as f64))
+            .unwrap_or_else(|| "(not counted)".into());
+        let mut line = format!("| {k} | {host:.3} ms | {database:.3} ms | {statements} |");
+        for cores in [2.0, 4.0, 8.0, 16.0] {
+            let rate = cores * 1e3 / database;
+            let hosts = rate * host / 1e3 / 2.0;
+            line.push_str(&format!(" {rate:.0}/s, {hosts:.1} hosts |"));
+        }
+        model.push_str(&line);
+        model.push('\n');
+    }
+    model
+}
+
+/// The head of the drain table, in `bench drain` and in the report.
+fn drain_header(store: DrainStore) -> String {
+    let database = if store == DrainStore::Postgres {
+        " PostgreSQL CPU per delivery |"
+    } else {
+        ""
+    };
+    let columns = if store == DrainStore::Postgres { 8 } else { 7 };
     format!(
-        "| {k} | {} | {:.0} | {:.3} ms | {:.1} MiB ({:.1} + {:.1} MiB) | {} | {} |",
+        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery |{database} peak RSS (anon + file at \
+         the end) | new connections to the receiver | plugin calls per 100 deliveries |\n|{}\n",
+        "---|".repeat(columns)
+    )
+}
+
+fn drain_row(k: usize, run: &Drain) -> String {
+    let database = run
+        .database_cpu_per_delivery_ms()
+        .map(|ms| format!(" {ms:.3} ms |"))
+        .unwrap_or_default();
+    format!(
+        "| {k} | {} | {:.0} | {:.3} ms |{database} {:.1} MiB ({:.1} + {:.1} MiB) | {} | {} |",
         run.deliveries,
         run.rate(),
         run.cpu_per_delivery_ms(),
@@ -688,15 +947,35 @@ fn drain_row(k: usize, run: &Drain) -> String {
 
 /// A process's CPU time so far, user and system, from `/proc/PID/stat`.
 fn process_cpu(pid: u32) -> Result<Duration> {
+    Ok(process_cpu_with_children(pid)?.0)
+}
+
+/// A process's own CPU time, and that of its children it has reaped, from `/proc/PID/stat`.
+fn process_cpu_with_children(pid: u32) -> Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("a stat line")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let per_second: u64 = String::from_utf8(std::process::Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
-        .trim()
-        .parse()?;
+    let fields = stat_fields(&stat).context("a stat line")?;
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name.
+    let own = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let reaped = fields[13].parse::<u64>()? + fields[14].parse::<u64>()?;
+    Ok((ticks_to_duration(own)?, ticks_to_duration(reaped)?))
+}
+
+/// The fields of a `/proc/PID/stat` line after the command name, which is in parentheses and
+/// may hold spaces: the state first, then the parent's pid.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    (fields.len() > 14).then_some(fields)
+}
+
+fn ticks_to_duration(ticks: u64) -> Result<Duration> {
+    static PER_SECOND: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let per_second = match PER_SECOND.get() {
+        Some(per_second) => *per_second,
+        None => {
+            let output = std::process::Command::new("getconf").arg("CLK_TCK").output()?;
+            *PER_SECOND.get_or_init(|| String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(100))
+        }
+    };
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
@@ -1247,7 +1526,7 @@ async fn report(out: &std::path::Path) -> Result<()> {
     let drains = [(1, 0.115, 7_500), (3, 0.21, 14_000)];
     let mut drained = Vec::new();
     for (k, share, nominal) in drains {
-        let run = drain_median(20_000, k).await?;
+        let run = drain_median(20_000, k, DrainStore::Sqlite).await?;
         let target = share * native;
         targets.push(Target {
             measure: format!(
@@ -1435,7 +1714,7 @@ async fn report(out: &std::path::Path) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let mut drain_table = String::from(DRAIN_HEADER);
+    let mut drain_table = drain_header(DrainStore::Sqlite);
     for (k, run) in &drained {
         drain_table.push_str(&drain_row(*k, run));
         drain_table.push('\n');
