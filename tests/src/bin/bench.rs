@@ -19,7 +19,9 @@
 //! `bench scale [MESSAGES] [K]`: end-to-end deliveries/s and publish-to-receipt latency of
 //! MESSAGES messages (default 10,000) to a thing with K webhooks (default 2) on SQLite, on
 //! PostgreSQL, and on PostgreSQL with two hosts (publishing over HTTP to both, then through NATS
-//! JetStream). Needs `WEBHOOKS_TEST_POSTGRES` (`make bench` runs it inside `tests/services`).
+//! JetStream); then, on PostgreSQL with one host and with two, a steady 1,000 messages/s for
+//! 10 s: latency, the backlog each second and each host's share of the deliveries. Needs
+//! `WEBHOOKS_TEST_POSTGRES` (`make bench` runs it inside `tests/services`).
 //!
 //! `bench isolation`: SPEC.md section 7's isolation scenario: group B's publish-to-receipt
 //! latency at 20 messages/s alone and beside group A's flood toward 70 webhooks whose receiver
@@ -428,6 +430,114 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
             ms(run.latency.p99),
         );
     }
+    println!(
+        "\nPostgreSQL, a steady rate over HTTP spread over the hosts, 1 webhook; the backlog is the deliveries \
+         owed and not yet received, once a second, the publishing then the draining:\n"
+    );
+    println!("| hosts | load | p50 / p99 / max publish→receipt | backlog each second | share of deliveries by host |");
+    println!("|---|---|---|---|---|");
+    for hosts in [1, 2] {
+        scale_steady(1_000, 10, hosts).await?;
+    }
+    Ok(())
+}
+
+/// Steady publishes at `rate` messages/s for `seconds` s over HTTP, spread over `hosts` hosts
+/// sharing one PostgreSQL database, to a thing with one webhook: publish → receipt latency,
+/// the backlog (deliveries owed but not yet received) once a second, and each host's share of
+/// the deliveries (from its `/metrics`).
+async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<()> {
+    let receiver = Receiver::start().await?;
+    let database = postgres_database()?;
+    let env = [
+        ALLOW_PRIVATE,
+        ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
+        ("MF_WEBHOOKS_DB_URL", database.as_str()),
+    ];
+    let mut started_hosts = Vec::with_capacity(hosts);
+    for _ in 0..hosts {
+        started_hosts.push(TestHost::start_with(standard_registry(), &env).await?);
+    }
+    started_hosts[0]
+        .create(
+            THING_1,
+            EDITOR,
+            json!([{"name": "steady", "url": receiver.url("/steady")}]),
+        )
+        .await?;
+    let client = webhooks_tests::client_builder().pool_max_idle_per_host(64).build()?;
+    let urls: Vec<String> = started_hosts.iter().map(|h| h.url("/messages/steady")).collect();
+    let messages = (rate * seconds) as usize;
+    let started = Instant::now();
+    let mut sent_at = Vec::with_capacity(messages);
+    let mut tasks = Vec::with_capacity(messages);
+    let mut backlog = Vec::new();
+    let mut next_sample = started + Duration::from_secs(1);
+    for index in 0..messages {
+        let due = started + Duration::from_nanos(index as u64 * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        if Instant::now() >= next_sample {
+            backlog.push(index - receiver.count().min(index));
+            next_sample += Duration::from_secs(1);
+        }
+        sent_at.push(Instant::now());
+        let (client, url) = (client.clone(), urls[index % urls.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(&url)
+                .header("Authorization", "Thing key-1")
+                .body(payload(index as u64))
+                .send()
+                .await?;
+            if response.status() != StatusCode::ACCEPTED {
+                bail!("publish answered {}", response.status());
+            }
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while receiver.count() < messages {
+        if Instant::now() >= deadline {
+            bail!("{} of {messages} deliveries after 120 s", receiver.count());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        backlog.push(messages - receiver.count().min(messages));
+    }
+    let latency = summarize(
+        receiver
+            .received()
+            .iter()
+            .map(|r| r.at.saturating_duration_since(sent_at[index_of(&r.body)]))
+            .collect(),
+    );
+    let mut shares = Vec::with_capacity(hosts);
+    for host in &started_hosts {
+        let text = reqwest::get(host.url("/metrics")).await?.text().await?;
+        let delivered: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("webhooks_deliveries_total{outcome=\"delivered\"} "))
+            .map(|count| count.trim().parse())
+            .transpose()?
+            .unwrap_or(0.0);
+        shares.push(delivered);
+    }
+    let total: f64 = shares.iter().sum();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "| {hosts} | {rate} msg/s for {seconds} s | {:.1} / {:.1} / {:.1} ms | {} | {} |",
+        ms(latency.p50),
+        ms(latency.p99),
+        ms(latency.max),
+        backlog.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+        shares
+            .iter()
+            .map(|share| format!("{:.0}%", share * 100.0 / total.max(1.0)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
     Ok(())
 }
 
