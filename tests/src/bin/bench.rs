@@ -434,8 +434,11 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
         "\nPostgreSQL, a steady rate over HTTP spread over the hosts, 1 webhook; the backlog is the deliveries \
          owed and not yet received, once a second, the publishing then the draining:\n"
     );
-    println!("| hosts | load | p50 / p99 / max publish→receipt | backlog each second | share of deliveries by host |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| hosts | load | p50 / p99 / max publish→receipt | backlog each second | share of deliveries by host | mean \
+         plugin call (10 calls or more) |"
+    );
+    println!("|---|---|---|---|---|---|");
     for hosts in [1, 2] {
         scale_steady(1_000, 10, hosts).await?;
     }
@@ -514,8 +517,18 @@ async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<()> {
             .collect(),
     );
     let mut shares = Vec::with_capacity(hosts);
+    let mut calls: Vec<(String, f64, f64)> = Vec::new();
     for host in &started_hosts {
         let text = reqwest::get(host.url("/metrics")).await?.text().await?;
+        for (export, sum, count) in plugin_call_times(&text) {
+            match calls.iter_mut().find(|(name, _, _)| *name == export) {
+                Some(entry) => {
+                    entry.1 += sum;
+                    entry.2 += count;
+                }
+                None => calls.push((export, sum, count)),
+            }
+        }
         let delivered: f64 = text
             .lines()
             .find_map(|line| line.strip_prefix("webhooks_deliveries_total{outcome=\"delivered\"} "))
@@ -526,8 +539,14 @@ async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<()> {
     }
     let total: f64 = shares.iter().sum();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let calls = calls
+        .iter()
+        .filter(|(_, _, count)| *count >= 10.0)
+        .map(|(export, sum, count)| format!("{export} {:.2} ms", sum * 1e3 / count))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "| {hosts} | {rate} msg/s for {seconds} s | {:.1} / {:.1} / {:.1} ms | {} | {} |",
+        "| {hosts} | {rate} msg/s for {seconds} s | {:.1} / {:.1} / {:.1} ms | {} | {} | {calls} |",
         ms(latency.p50),
         ms(latency.p99),
         ms(latency.max),
@@ -925,6 +944,27 @@ fn server_cpu(postmaster: u32) -> Result<Duration> {
         }
     }
     Ok(total)
+}
+
+/// Each export's total and count of plugin call seconds in a host's `/metrics` text.
+fn plugin_call_times(metrics: &str) -> Vec<(String, f64, f64)> {
+    let figure = |suffix: &str, export: &str| {
+        let prefix = format!("webhooks_plugin_call_duration_seconds_{suffix}{{export=\"{export}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("webhooks_plugin_call_duration_seconds_count{export=\""))
+        .filter_map(|rest| rest.split_once('"').map(|(export, _)| export.to_owned()))
+        .map(|export| {
+            let (sum, count) = (figure("sum", &export), figure("count", &export));
+            (export, sum, count)
+        })
+        .collect()
 }
 
 /// The plugin calls a host made since it started, by export, from its `/metrics`.
