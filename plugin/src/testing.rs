@@ -428,6 +428,7 @@ pub fn message(thing: &str, id: Option<&str>, payload: &[u8], content_type: Opti
 /// The delivery operations at [`NOW`], with retries after 1s and 5s and no jitter.
 pub fn events<'a>(kv: &'a dyn Kv, sender: &'a dyn Sender) -> Events<'a> {
     Events::new(kv, sender, &AT_NOW)
+        .with_lease(0)
         .with_policy(RetryPolicy {
             schedule_ms: vec![1_000, 5_000],
         })

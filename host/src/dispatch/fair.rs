@@ -60,12 +60,26 @@ pub struct Batch {
     pub group: Arc<str>,
     /// The webhooks, each once, the first one's deliveries first.
     pub webhooks: Vec<String>,
-    /// The deliveries' ids.
+    /// The deliveries' ids, each webhook's together, in the order of `webhooks`.
     pub ids: Vec<String>,
+    /// How many of `ids` are each webhook's, in the order of `webhooks`.
+    pub taken: Vec<usize>,
     /// The lane it runs in.
     pub lane: Lane,
     /// Tells running batches apart.
     pub id: u64,
+}
+
+impl Batch {
+    /// Each delivery's id with its webhook's.
+    pub fn deliveries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.webhooks
+            .iter()
+            .zip(&self.taken)
+            .flat_map(|(webhook, &taken)| std::iter::repeat_n(webhook.as_str(), taken))
+            .zip(&self.ids)
+            .map(|(webhook, id)| (id.as_str(), webhook))
+    }
 }
 
 #[derive(Default)]
@@ -236,6 +250,7 @@ impl FairQueue {
                 group: group.clone(),
                 webhooks: Vec::new(),
                 ids: Vec::new(),
+                taken: Vec::new(),
                 lane,
                 id: self.next_id,
             };
@@ -269,6 +284,7 @@ impl FairQueue {
         batch.ids.extend(hook.ready.drain(..take));
         hook.running += 1;
         batch.webhooks.push(webhook.to_owned());
+        batch.taken.push(take);
     }
 
     /// Fills a batch of the quick lane with the deliveries of the quick webhooks next in turn;
@@ -324,11 +340,14 @@ impl FairQueue {
         }
     }
 
-    /// Drops every delivery not yet started (at shutdown: they stay pending in the store).
-    pub fn clear_ready(&mut self) {
+    /// Drops every delivery not yet started (at shutdown: they stay pending in the store);
+    /// answers their ids.
+    pub fn clear_ready(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
         for hook in self.webhooks.values_mut() {
             for id in hook.ready.drain(..) {
                 self.known.remove(&id);
+                dropped.push(id.to_string());
                 if let Some(queue) = self.groups.get_mut(&hook.group) {
                     queue.backlog -= 1;
                 }
@@ -344,6 +363,7 @@ impl FairQueue {
         }
         self.groups.retain(|_, queue| queue.running > 0);
         self.turn.clear();
+        dropped
     }
 
     /// Deliveries queued or running.
@@ -536,6 +556,7 @@ mod tests {
                 group: Arc::from(group),
                 webhooks: webhooks.iter().map(|w| w.to_string()).collect(),
                 ids: Vec::new(),
+                taken: vec![0; webhooks.len()],
                 lane: Lane::Own,
                 id: 0,
             },
@@ -572,6 +593,11 @@ mod tests {
             "a-w1 is not known to be quick: it keeps its turn and runs alone; b's never join a's"
         );
         assert_eq!(started[0].ids, ["a-w0-d0", "a-w2-d0", "a-w3-d0"]);
+        // A failed batch's deliveries are queued again each with its own webhook.
+        assert_eq!(
+            started[0].deliveries().collect::<Vec<_>>(),
+            [("a-w0-d0", "a-w0"), ("a-w2-d0", "a-w2"), ("a-w3-d0", "a-w3")]
+        );
         assert_eq!(queue.running(), 3);
         for batch in &started {
             queue.finish(batch);

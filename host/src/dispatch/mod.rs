@@ -179,10 +179,16 @@ impl Dispatcher {
     }
 
     /// Stops starting batches and waits, until `deadline` at most, for the running ones to
-    /// record their outcomes. Whatever did not run stays pending in the store.
+    /// record their outcomes. Whatever did not run stays pending in the store; the claims
+    /// the intake took on the ones that never started are given back, so with a shared store
+    /// they are due at once for another host or the next start, not when the claims lapse.
     pub async fn drain(&self, deadline: Instant) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.queues.lock().expect("dispatch queues poisoned").fair.clear_ready();
+        let dropped = self.queues.lock().expect("dispatch queues poisoned").fair.clear_ready();
+        if !dropped.is_empty() {
+            self.release(dropped, "claims of deliveries never started given back")
+                .await;
+        }
         loop {
             let running = self.queues.lock().expect("dispatch queues poisoned").fair.running();
             if running == 0 {
@@ -207,8 +213,12 @@ impl Dispatcher {
             let queues = self.queues.lock().expect("dispatch queues poisoned");
             queues.fair.known().cloned().collect()
         };
+        self.release(ids, "claims of abandoned attempts given back").await;
+    }
+
+    async fn release(&self, ids: Vec<String>, done: &'static str) {
         match self.runtime.events().release(ids).await {
-            Ok(released) => tracing::info!(released, "claims of abandoned attempts given back"),
+            Ok(released) => tracing::info!(released, "{done}"),
             Err(error) => tracing::error!(%error, "giving back claims failed; they lapse on their own"),
         }
     }
@@ -267,9 +277,25 @@ impl Dispatcher {
                     }
                 }
             }
-            // The deliveries stay pending in the store; the poller brings them back.
+            // The deliveries stay pending in the store. The poller brings back the due ones;
+            // fresh ones under the intake's claim (a shared store) are not due to anyone else
+            // until it lapses, so they are queued again here after the same pause.
             Err(error) => {
-                tracing::error!(%error, webhooks = ?batch.webhooks, "delivery batch failed; it will be retried")
+                tracing::error!(%error, webhooks = ?batch.webhooks, "delivery batch failed; it will be retried");
+                let again: Vec<DueDelivery> = batch
+                    .deliveries()
+                    .map(|(id, webhook)| DueDelivery {
+                        id: id.to_owned(),
+                        webhook_id: webhook.to_owned(),
+                    })
+                    .collect();
+                let dispatcher = self.clone();
+                let group = batch.group.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(dispatcher.config.poll_interval).await;
+                    let group = (*group != *UNKNOWN_GROUP).then_some(&*group);
+                    dispatcher.enqueue(group, again);
+                });
             }
         }
         let batches = {

@@ -47,13 +47,19 @@ impl Events<'_> {
     }
 
     /// Attempts each due, pending delivery of the list once, all requests in flight together,
-    /// and records every outcome.
+    /// and records every outcome. A delivery still under the claim of the intake that
+    /// created it is attempted too: only the host that took its message in knows its id
+    /// before it is due.
     pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
         let now = self.clock.now_ms();
         let due = self.load_deliveries(ids, |d| {
-            d.status == Status::Pending && d.next_attempt_ms.is_none_or(|at| at <= now)
+            d.status == Status::Pending && (d.next_attempt_ms.is_none_or(|at| at <= now) || self.intake_claimed(d, now))
         })?;
-        let batch = self.claim(due, now)?;
+        // Fresh ones go out under the intake's claim; the others are claimed here.
+        let (mut batch, to_claim): (Vec<_>, Vec<_>) = due.into_iter().partition(|(d, _)| {
+            self.intake_claimed(d, now) && now <= d.created_ms.saturating_add(self.fresh_window_ms())
+        });
+        batch.extend(self.claim(to_claim, now)?);
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -149,6 +155,16 @@ impl Events<'_> {
             Decision::Skip(reason) => Prepared::Settled(Settled::Skipped(reason)),
             // The same answer would come again: not retried.
             Decision::Fail(reason) => Prepared::Settled(Settled::Attempted(AttemptResult::Permanent(reason))),
+        })
+    }
+
+    /// Whether a delivery is still under the claim its intake took: never attempted, due
+    /// exactly when that claim ends, which no other claim or release gives it (they move the
+    /// next attempt to a lease after a time when it was due, or to then), and not yet there.
+    fn intake_claimed(&self, delivery: &Delivery, now: u64) -> bool {
+        self.intake_claim_ms().is_some_and(|claim| {
+            let ends = delivery.created_ms.saturating_add(claim);
+            delivery.attempts.is_empty() && delivery.next_attempt_ms == Some(ends) && now < ends
         })
     }
 
@@ -427,6 +443,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::mainflux::webhooks::store::StoreError;
     use crate::ports::{Answer, DESTINATION_REFUSED, Kv, Request, Sender};
     use crate::testing::{
         AT_NOW, Deliveries, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, delivery, events, message,
@@ -528,6 +545,107 @@ mod tests {
         let outcomes = after_lease.deliver(&ids).unwrap();
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
+    }
+
+    /// A commit counter over a store, to see which calls commit.
+    struct CountingKv<'a> {
+        kv: &'a MemoryKv,
+        commits: std::cell::Cell<usize>,
+    }
+
+    impl Kv for CountingKv<'_> {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.kv.get(key)
+        }
+        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.kv.get_many(keys)
+        }
+        fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: u32,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.kv.scan(prefix, after, limit, reverse)
+        }
+        fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
+            self.commits.set(self.commits.get() + 1);
+            self.kv.commit(guards, ops)
+        }
+    }
+
+    #[test]
+    fn with_a_shared_store_the_intake_claims_new_deliveries_for_its_host() {
+        const LEASE: u64 = 10_000;
+        // The intake's claim: a lease and a quarter more; fresh for a quarter of a lease.
+        const CLAIM: u64 = 12_500;
+        let kv = MemoryKv::default();
+        let quiet = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
+        let host = |clock| Events::new(&kv, &quiet, clock).with_lease(LEASE);
+        let ids = publish(&host(&AT_NOW), message("t", None, b"x", None));
+        for id in &ids {
+            assert_eq!(delivery(&kv, id).next_attempt_ms, Some(NOW + CLAIM));
+        }
+        assert!(
+            host(&AT_NOW).due(10).unwrap().is_empty(),
+            "no other host finds them due"
+        );
+
+        // Fresh, the intake's host attempts them at once, with one commit: the outcomes.
+        let counting = CountingKv {
+            kv: &kv,
+            commits: std::cell::Cell::new(0),
+        };
+        let outcomes = Events::new(&counting, &quiet, &AT_NOW)
+            .with_lease(LEASE)
+            .deliver(&ids)
+            .unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
+        assert_eq!(counting.commits.get(), 1, "no claim before the attempt");
+        assert!(kv.scan(&keys::due_prefix(), None, 10, false).unwrap().is_empty());
+
+        // Past the fresh window, its attempt is claimed first: a rival reading the same ids
+        // while it is in flight finds them taken.
+        let ids = publish(&host(&AT_NOW), message("t", None, b"y", None));
+        let later = FixedClock::at(NOW + 3_000);
+        let rival_sender = ScriptedSender::default();
+        let rival = Events::new(&kv, &rival_sender, &later).with_lease(LEASE);
+        let sender = RivalSender {
+            rival: &rival,
+            ids: ids.clone(),
+            rival_attempted: RefCell::new(Vec::new()),
+        };
+        let outcomes = Events::new(&kv, &sender, &later)
+            .with_lease(LEASE)
+            .deliver(&ids)
+            .unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            sender.rival_attempted.borrow().is_empty(),
+            "the rival attempted nothing"
+        );
+
+        // A host that dies after the intake leaves them due for every host when its claim
+        // lapses; a stopping one gives the claim back at once.
+        let ids = publish(&host(&AT_NOW), message("t", None, b"z", None));
+        let almost = FixedClock::at(NOW + CLAIM - 1);
+        assert!(host(&almost).due(10).unwrap().is_empty());
+        let lapsed = FixedClock::at(NOW + CLAIM);
+        assert_eq!(host(&lapsed).due(10).unwrap().len(), 2);
+        let ids_released = publish(&host(&AT_NOW), message("t", None, b"w", None));
+        assert_eq!(host(&AT_NOW).release(&ids_released).unwrap(), 2);
+        assert_eq!(host(&AT_NOW).due(10).unwrap().len(), 2, "the released ones");
+        // Once due, any host claims them as usual.
+        let outcomes = host(&lapsed).deliver(&ids).unwrap();
+        assert_eq!(outcomes.len(), 2);
+
+        // With one host (a lease of 0) the intake claims nothing: due at once.
+        let ids = publish(&events(&kv, &quiet), message("t", None, b"v", None));
+        assert_eq!(delivery(&kv, &ids[0]).next_attempt_ms, Some(NOW));
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl Events<'_> {
                 }));
                 continue;
             }
-            prepared.push(prepare(&ids, index, message, message_id, seen_key, webhooks));
+            let due_ms = message.received_ms.saturating_add(self.intake_claim_ms().unwrap_or(0));
+            prepared.push(prepare(&ids, index, message, message_id, seen_key, webhooks, due_ms));
         }
         for (index, accepted) in self.commit_messages(prepared)? {
             answers[index] = Some(Ok(accepted));
@@ -158,8 +159,9 @@ impl Events<'_> {
     }
 }
 
-/// The writes of one message: one pending, due delivery per webhook, with the payload; and
-/// the message id, remembered under a guard, when the publisher named it.
+/// The writes of one message: one pending delivery per webhook, due at `due_ms` (now, or the
+/// end of the intake's claim when hosts share the store), with the payload; and the message
+/// id, remembered under a guard, when the publisher named it.
 fn prepare(
     ids: &ContextV7,
     index: usize,
@@ -167,6 +169,7 @@ fn prepare(
     message_id: String,
     seen_key: Option<Vec<u8>>,
     webhooks: &[Webhook],
+    due_ms: u64,
 ) -> Prepared {
     let now = message.received_ms;
     let mut ops = Vec::with_capacity(2 + webhooks.len() * 5);
@@ -194,7 +197,7 @@ fn prepare(
             subtopic: message.subtopic.clone(),
             status: Status::Pending,
             created_ms: now,
-            next_attempt_ms: Some(now),
+            next_attempt_ms: Some(due_ms),
             attempts: Vec::new(),
         };
         ops.push(Op::Put(Entry {
@@ -202,7 +205,7 @@ fn prepare(
             value: message.payload.clone(),
         }));
         ops.push(Op::Put(Entry {
-            key: keys::due(now, &delivery.id),
+            key: keys::due(due_ms, &delivery.id),
             value: webhook.id.clone().into_bytes(),
         }));
         ops.push(Op::Put(Entry {

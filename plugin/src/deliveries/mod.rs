@@ -52,6 +52,22 @@ impl<'a> Events<'a> {
         self
     }
 
+    /// How long after its creation a new delivery stays claimed by the host that took its
+    /// message in, when the store is shared (a lease above 0): a lease and a
+    /// [`Events::fresh_window_ms`] more, so that host may attempt it at once without a claim
+    /// of its own, and any host may once it lapses. `None` with one host, which claims
+    /// nothing.
+    fn intake_claim_ms(&self) -> Option<u64> {
+        (self.lease_ms > 0).then(|| self.lease_ms.saturating_add(self.fresh_window_ms()))
+    }
+
+    /// How long after its creation the host that took a delivery in may start attempting it
+    /// under the intake's claim alone: an attempt started then ends, at the latest, a lease
+    /// less its margin later, before the intake's claim lapses.
+    fn fresh_window_ms(&self) -> u64 {
+        self.lease_ms / 4
+    }
+
     /// Runs webhooks' transforms through this capability.
     pub fn with_transformer(mut self, transformer: &'a dyn Transformer) -> Self {
         self.transformer = transformer;

@@ -380,7 +380,7 @@ async fn broker_run(nats: &NatsServer, receiver: &Receiver, messages: usize, k: 
 async fn scale(messages: usize, k: usize) -> Result<()> {
     println!(
         "{messages} messages of {PAYLOAD_BYTES} B to a thing with {k} webhooks, {CONCURRENCY} HTTP publishers \
-         in flight, receiver, PostgreSQL and NATS on the same machine"
+         in flight, receiver, PostgreSQL and NATS on the same machine\n"
     );
     println!("| store | hosts | ingress | deliveries | deliveries/s | p50 / p99 publish→receipt |");
     println!("|---|---|---|---|---|---|");
@@ -996,7 +996,7 @@ async fn drain_median(messages: usize, k: usize, store: DrainStore) -> Result<Dr
 async fn drain(messages: usize, ks: &[usize], store: DrainStore) -> Result<()> {
     println!(
         "{messages} messages of {PAYLOAD_BYTES} B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, {} store, \
-         receiver on loopback; median of 3 runs",
+         receiver on loopback; median of 3 runs\n",
         store.name()
     );
     let mut statements = Vec::new();
