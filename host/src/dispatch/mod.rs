@@ -216,11 +216,21 @@ impl Dispatcher {
         self.release(ids, "claims of abandoned attempts given back").await;
     }
 
+    /// Gives back the claims on these deliveries, a page of ids per call, so a large backlog
+    /// at shutdown never makes one call read more than a page of records.
     async fn release(&self, ids: Vec<String>, done: &'static str) {
-        match self.runtime.events().release(ids).await {
-            Ok(released) => tracing::info!(released, "{done}"),
-            Err(error) => tracing::error!(%error, "giving back claims failed; they lapse on their own"),
+        const PAGE: usize = 1024;
+        let mut released = 0;
+        for page in ids.chunks(PAGE) {
+            match self.runtime.events().release(page.to_vec()).await {
+                Ok(count) => released += count,
+                Err(error) => {
+                    tracing::error!(%error, "giving back claims failed; they lapse on their own");
+                    return;
+                }
+            }
         }
+        tracing::info!(released, "{done}");
     }
 
     async fn run_batch(self: Arc<Self>, batch: Batch) {
