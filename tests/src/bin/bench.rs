@@ -445,6 +445,53 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// Publishes `messages` messages as `THING_1` at a steady `rate` per second, spread over
+/// `urls` in turn, each without waiting for the one before; answers when each was sent, and
+/// the deliveries `receiver` was owed but had not received, once a second.
+async fn publish_steadily(
+    urls: &[String],
+    receiver: &Receiver,
+    rate: u64,
+    messages: usize,
+) -> Result<(Vec<Instant>, Vec<usize>)> {
+    let client = webhooks_tests::client_builder().pool_max_idle_per_host(64).build()?;
+    let started = Instant::now();
+    let mut sent_at = Vec::with_capacity(messages);
+    let mut tasks = Vec::with_capacity(messages);
+    let mut backlog = Vec::new();
+    let mut next_sample = started + Duration::from_secs(1);
+    for index in 0..messages {
+        let due = started + Duration::from_nanos(index as u64 * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        if Instant::now() >= next_sample {
+            backlog.push(index - receiver.count().min(index));
+            next_sample += Duration::from_secs(1);
+        }
+        sent_at.push(Instant::now());
+        let (client, url) = (client.clone(), urls[index % urls.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(&url)
+                .header("Authorization", "Thing key-1")
+                .body(payload(index as u64))
+                .send()
+                .await?;
+            if response.status() != StatusCode::ACCEPTED {
+                let status = response.status();
+                bail!(
+                    "publish answered {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((sent_at, backlog))
+}
+
 /// Steady publishes at `rate` messages/s for `seconds` s over HTTP, spread over `hosts` hosts
 /// sharing one PostgreSQL database, to a thing with one webhook: publish → receipt latency,
 /// the backlog (deliveries owed but not yet received) once a second, and each host's share of
@@ -468,39 +515,9 @@ async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<()> {
             json!([{"name": "steady", "url": receiver.url("/steady")}]),
         )
         .await?;
-    let client = webhooks_tests::client_builder().pool_max_idle_per_host(64).build()?;
     let urls: Vec<String> = started_hosts.iter().map(|h| h.url("/messages/steady")).collect();
     let messages = (rate * seconds) as usize;
-    let started = Instant::now();
-    let mut sent_at = Vec::with_capacity(messages);
-    let mut tasks = Vec::with_capacity(messages);
-    let mut backlog = Vec::new();
-    let mut next_sample = started + Duration::from_secs(1);
-    for index in 0..messages {
-        let due = started + Duration::from_nanos(index as u64 * 1_000_000_000 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        if Instant::now() >= next_sample {
-            backlog.push(index - receiver.count().min(index));
-            next_sample += Duration::from_secs(1);
-        }
-        sent_at.push(Instant::now());
-        let (client, url) = (client.clone(), urls[index % urls.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let response = client
-                .post(&url)
-                .header("Authorization", "Thing key-1")
-                .body(payload(index as u64))
-                .send()
-                .await?;
-            if response.status() != StatusCode::ACCEPTED {
-                bail!("publish answered {}", response.status());
-            }
-            Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
+    let (sent_at, mut backlog) = publish_steadily(&urls, &receiver, rate, messages).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while receiver.count() < messages {
         if Instant::now() >= deadline {
@@ -1516,39 +1533,10 @@ async fn group_list(webhooks: usize, things: usize, requests: usize) -> Result<S
 /// a slow answer never delays the next one.
 async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
     let (receiver, host) = host_with_webhooks(1).await?;
-    let client = webhooks_tests::client_builder().pool_max_idle_per_host(64).build()?;
-    let url = host.url("/messages/steady");
     let messages = (rate * seconds) as usize;
-    let started = Instant::now();
-    let mut sent_at = Vec::with_capacity(messages);
-    let mut tasks = Vec::with_capacity(messages);
-    for index in 0..messages {
-        let due = started + Duration::from_nanos(index as u64 * 1_000_000_000 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        sent_at.push(Instant::now());
-        let (client, url) = (client.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let response = client
-                .post(&url)
-                .header("Authorization", "Thing key-1")
-                .body(payload(index as u64))
-                .send()
-                .await?;
-            if response.status() != StatusCode::ACCEPTED {
-                let status = response.status();
-                bail!(
-                    "publish answered {status}: {}",
-                    response.text().await.unwrap_or_default()
-                );
-            }
-            Ok(())
-        }));
-    }
-    for task in tasks {
-        if let Err(error) = task.await? {
-            bail!("{error}; host log:\n{}", host.log());
-        }
-    }
+    let (sent_at, _) = publish_steadily(&[host.url("/messages/steady")], &receiver, rate, messages)
+        .await
+        .with_context(|| format!("host log:\n{}", host.log()))?;
     receiver.wait_for_count(messages, Duration::from_secs(120)).await?;
     let received = receiver.received();
     Ok(summarize(
