@@ -19,9 +19,9 @@ const CALLS: usize = 4;
 /// Most messages one call takes in with an embedded store: one commit holds them all.
 pub const EMBEDDED_BATCH: usize = 64;
 
-/// Most messages one call takes in with a shared store: a commit of more than 256 keys takes
-/// PostgreSQL's store-wide lock, which would make every other host's commits wait, and eight
-/// messages to three webhooks each stay below it.
+/// Most messages one call takes in with a shared store: a commit of more than 256 keys locks
+/// whole buckets of PostgreSQL's keys, which holds up the other commits sharing any of them,
+/// and eight messages to three webhooks each stay below it, locked key by key.
 pub const SHARED_BATCH: usize = 8;
 
 /// The messages waiting for a call, and the calls running.

@@ -289,6 +289,65 @@ async fn sqlite_races() {
     wide_commits_exclude_narrow_ones(vec![fixture.store.clone()]).await;
 }
 
+/// A commit as wide as a 100-webhook create, held open by another host, holds up the commits
+/// that share one of its buckets and no other: it takes no store-wide lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wide_commits_hold_up_only_the_commits_sharing_their_buckets() {
+    use super::postgres::{BUCKET_CLASS, LockPlan, lock_plan};
+    use std::time::Duration;
+
+    let url = postgres_database().await;
+    let store = postgres(&url).await;
+    let wide_keys: Vec<Vec<u8>> = (0..1_500u32).map(|i| format!("wide-{i:05}").into_bytes()).collect();
+    let LockPlan::Wide { buckets } = lock_plan(wide_keys.iter().map(Vec::as_slice)) else {
+        panic!("1,500 keys lock by bucket");
+    };
+    let bucket_of = |key: &[u8]| match lock_plan(std::iter::once(key)) {
+        LockPlan::Narrow { buckets, .. } => buckets[0],
+        LockPlan::Wide { .. } => unreachable!(),
+    };
+    let outside = (0..)
+        .map(|i: u32| format!("narrow-{i}").into_bytes())
+        .find(|key| !buckets.contains(&bucket_of(key)))
+        .unwrap();
+
+    // The other host's wide commit, stopped once it holds its locks.
+    let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    other.batch_execute("BEGIN").await.unwrap();
+    other
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, b) FROM unnest($2::int4[]) AS b",
+            &[&BUCKET_CLASS, &buckets],
+        )
+        .await
+        .unwrap();
+
+    let free = store.commit(vec![Condition::Absent(outside.clone())], vec![put(&outside, b"1")]);
+    tokio::time::timeout(Duration::from_secs(5), free)
+        .await
+        .expect("a commit outside the wide commit's buckets does not wait for it")
+        .unwrap();
+
+    let inside = wide_keys[700].clone();
+    let held = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .commit(vec![Condition::Absent(inside.clone())], vec![put(&inside, b"n")])
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a commit on a key of the wide commit waits for it");
+    other.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the waiting commit goes on once the wide one ends")
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_answers_the_conformance_cases() {
     for case in cases() {

@@ -5,9 +5,14 @@
 //! A commit takes a transaction-scoped advisory lock on every key it guards or writes, in one
 //! sorted order, before it reads its guards; two commits that touch a common key therefore run
 //! one after the other, and each sees the other's writes, which is what a compare-and-set
-//! needs. Commits touching more keys than [`WIDE_COMMIT`] (retention sweeps, removing a large
-//! group) take one exclusive lock instead, which every other commit takes shared, so no commit
-//! holds thousands of locks.
+//! needs. The keys also fall in [`BUCKETS`] buckets: a commit takes its buckets' locks shared
+//! before its keys' locks. A commit touching more keys than [`WIDE_COMMIT`] (a large create,
+//! a retention sweep, removing a large group) takes its buckets exclusive instead of locking
+//! each key, so no commit holds more than a few thousand locks, and a wide commit holds up only
+//! the commits that share a bucket with it, never the whole store.
+//!
+//! Every host sharing a database must lock this way: a host of a release that took one
+//! store-wide lock for wide commits is not excluded by these bucket locks.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,9 +25,12 @@ use sha2::{Digest, Sha256};
 /// The first key of every advisory lock this store takes, so they never collide with other
 /// applications' locks in the same database ("WHK1").
 const LOCK_CLASS: i32 = 0x5748_4b31;
-/// The second key of the lock that wide commits take exclusive and others take shared.
-const WIDE_LOCK: i32 = 0;
-/// Commits touching more distinct keys than this lock the whole store instead of each key.
+/// The first key of every bucket lock ("WHK2").
+pub(super) const BUCKET_CLASS: i32 = 0x5748_4b32;
+/// How many buckets the keys fall in: a wide commit holds at most this many locks.
+const BUCKETS: i32 = 4_096;
+/// Commits touching more distinct keys than this lock their buckets exclusive instead of
+/// each key.
 const WIDE_COMMIT: usize = 256;
 /// How long a call waits for a pooled connection before the store counts as unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(10);
@@ -168,6 +176,41 @@ fn lock_of(key: &[u8]) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// The bucket of one key: that of its last NUL-separated part, which in the plugin's layout
+/// is the id of what the key belongs to, so a delivery's or a webhook's keys share one bucket
+/// and a commit locks about one bucket per thing it touches. Any stable function would keep
+/// commits apart; this one keeps the count of bucket locks low.
+fn bucket_of(key: &[u8]) -> i32 {
+    let owner = match key.iter().rposition(|&byte| byte == 0) {
+        Some(at) if at + 1 < key.len() => &key[at + 1..],
+        _ => key,
+    };
+    lock_of(owner).rem_euclid(BUCKETS)
+}
+
+/// The advisory locks a commit takes, each list sorted, so that every commit takes its locks in
+/// one order (buckets before keys) and no two commits deadlock.
+#[derive(Debug, PartialEq)]
+pub(super) enum LockPlan {
+    /// The buckets shared, then each key exclusive.
+    Narrow { buckets: Vec<i32>, keys: Vec<i32> },
+    /// The buckets exclusive.
+    Wide { buckets: Vec<i32> },
+}
+
+pub(super) fn lock_plan<'a>(keys: impl Iterator<Item = &'a [u8]>) -> LockPlan {
+    let (mut locks, mut buckets): (Vec<i32>, Vec<i32>) = keys.map(|key| (lock_of(key), bucket_of(key))).unzip();
+    locks.sort_unstable();
+    locks.dedup();
+    buckets.sort_unstable();
+    buckets.dedup();
+    if locks.len() > WIDE_COMMIT {
+        LockPlan::Wide { buckets }
+    } else {
+        LockPlan::Narrow { buckets, keys: locks }
+    }
+}
+
 /// Each key's last write in the commit: `None` deletes it. Later ops on a key replace earlier
 /// ones, as applying them in order would.
 fn final_writes(ops: Vec<Op>) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
@@ -192,20 +235,14 @@ fn first_failed(guards: &[Condition], current: &HashMap<Vec<u8>, Vec<u8>>) -> Op
 async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Result<(), StoreError> {
     let guard_keys: Vec<Vec<u8>> = guards.iter().map(|guard| guard.key().to_vec()).collect();
     let writes = final_writes(ops);
-    let mut locks: Vec<i32> = guard_keys.iter().chain(writes.keys()).map(|k| lock_of(k)).collect();
-    locks.sort_unstable();
-    locks.dedup();
-    let wide = locks.len() > WIDE_COMMIT;
-
-    let lock_keys = client
-        .prepare_cached("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
-        .await
-        .map_err(unavailable)?;
-    let lock_whole = client
-        .prepare_cached(if wide {
-            "SELECT pg_advisory_xact_lock($1, $2)"
-        } else {
-            "SELECT pg_advisory_xact_lock_shared($1, $2)"
+    let plan = lock_plan(guard_keys.iter().chain(writes.keys()).map(Vec::as_slice));
+    let lock = client
+        .prepare_cached(match plan {
+            LockPlan::Narrow { .. } => {
+                "SELECT pg_advisory_xact_lock_shared($1, b) FROM unnest($2::int4[]) AS b \
+                 UNION ALL SELECT pg_advisory_xact_lock($3, k) FROM unnest($4::int4[]) AS k"
+            }
+            LockPlan::Wide { .. } => "SELECT pg_advisory_xact_lock($1, b) FROM unnest($2::int4[]) AS b",
         })
         .await
         .map_err(unavailable)?;
@@ -218,14 +255,11 @@ async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Res
     // `join!` does in order, and the server runs them in that order: the guards are read after
     // every lock is held, from a snapshot that sees every commit that held them before.
     let begin = client.batch_execute("BEGIN");
-    let whole = client.execute(&lock_whole, &[&LOCK_CLASS, &WIDE_LOCK]);
-    let each = async {
-        if wide {
-            Ok(0)
-        } else {
-            client.execute(&lock_keys, &[&LOCK_CLASS, &locks]).await
-        }
+    let lock_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &plan {
+        LockPlan::Narrow { buckets, keys } => vec![&BUCKET_CLASS, buckets, &LOCK_CLASS, keys],
+        LockPlan::Wide { buckets } => vec![&BUCKET_CLASS, buckets],
     };
+    let locked = client.execute(&lock, &lock_params);
     let current = async {
         if guard_keys.is_empty() {
             Ok(Vec::new())
@@ -233,10 +267,9 @@ async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Res
             client.query(&read, &[&guard_keys]).await
         }
     };
-    let (begun, whole, each, current) = tokio::join!(begin, whole, each, current);
+    let (begun, locked, current) = tokio::join!(begin, locked, current);
     begun.map_err(unavailable)?;
-    whole.map_err(unavailable)?;
-    each.map_err(unavailable)?;
+    locked.map_err(unavailable)?;
     let current: HashMap<Vec<u8>, Vec<u8>> = current
         .map_err(unavailable)?
         .into_iter()
@@ -424,5 +457,84 @@ mod tests {
         );
         assert_eq!(lock_of(b"a"), lock_of(b"a"));
         assert_ne!(lock_of(b"a"), lock_of(b"b"));
+    }
+
+    fn keys(prefix: &str, count: usize) -> Vec<Vec<u8>> {
+        (0..count).map(|i| format!("{prefix}{i}").into_bytes()).collect()
+    }
+
+    #[test]
+    fn narrow_commits_lock_their_buckets_then_each_key_in_order() {
+        // Two deliveries' records, due entries and log entries.
+        let keys: Vec<Vec<u8>> = ["d1", "d2"]
+            .iter()
+            .flat_map(|id| {
+                [
+                    format!("dl\0{id}"),
+                    format!("dd\0t1\0{id}"),
+                    format!("lg\0w1\0t1\0{id}"),
+                ]
+            })
+            .chain(["wh\0w1".to_owned(), "ix\0format".to_owned()])
+            .map(String::into_bytes)
+            .collect();
+        let LockPlan::Narrow { buckets, keys: locks } = lock_plan(keys.iter().map(Vec::as_slice)) else {
+            panic!("11 keys lock key by key");
+        };
+        assert_eq!(locks.len(), 8);
+        assert_eq!(bucket_of(b"dl\0d1"), bucket_of(b"lg\0w1\0t1\0d1"));
+        assert!(locks.is_sorted() && buckets.is_sorted());
+        assert!(buckets.iter().all(|bucket| (0..BUCKETS).contains(bucket)));
+        assert!(buckets.len() < locks.len(), "keys of one owner share its bucket");
+        for key in &keys {
+            assert!(buckets.contains(&bucket_of(key)));
+        }
+    }
+
+    #[test]
+    fn a_wide_commit_locks_a_bounded_share_of_the_buckets_of_the_keys_it_touches() {
+        // About the keys of a 100-webhook create: each webhook's records and name-search
+        // entries.
+        let create: Vec<Vec<u8>> = (0..100)
+            .flat_map(|webhook| {
+                let id = format!("id-{webhook}");
+                [
+                    format!("wh\0{id}"),
+                    format!("wt\0thing\0{id}"),
+                    format!("wn\0thing\0name-{webhook}"),
+                ]
+                .into_iter()
+                .chain((0..12).map(move |suffix| format!("gs\0group\0suffix{suffix}\0{id}")))
+                .map(String::into_bytes)
+                .collect::<Vec<_>>()
+            })
+            .collect();
+        let LockPlan::Wide { buckets } = lock_plan(create.iter().map(Vec::as_slice)) else {
+            panic!("1,500 keys lock by bucket");
+        };
+        assert!(buckets.is_sorted());
+        assert!(
+            buckets.len() <= 200,
+            "one bucket per webhook and per name: {}",
+            buckets.len()
+        );
+        // Any narrow commit on one of its keys shares a bucket with it, so they exclude each
+        // other.
+        for key in create.iter().step_by(97) {
+            let LockPlan::Narrow { buckets: narrow, .. } = lock_plan(std::iter::once(key.as_slice())) else {
+                panic!("one key is narrow");
+            };
+            assert!(buckets.contains(&narrow[0]));
+        }
+        let sweep = keys("d\0", 100_000);
+        let LockPlan::Wide { buckets } = lock_plan(sweep.iter().map(Vec::as_slice)) else {
+            panic!("wide");
+        };
+        assert!(buckets.len() <= BUCKETS as usize);
+        let edge = keys("e\0", WIDE_COMMIT);
+        assert!(matches!(
+            lock_plan(edge.iter().map(Vec::as_slice)),
+            LockPlan::Narrow { .. }
+        ));
     }
 }
