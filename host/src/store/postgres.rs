@@ -198,6 +198,7 @@ pub(super) enum LockPlan {
     Wide { buckets: Vec<i32> },
 }
 
+/// The locks of a commit touching these keys (its guards' and its writes').
 pub(super) fn lock_plan<'a>(keys: impl Iterator<Item = &'a [u8]>) -> LockPlan {
     let (mut locks, mut buckets): (Vec<i32>, Vec<i32>) = keys.map(|key| (lock_of(key), bucket_of(key))).unzip();
     locks.sort_unstable();
@@ -479,7 +480,7 @@ mod tests {
             .map(String::into_bytes)
             .collect();
         let LockPlan::Narrow { buckets, keys: locks } = lock_plan(keys.iter().map(Vec::as_slice)) else {
-            panic!("11 keys lock key by key");
+            panic!("8 keys lock key by key");
         };
         assert_eq!(locks.len(), 8);
         assert_eq!(bucket_of(b"dl\0d1"), bucket_of(b"lg\0w1\0t1\0d1"));
