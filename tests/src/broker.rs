@@ -24,7 +24,7 @@ impl NatsServer {
     pub async fn start() -> Result<Self> {
         let dir = TempDir::new("nats");
         let port = free_port();
-        let child = Command::new("nats-server")
+        let child = crate::orphans::tie(&mut Command::new("nats-server"))
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .stdin(Stdio::null())

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod delivery_log;
 pub mod flows;
 pub mod isolation;
+pub mod orphans;
 pub mod otlp;
 pub mod receiver;
 pub mod redis_server;
@@ -311,8 +312,8 @@ impl TestHost {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = self
-            .command()
+        let mut command = self.command();
+        let child = orphans::tie(&mut command)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -40,7 +40,7 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("redis-server")
+        let child = crate::orphans::tie(&mut Command::new("redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())

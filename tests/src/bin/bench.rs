@@ -60,6 +60,7 @@ const PAYLOAD_BYTES: usize = 256;
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    webhooks_tests::orphans::die_with_this_process();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().cloned().as_deref() {
         Some("list") | None => {
