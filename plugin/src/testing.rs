@@ -89,13 +89,14 @@ impl Kv for MemoryKv {
 type Interference = Box<dyn FnOnce(&MemoryKv)>;
 
 /// A [`MemoryKv`] a test can watch and interfere with: it remembers every prefix scanned (to
-/// tell an index read from a full one) and may write something of its own just before the next
-/// commit, as a concurrent writer would.
+/// tell an index read from a full one), counts commits, and may write something of its own
+/// just before the next commit, as a concurrent writer would.
 #[derive(Default)]
 pub struct WatchedKv {
     /// The store underneath, read and written directly by the test.
     pub memory: MemoryKv,
     scanned: RefCell<Vec<Vec<u8>>>,
+    commits: Cell<usize>,
     before_commit: Cell<Option<Interference>>,
 }
 
@@ -103,6 +104,11 @@ impl WatchedKv {
     /// The prefixes scanned since the last call, forgotten once answered.
     pub fn take_scanned(&self) -> Vec<Vec<u8>> {
         self.scanned.take()
+    }
+
+    /// How many commits were asked of it, applied or refused.
+    pub fn commits(&self) -> usize {
+        self.commits.get()
     }
 
     /// Runs `write` on the store just before the next commit is applied.
@@ -126,6 +132,7 @@ impl Kv for WatchedKv {
     }
 
     fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
+        self.commits.set(self.commits.get() + 1);
         if let Some(write) = self.before_commit.take() {
             write(&self.memory);
         }

@@ -443,11 +443,10 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::mainflux::webhooks::store::StoreError;
     use crate::ports::{Answer, DESTINATION_REFUSED, Kv, Request, Sender};
     use crate::testing::{
-        AT_NOW, Deliveries, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, delivery, events, message,
-        publish, store_webhook,
+        AT_NOW, Deliveries, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, WatchedKv, delivery, events,
+        message, publish, store_webhook,
     };
     use serde_json::json;
     use std::cell::RefCell;
@@ -547,47 +546,20 @@ mod tests {
         assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
     }
 
-    /// A commit counter over a store, to see which calls commit.
-    struct CountingKv<'a> {
-        kv: &'a MemoryKv,
-        commits: std::cell::Cell<usize>,
-    }
-
-    impl Kv for CountingKv<'_> {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.kv.get(key)
-        }
-        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            self.kv.get_many(keys)
-        }
-        fn scan(
-            &self,
-            prefix: &[u8],
-            after: Option<&[u8]>,
-            limit: u32,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, StoreError> {
-            self.kv.scan(prefix, after, limit, reverse)
-        }
-        fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {
-            self.commits.set(self.commits.get() + 1);
-            self.kv.commit(guards, ops)
-        }
-    }
-
     #[test]
     fn with_a_shared_store_the_intake_claims_new_deliveries_for_its_host() {
         const LEASE: u64 = 10_000;
         // The intake's claim: a lease and a quarter more; fresh for a quarter of a lease.
         const CLAIM: u64 = 12_500;
-        let kv = MemoryKv::default();
+        let watched = WatchedKv::default();
+        let kv = &watched.memory;
         let quiet = ScriptedSender::default();
-        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
-        store_webhook(&kv, "w2", "t", "http://b/200", json!({}));
-        let host = |clock| Events::new(&kv, &quiet, clock).with_lease(LEASE);
+        store_webhook(kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(kv, "w2", "t", "http://b/200", json!({}));
+        let host = |clock| Events::new(kv, &quiet, clock).with_lease(LEASE);
         let ids = publish(&host(&AT_NOW), message("t", None, b"x", None));
         for id in &ids {
-            assert_eq!(delivery(&kv, id).next_attempt_ms, Some(NOW + CLAIM));
+            assert_eq!(delivery(kv, id).next_attempt_ms, Some(NOW + CLAIM));
         }
         assert!(
             host(&AT_NOW).due(10).unwrap().is_empty(),
@@ -595,17 +567,14 @@ mod tests {
         );
 
         // Fresh, the intake's host attempts them at once, with one commit: the outcomes.
-        let counting = CountingKv {
-            kv: &kv,
-            commits: std::cell::Cell::new(0),
-        };
-        let outcomes = Events::new(&counting, &quiet, &AT_NOW)
+        let commits_before = watched.commits();
+        let outcomes = Events::new(&watched, &quiet, &AT_NOW)
             .with_lease(LEASE)
             .deliver(&ids)
             .unwrap();
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
-        assert_eq!(counting.commits.get(), 1, "no claim before the attempt");
+        assert_eq!(watched.commits() - commits_before, 1, "no claim before the attempt");
         assert!(kv.scan(&keys::due_prefix(), None, 10, false).unwrap().is_empty());
 
         // Past the fresh window, its attempt is claimed first: a rival reading the same ids
@@ -613,13 +582,13 @@ mod tests {
         let ids = publish(&host(&AT_NOW), message("t", None, b"y", None));
         let later = FixedClock::at(NOW + 3_000);
         let rival_sender = ScriptedSender::default();
-        let rival = Events::new(&kv, &rival_sender, &later).with_lease(LEASE);
+        let rival = Events::new(kv, &rival_sender, &later).with_lease(LEASE);
         let sender = RivalSender {
             rival: &rival,
             ids: ids.clone(),
             rival_attempted: RefCell::new(Vec::new()),
         };
-        let outcomes = Events::new(&kv, &sender, &later)
+        let outcomes = Events::new(kv, &sender, &later)
             .with_lease(LEASE)
             .deliver(&ids)
             .unwrap();
@@ -644,8 +613,8 @@ mod tests {
         assert_eq!(outcomes.len(), 2);
 
         // With one host (a lease of 0) the intake claims nothing: due at once.
-        let ids = publish(&events(&kv, &quiet), message("t", None, b"v", None));
-        assert_eq!(delivery(&kv, &ids[0]).next_attempt_ms, Some(NOW));
+        let ids = publish(&events(kv, &quiet), message("t", None, b"v", None));
+        assert_eq!(delivery(kv, &ids[0]).next_attempt_ms, Some(NOW));
     }
 
     #[test]
