@@ -713,7 +713,7 @@ struct Drain {
     deliveries: usize,
     elapsed: Duration,
     /// Host CPU time (user and system) over the drain.
-    cpu: Duration,
+    cpu: CpuTime,
     /// The host's peak resident memory, in KiB.
     peak_rss_kib: u64,
     /// Its anonymous and file-backed (the mapped database) resident memory at the end, in KiB.
@@ -723,7 +723,7 @@ struct Drain {
     /// Plugin calls the host made during the drain, by export.
     calls: Vec<(String, u64)>,
     /// PostgreSQL's CPU time over the drain, all its processes, when the store is PostgreSQL.
-    database_cpu: Option<Duration>,
+    database_cpu: Option<CpuTime>,
     /// PostgreSQL's top statements by total time over the drain, as a table.
     statements: Option<String>,
     /// Statements PostgreSQL ran on the drain's database, each one a round trip or part of one.
@@ -760,12 +760,12 @@ impl Drain {
     }
 
     fn cpu_per_delivery_ms(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e3 / self.deliveries as f64
+        self.cpu.total().as_secs_f64() * 1e3 / self.deliveries as f64
     }
 
     fn database_cpu_per_delivery_ms(&self) -> Option<f64> {
         self.database_cpu
-            .map(|cpu| cpu.as_secs_f64() * 1e3 / self.deliveries as f64)
+            .map(|cpu| cpu.total().as_secs_f64() * 1e3 / self.deliveries as f64)
     }
 }
 
@@ -847,7 +847,7 @@ struct DatabaseServer {
     admin: String,
     database: String,
     postmaster: u32,
-    cpu_before: Duration,
+    cpu_before: CpuTime,
     statements: bool,
 }
 
@@ -876,8 +876,8 @@ impl DatabaseServer {
     }
 
     /// CPU time of the server's processes since it was watched.
-    fn cpu_since(&self) -> Result<Duration> {
-        Ok(server_cpu(self.postmaster)?.saturating_sub(self.cpu_before))
+    fn cpu_since(&self) -> Result<CpuTime> {
+        Ok(server_cpu(self.postmaster)?.since(self.cpu_before))
     }
 
     /// Statements run on the database since it was watched, if `pg_stat_statements` counts
@@ -946,9 +946,9 @@ fn psql(url: &str, sql: &str) -> Result<String> {
 
 /// CPU time of a PostgreSQL server so far: its postmaster's own and its reaped children's, and
 /// that of every live child (backends, background workers), from `/proc`.
-fn server_cpu(postmaster: u32) -> Result<Duration> {
+fn server_cpu(postmaster: u32) -> Result<CpuTime> {
     let (own, reaped) = process_cpu_with_children(postmaster)?;
-    let mut total = own + reaped;
+    let mut total = own.plus(reaped);
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
             continue;
@@ -958,7 +958,7 @@ fn server_cpu(postmaster: u32) -> Result<Duration> {
             && let Some(fields) = stat_fields(&stat)
             && fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(postmaster)
         {
-            total += ticks_to_duration(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)?;
+            total = total.plus(CpuTime::of_fields(&fields[11..13])?);
         }
     }
     Ok(total)
@@ -1078,28 +1078,29 @@ fn capacity_model(runs: &[(usize, Drain)]) -> String {
 /// The head of the drain table, in `bench drain` and in the report.
 fn drain_header(store: DrainStore) -> String {
     let database = if store == DrainStore::Postgres {
-        " PostgreSQL CPU per delivery |"
+        " PostgreSQL CPU per delivery (kernel share) |"
     } else {
         ""
     };
     let columns = if store == DrainStore::Postgres { 8 } else { 7 };
     format!(
-        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery |{database} peak RSS (anon + file at \
+        "| webhooks per thing | deliveries | deliveries/s | host CPU per delivery (kernel share) |{database} peak RSS (anon + file at \
          the end) | new connections to the receiver | plugin calls per 100 deliveries |\n|{}\n",
         "---|".repeat(columns)
     )
 }
 
 fn drain_row(k: usize, run: &Drain) -> String {
-    let database = run
-        .database_cpu_per_delivery_ms()
-        .map(|ms| format!(" {ms:.3} ms |"))
-        .unwrap_or_default();
+    let database = match (run.database_cpu_per_delivery_ms(), run.database_cpu) {
+        (Some(ms), Some(cpu)) => format!(" {ms:.3} ms ({:.0} % kernel) |", cpu.kernel_percent()),
+        _ => String::new(),
+    };
     format!(
-        "| {k} | {} | {:.0} | {:.3} ms |{database} {:.1} MiB ({:.1} + {:.1} MiB) | {} | {} |",
+        "| {k} | {} | {:.0} | {:.3} ms ({:.0} % kernel) |{database} {:.1} MiB ({:.1} + {:.1} MiB) | {} | {} |",
         run.deliveries,
         run.rate(),
         run.cpu_per_delivery_ms(),
+        run.cpu.kernel_percent(),
         run.peak_rss_kib as f64 / 1024.0,
         run.end_rss_kib.0 as f64 / 1024.0,
         run.end_rss_kib.1 as f64 / 1024.0,
@@ -1113,19 +1114,66 @@ fn drain_row(k: usize, run: &Drain) -> String {
     )
 }
 
-/// A process's CPU time so far, user and system, from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> Result<Duration> {
+/// CPU time, in user mode and in the kernel: a kernel share of half or more says the time
+/// goes to system calls (round trips on sockets, waits and wake-ups) rather than to the work.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct CpuTime {
+    user: Duration,
+    system: Duration,
+}
+
+impl CpuTime {
+    /// From two `/proc/PID/stat` fields in clock ticks: user time, then system time.
+    fn of_fields(fields: &[&str]) -> Result<Self> {
+        Ok(CpuTime {
+            user: ticks_to_duration(fields[0].parse()?)?,
+            system: ticks_to_duration(fields[1].parse()?)?,
+        })
+    }
+
+    fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    fn plus(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+
+    fn since(self, before: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+
+    /// The kernel's share of the total, in percent.
+    fn kernel_percent(self) -> f64 {
+        let total = self.total().as_secs_f64();
+        if total > 0.0 {
+            self.system.as_secs_f64() * 100.0 / total
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A process's CPU time so far, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Result<CpuTime> {
     Ok(process_cpu_with_children(pid)?.0)
 }
 
 /// A process's own CPU time, and that of its children it has reaped, from `/proc/PID/stat`.
-fn process_cpu_with_children(pid: u32) -> Result<(Duration, Duration)> {
+fn process_cpu_with_children(pid: u32) -> Result<(CpuTime, CpuTime)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields = stat_fields(&stat).context("a stat line")?;
     // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name.
-    let own = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let reaped = fields[13].parse::<u64>()? + fields[14].parse::<u64>()?;
-    Ok((ticks_to_duration(own)?, ticks_to_duration(reaped)?))
+    Ok((
+        CpuTime::of_fields(&fields[11..13])?,
+        CpuTime::of_fields(&fields[13..15])?,
+    ))
 }
 
 /// The fields of a `/proc/PID/stat` line after the command name, which is in parentheses and
