@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::{self, AppState, BuildInfo};
 use crate::config::{ServeConfig, redact_url};
-use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::dispatch::{self, DispatchConfig, Dispatcher};
 use crate::identity::IdentityBackend;
 use crate::identity::registry::{RegistryBackend, Removed};
 use crate::identity::things::{ThingsConfig, ThingsService};
@@ -180,10 +180,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
             runtime.clone(),
         ));
     }
+    let embedded = db_url.starts_with("sqlite://");
     let dispatcher = Dispatcher::start(
         runtime.clone(),
         DispatchConfig {
             attempt_timeout: config.delivery_timeout,
+            quick_per_group: if embedded {
+                DispatchConfig::default().quick_per_group
+            } else {
+                dispatch::SHARED_QUICK_PER_GROUP
+            },
             ..DispatchConfig::default()
         },
     );
@@ -191,7 +197,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartupError> {
         runtime.clone(),
         dispatcher.clone(),
         Tenancy::new(identity.clone(), config.quotas()),
-        if db_url.starts_with("sqlite://") {
+        if embedded {
             gathering::EMBEDDED_BATCH
         } else {
             gathering::SHARED_BATCH
