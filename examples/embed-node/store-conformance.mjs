@@ -10,6 +10,7 @@
 // and its expected answer, `{"ok": ...}` or `{"conflict": INDEX}`:
 //   {"get": KEY, "expect": ...}            {"get-many": [KEY...], "expect": ...}
 //   {"scan": {"prefix", "after", "limit", "reverse"}, "expect": {"ok": [[KEY, VALUE]...]}}
+//   {"scan-prefixes": {"prefixes": [KEY...], "limit"}, "expect": {"ok": [[[KEY, VALUE]...]...]}}
 //   {"commit": {"guards": [{"absent": KEY} | {"present": KEY} | {"equals": [KEY, VALUE]}...],
 //               "ops": [{"put": [KEY, VALUE]} | {"delete": KEY}...]}, "expect": ...}
 // Keys and values are strings of code points 0-255, one byte each (latin1).
@@ -69,6 +70,10 @@ function run(store, step) {
       case 'scan': {
         const entries = store.scan(bytes(arg.prefix), nullable(arg.after), arg.limit, arg.reverse);
         return { ok: entries.map(({ key, value }) => [text(key), text(value)]) };
+      }
+      case 'scan-prefixes': {
+        const answers = store.scanPrefixes(arg.prefixes.map(bytes), arg.limit);
+        return { ok: answers.map((entries) => entries.map(({ key, value }) => [text(key), text(value)])) };
       }
       case 'commit':
         store.commit(arg.guards.map(condition), arg.ops.map(op));

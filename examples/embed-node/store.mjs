@@ -36,11 +36,11 @@ export class MemoryStore {
   /** Key (latin1 string) to value (Uint8Array). */
   #values = new Map();
   /** How many calls each function served, and how many commits a guard refused. */
-  calls = { get: 0, getMany: 0, scan: 0, commit: 0, conflicts: 0 };
+  calls = { get: 0, getMany: 0, scan: 0, scanPrefixes: 0, commit: 0, conflicts: 0 };
   /** A backend outage to play: the next call of `fn` fails with `unavailable(text)`. */
   #outage = null;
 
-  /** Makes the next call of `fn` ('get', 'getMany', 'scan' or 'commit') fail as unavailable. */
+  /** Makes the next call of `fn` ('get', 'getMany', 'scan', 'scanPrefixes' or 'commit') fail as unavailable. */
   failNext(fn, text) {
     this.#outage = { fn, text };
   }
@@ -69,6 +69,18 @@ export class MemoryStore {
   scan = (prefix, after, limit, reverse) => {
     this.calls.scan++;
     this.#maybeFail('scan');
+    return this.#range(prefix, after, limit, reverse);
+  };
+
+  /** `scan-prefixes: func(prefixes: list<key>, limit: u32) -> result<list<list<entry>>, store-error>` */
+  scanPrefixes = (prefixes, limit) => {
+    this.calls.scanPrefixes++;
+    this.#maybeFail('scanPrefixes');
+    return prefixes.map((prefix) => this.#range(prefix, null, limit, false));
+  };
+
+  /** Up to `limit` entries under `prefix`, strictly after `after` in the scan's direction. */
+  #range(prefix, after, limit, reverse) {
     const keys = this.#keys;
     const p = toKey(prefix);
     // The keys starting with the prefix are one run [lo, hi) of the sorted keys.
@@ -87,7 +99,7 @@ export class MemoryStore {
       for (; i >= lo && entries.length < limit; i--) entries.push(this.#entry(keys[i]));
     }
     return entries;
-  };
+  }
 
   /** `commit: func(guards: list<condition>, ops: list<op>) -> result<_, store-error>` */
   commit = (guards, ops) => {

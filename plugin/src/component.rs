@@ -38,6 +38,10 @@ impl Kv for HostStore {
         store::scan(prefix, after, limit, reverse)
     }
 
+    fn scan_prefixes(&self, prefixes: &[Vec<u8>], limit: u32) -> Result<Vec<Vec<store::Entry>>, store::StoreError> {
+        store::scan_prefixes(prefixes, limit)
+    }
+
     fn commit(&self, guards: &[store::Condition], ops: &[store::Op]) -> Result<(), store::StoreError> {
         store::commit(guards, ops)
     }

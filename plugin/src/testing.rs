@@ -96,6 +96,7 @@ pub struct WatchedKv {
     /// The store underneath, read and written directly by the test.
     pub memory: MemoryKv,
     scanned: RefCell<Vec<Vec<u8>>>,
+    scan_calls: Cell<usize>,
     commits: Cell<usize>,
     before_commit: Cell<Option<Interference>>,
 }
@@ -104,6 +105,11 @@ impl WatchedKv {
     /// The prefixes scanned since the last call, forgotten once answered.
     pub fn take_scanned(&self) -> Vec<Vec<u8>> {
         self.scanned.take()
+    }
+
+    /// How many scan calls were asked of it (`scan` or `scan-prefixes`, one each).
+    pub fn scan_calls(&self) -> usize {
+        self.scan_calls.get()
     }
 
     /// How many commits were asked of it, applied or refused.
@@ -128,7 +134,14 @@ impl Kv for WatchedKv {
 
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError> {
         self.scanned.borrow_mut().push(prefix.to_vec());
+        self.scan_calls.set(self.scan_calls.get() + 1);
         self.memory.scan(prefix, after, limit, reverse)
+    }
+
+    fn scan_prefixes(&self, prefixes: &[Vec<u8>], limit: u32) -> Result<Vec<Vec<Entry>>, StoreError> {
+        self.scanned.borrow_mut().extend(prefixes.iter().cloned());
+        self.scan_calls.set(self.scan_calls.get() + 1);
+        self.memory.scan_prefixes(prefixes, limit)
     }
 
     fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError> {

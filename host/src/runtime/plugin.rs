@@ -26,11 +26,12 @@ pub enum LoadError {
     World(String),
 }
 
-/// The world a plugin implements. Plugins built for earlier versions run too: one without the
+/// The world a plugin implements. Plugins built for earlier versions run too: one built for
+/// 0.1.2 only does not use `store.scan-prefixes`; one without the
 /// `transform-api` export (0.1.1) serves no transforms, one without the `intake` export (0.1.0)
 /// also takes messages one call each, one without the `migration` exports also runs without
 /// the import.
-pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.2";
+pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.3";
 
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {

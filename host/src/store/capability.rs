@@ -63,6 +63,23 @@ impl wit::Host for StoreCtx {
             .collect())
     }
 
+    async fn scan_prefixes(
+        &mut self,
+        prefixes: Vec<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Vec<Vec<wit::Entry>>, wit::StoreError> {
+        let answers = self.backend.scan_prefixes(prefixes, limit).await.map_err(to_wit)?;
+        Ok(answers
+            .into_iter()
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(key, value)| wit::Entry { key, value })
+                    .collect()
+            })
+            .collect())
+    }
+
     async fn commit(&mut self, guards: Vec<wit::Condition>, ops: Vec<wit::Op>) -> Result<(), wit::StoreError> {
         let guards = guards
             .into_iter()

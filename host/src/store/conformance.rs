@@ -153,12 +153,29 @@ async fn run_step(store: &dyn KvBackend, step: &Value) -> Value {
                 .map(|(key, value)| json!([text(key), text(value)]))
                 .collect()
         })
+    } else if let Some(scan) = step.get("scan-prefixes") {
+        let limit = scan["limit"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .expect("a u32 limit");
+        let found = store.scan_prefixes(list(&scan["prefixes"], bytes), limit).await;
+        answer(found, |answers| {
+            answers
+                .iter()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .map(|(key, value)| json!([text(key), text(value)]))
+                        .collect::<Value>()
+                })
+                .collect()
+        })
     } else if let Some(commit) = step.get("commit") {
         let guards = list(&commit["guards"], condition);
         let ops = list(&commit["ops"], op);
         answer(store.commit(guards, ops).await, |()| Value::Null)
     } else {
-        panic!("a step names get, get-many, scan or commit: {step}")
+        panic!("a step names get, get-many, scan, scan-prefixes or commit: {step}")
     }
 }
 

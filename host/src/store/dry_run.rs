@@ -36,6 +36,10 @@ impl KvBackend for DryRun {
         self.live.scan(prefix, after, limit, reverse)
     }
 
+    fn scan_prefixes(&self, prefixes: Vec<Vec<u8>>, limit: u32) -> BoxFuture<'_, Result<Vec<Vec<Entry>>, StoreError>> {
+        self.live.scan_prefixes(prefixes, limit)
+    }
+
     fn commit(&self, guards: Vec<Condition>, _ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let keys = guards.iter().map(|guard| guard.key().to_vec()).collect();

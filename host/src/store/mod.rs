@@ -86,6 +86,18 @@ pub trait KvBackend: Send + Sync + 'static {
         limit: u32,
         reverse: bool,
     ) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>>;
+    /// Lists, for each prefix in order, up to `limit` of its entries in ascending key order:
+    /// what `scan(prefix, None, limit, false)` answers for each. Backends with a round trip
+    /// per statement read them all in one.
+    fn scan_prefixes(&self, prefixes: Vec<Vec<u8>>, limit: u32) -> BoxFuture<'_, Result<Vec<Vec<Entry>>, StoreError>> {
+        Box::pin(async move {
+            let mut answers = Vec::with_capacity(prefixes.len());
+            for prefix in prefixes {
+                answers.push(self.scan(prefix, None, limit, false).await?);
+            }
+            Ok(answers)
+        })
+    }
     /// Applies every op atomically if every guard holds.
     fn commit(&self, guards: Vec<Condition>, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::tls::TlsSettings;
-use super::{BoxFuture, Condition, Entry, KvBackend, Op, ScanRange, StoreError, scan_range};
+use super::{BoxFuture, Condition, Entry, KvBackend, Op, ScanRange, StoreError, prefix_end, scan_range};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sha2::{Digest, Sha256};
 
@@ -391,6 +391,53 @@ impl KvBackend for PostgresStore {
             }
             .map_err(unavailable)?;
             Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+        })
+    }
+
+    fn scan_prefixes(&self, prefixes: Vec<Vec<u8>>, limit: u32) -> BoxFuture<'_, Result<Vec<Vec<Entry>>, StoreError>> {
+        Box::pin(async move {
+            let mut answers: Vec<Vec<Entry>> = vec![Vec::new(); prefixes.len()];
+            // Each prefix is the range [prefix, its end): one statement reads every range, an
+            // index range scan per prefix. The rare prefix with no end (empty, or all 0xff
+            // bytes) is scanned on its own.
+            let (mut lows, mut highs, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+            for (slot, prefix) in prefixes.into_iter().enumerate() {
+                match prefix_end(&prefix) {
+                    Some(end) => {
+                        lows.push(prefix);
+                        highs.push(end);
+                        slots.push(slot);
+                    }
+                    None => answers[slot] = self.scan(prefix, None, limit, false).await?,
+                }
+            }
+            if lows.is_empty() {
+                return Ok(answers);
+            }
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT r.at, e.key, e.value \
+                     FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS r(low, high, at) \
+                     CROSS JOIN LATERAL (SELECT key, value FROM webhooks_kv \
+                         WHERE key >= r.low AND key < r.high ORDER BY key LIMIT $3) AS e \
+                     ORDER BY r.at, e.key",
+                )
+                .await
+                .map_err(unavailable)?;
+            let rows = client
+                .query(&statement, &[&lows, &highs, &i64::from(limit)])
+                .await
+                .map_err(unavailable)?;
+            for row in rows {
+                let at: i64 = row.get(0);
+                let slot = usize::try_from(at - 1)
+                    .ok()
+                    .and_then(|index| slots.get(index))
+                    .ok_or_else(|| StoreError::Unavailable(format!("scan of prefixes: row for range {at}")))?;
+                answers[*slot].push((row.get(1), row.get(2)));
+            }
+            Ok(answers)
         })
     }
 

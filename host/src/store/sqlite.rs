@@ -284,6 +284,16 @@ impl KvBackend for SqliteStore {
         Box::pin(std::future::ready(result))
     }
 
+    fn scan_prefixes(&self, prefixes: Vec<Vec<u8>>, limit: u32) -> BoxFuture<'_, Result<Vec<Vec<Entry>>, StoreError>> {
+        let result = self.with_reader(|conn| {
+            prefixes
+                .iter()
+                .map(|prefix| scan(conn, prefix, None, limit, false))
+                .collect()
+        });
+        Box::pin(std::future::ready(result))
+    }
+
     fn commit(&self, guards: Vec<Condition>, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queued = self

@@ -50,7 +50,7 @@ impl Events<'_> {
     pub fn on_messages(&self, messages: Vec<Message>) -> Result<Vec<Result<Accepted>>> {
         let ids = ContextV7::new().with_additional_precision();
         let mut answers: Vec<Option<Result<Accepted>>> = (0..messages.len()).map(|_| None).collect();
-        let mut webhooks_of: HashMap<String, Vec<Webhook>> = HashMap::new();
+        let webhooks_of = self.enabled_webhooks_of(&messages)?;
         let mut named_here: HashSet<Vec<u8>> = HashSet::new();
         let mut prepared = Vec::with_capacity(messages.len());
         for (index, message) in messages.into_iter().enumerate() {
@@ -66,12 +66,6 @@ impl Events<'_> {
                 // order, so a commit touches few pages.
                 None => (time_ordered_id(&ids), false),
             };
-            if !webhooks_of.contains_key(&message.thing_id) {
-                let mut webhooks = storage::scan_webhooks(self.kv, &keys::by_thing_prefix(&message.thing_id))?;
-                // A disabled webhook gets nothing until a user enables it again.
-                webhooks.retain(|webhook| !webhook.disabled);
-                webhooks_of.insert(message.thing_id.clone(), webhooks);
-            }
             let webhooks = &webhooks_of[&message.thing_id];
             let seen_key = named.then(|| keys::message_id(&message.thing_id, &message_id));
             let repeated = seen_key.as_ref().is_some_and(|key| !named_here.insert(key.clone()));
@@ -92,6 +86,27 @@ impl Events<'_> {
         Ok(answers
             .into_iter()
             .map(|answer| answer.expect("every message is answered"))
+            .collect())
+    }
+
+    /// The enabled webhooks of each thing the messages come from, read in one store call: a
+    /// disabled webhook gets nothing until a user enables it again.
+    fn enabled_webhooks_of(&self, messages: &[Message]) -> Result<HashMap<String, Vec<Webhook>>> {
+        let mut things: Vec<&str> = Vec::new();
+        for message in messages {
+            if !things.contains(&message.thing_id.as_str()) {
+                things.push(&message.thing_id);
+            }
+        }
+        let prefixes: Vec<Vec<u8>> = things.iter().map(|thing| keys::by_thing_prefix(thing)).collect();
+        let found = storage::scan_webhooks_under(self.kv, &prefixes)?;
+        Ok(things
+            .into_iter()
+            .zip(found)
+            .map(|(thing, mut webhooks)| {
+                webhooks.retain(|webhook| !webhook.disabled);
+                (thing.to_owned(), webhooks)
+            })
             .collect())
     }
 
@@ -330,6 +345,7 @@ mod tests {
         let again = "7f1c1d2e-1111-4222-8333-000000000002";
         events.on_message(message("t2", Some(before), b"old", None)).unwrap();
         kv.take_scanned();
+        let scan_calls_before = kv.scan_calls();
         let answers = events
             .on_messages(vec![
                 message("t1", None, b"one", None),
@@ -373,6 +389,7 @@ mod tests {
             ],
             "each thing's webhooks are read once"
         );
+        assert_eq!(kv.scan_calls() - scan_calls_before, 1, "in one store call");
         assert_eq!(events.due(100).unwrap().len(), 1 + 2 + 1 + 2);
         let payloads: Vec<Vec<u8>> = answers
             .iter()

@@ -13,6 +13,13 @@ pub trait Kv {
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Lists entries under a prefix in key order, after a cursor.
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: u32, reverse: bool) -> Result<Vec<Entry>, StoreError>;
+    /// Lists each prefix's first `limit` entries in ascending key order, all in one call.
+    fn scan_prefixes(&self, prefixes: &[Vec<u8>], limit: u32) -> Result<Vec<Vec<Entry>>, StoreError> {
+        prefixes
+            .iter()
+            .map(|prefix| self.scan(prefix, None, limit, false))
+            .collect()
+    }
     /// Applies the ops atomically if every guard holds.
     fn commit(&self, guards: &[Condition], ops: &[Op]) -> Result<(), StoreError>;
 }

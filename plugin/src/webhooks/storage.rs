@@ -23,7 +23,34 @@ pub fn load_webhook(kv: &dyn Kv, id: &str) -> Result<Option<(Webhook, Vec<u8>)>>
 /// Reads every record stored under an index prefix, in id order.
 pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
     let mut webhooks = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
+    scan_rest(kv, prefix, None, &mut webhooks)?;
+    Ok(webhooks)
+}
+
+/// Reads every record stored under each of several index prefixes: one list per prefix, in
+/// id order. The first chunk of every prefix comes in one store call; only a prefix holding
+/// more than a chunk costs more.
+pub fn scan_webhooks_under(kv: &dyn Kv, prefixes: &[Vec<u8>]) -> Result<Vec<Vec<Webhook>>> {
+    let firsts = kv.scan_prefixes(prefixes, SCAN_CHUNK).map_err(store_error)?;
+    prefixes
+        .iter()
+        .zip(firsts)
+        .map(|(prefix, first)| {
+            let full = first.len() as u32 == SCAN_CHUNK;
+            let mut webhooks = first
+                .iter()
+                .map(|entry| Webhook::decode(&entry.value))
+                .collect::<Result<Vec<_>>>()?;
+            if full {
+                scan_rest(kv, prefix, first.last().map(|entry| entry.key.clone()), &mut webhooks)?;
+            }
+            Ok(webhooks)
+        })
+        .collect()
+}
+
+/// Appends the records under `prefix` after the key `after` (from the first when `None`).
+fn scan_rest(kv: &dyn Kv, prefix: &[u8], mut after: Option<Vec<u8>>, webhooks: &mut Vec<Webhook>) -> Result<()> {
     loop {
         let chunk = kv
             .scan(prefix, after.as_deref(), SCAN_CHUNK, false)
@@ -33,7 +60,7 @@ pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
             webhooks.push(Webhook::decode(&entry.value)?);
         }
         if !full {
-            return Ok(webhooks);
+            return Ok(());
         }
         after = chunk.into_iter().last().map(|entry| entry.key);
     }
@@ -178,4 +205,46 @@ pub fn delete_transform(ops: &mut Vec<Op>, webhook: &Webhook) {
 /// The bytes of a webhook's transform component, if kept.
 pub fn load_transform_component(kv: &dyn Kv, webhook_id: &str) -> Result<Option<Vec<u8>>> {
     kv.get(&keys::transform_component(webhook_id)).map_err(store_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{WatchedKv, store_webhook};
+
+    #[test]
+    fn several_things_are_read_in_one_call_and_a_long_one_is_read_to_its_end() {
+        let kv = WatchedKv::default();
+        let many = SCAN_CHUNK as usize + 3;
+        for i in 0..many {
+            store_webhook(
+                &kv.memory,
+                &format!("a{i:04}"),
+                "big",
+                "http://a/",
+                serde_json::Value::Null,
+            );
+        }
+        store_webhook(&kv.memory, "b1", "small", "http://b/", serde_json::Value::Null);
+        store_webhook(&kv.memory, "b2", "small", "http://b/", serde_json::Value::Null);
+        let prefixes = ["small", "none", "big"].map(keys::by_thing_prefix);
+        let found = scan_webhooks_under(&kv, &prefixes).unwrap();
+        let ids: Vec<Vec<&str>> = found
+            .iter()
+            .map(|webhooks| webhooks.iter().map(|webhook| webhook.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids[0], ["b1", "b2"]);
+        assert!(ids[1].is_empty());
+        let expected: Vec<String> = (0..many).map(|i| format!("a{i:04}")).collect();
+        assert_eq!(ids[2], expected, "every webhook of the long thing, in id order");
+        assert_eq!(
+            kv.scan_calls(),
+            2,
+            "one call for the three, one for the rest of the long one"
+        );
+        assert_eq!(
+            found.concat().len(),
+            scan_webhooks(&kv, &keys::by_thing_prefix("big")).unwrap().len() + 2
+        );
+    }
 }

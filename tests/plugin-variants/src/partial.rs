@@ -7,7 +7,7 @@ wit_bindgen::generate!({
         package mainflux:plugin-variants;
 
         world partial {
-            export mainflux:webhooks/api@0.1.2;
+            export mainflux:webhooks/api@0.1.3;
         }
     ",
     path: "../../wit",
