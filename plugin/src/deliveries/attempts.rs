@@ -52,7 +52,16 @@ impl Events<'_> {
     /// before it is due.
     pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
         let now = self.clock.now_ms();
-        let due = self.load_deliveries(ids, |d| {
+        // The records and the payloads in one read: almost every delivery asked for is due.
+        let mut keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
+        keys.extend(ids.iter().map(|id| keys::payload(id)));
+        let mut stored = self.kv.get_many(&keys).map_err(store::store_error)?;
+        let payloads: HashMap<String, Vec<u8>> = ids
+            .iter()
+            .zip(stored.split_off(ids.len()))
+            .filter_map(|(id, payload)| Some((id.clone(), payload?)))
+            .collect();
+        let due = decode_kept(stored, |d| {
             d.status == Status::Pending && (d.next_attempt_ms.is_none_or(|at| at <= now) || self.intake_claimed(d, now))
         })?;
         // Fresh ones go out under the intake's claim; the others are claimed here.
@@ -64,8 +73,8 @@ impl Events<'_> {
             return Ok(Vec::new());
         }
         let webhooks = self.load_webhooks(batch.iter().map(|(d, _)| d.webhook_id.as_str()))?;
-        let payload_keys: Vec<Vec<u8>> = batch.iter().map(|(d, _)| keys::payload(&d.id)).collect();
-        let payloads = self.kv.get_many(&payload_keys).map_err(store::store_error)?;
+        // Cloned, not taken: an id asked for twice is in the batch twice.
+        let payloads: Vec<Option<Vec<u8>>> = batch.iter().map(|(d, _)| payloads.get(&d.id).cloned()).collect();
 
         // Build every request, transforms asked one after another, then send the ones that
         // have somewhere to go, all together.
@@ -195,14 +204,7 @@ impl Events<'_> {
     fn load_deliveries(&self, ids: &[String], keep: impl Fn(&Delivery) -> bool) -> Result<Vec<(Delivery, Vec<u8>)>> {
         let record_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
         let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
-        let mut found = Vec::with_capacity(ids.len());
-        for bytes in stored.into_iter().flatten() {
-            let delivery = Delivery::decode(&bytes)?;
-            if keep(&delivery) {
-                found.push((delivery, bytes));
-            }
-        }
-        Ok(found)
+        decode_kept(stored, keep)
     }
 
     /// Moves each delivery's next attempt to `at`, guarded by its record as read; one changed
@@ -341,6 +343,19 @@ impl Events<'_> {
             })
         })
     }
+}
+
+/// The delivery records read (a slot per id, `None` for none) that `keep` accepts, each with
+/// its record's bytes.
+fn decode_kept(stored: Vec<Option<Vec<u8>>>, keep: impl Fn(&Delivery) -> bool) -> Result<Vec<(Delivery, Vec<u8>)>> {
+    let mut found = Vec::with_capacity(stored.len());
+    for bytes in stored.into_iter().flatten() {
+        let delivery = Delivery::decode(&bytes)?;
+        if keep(&delivery) {
+            found.push((delivery, bytes));
+        }
+    }
+    Ok(found)
 }
 
 /// What became of one delivery of a batch.
