@@ -23,6 +23,9 @@
 //! 10 s: latency, the backlog each second and each host's share of the deliveries. Needs
 //! `WEBHOOKS_TEST_POSTGRES` (`make bench` runs it inside `tests/services`).
 //!
+//! `bench scale-steady [HOSTS] [RATE] [SECONDS]`: only the steady row of `bench scale`, with
+//! HOSTS hosts (default 2) at RATE messages/s (default 1,000) for SECONDS s (default 10).
+//!
 //! `bench isolation`: SPEC.md section 7's isolation scenario: group B's publish-to-receipt
 //! latency at 20 messages/s alone and beside group A's flood toward 70 webhooks whose receiver
 //! answers in 3 s (A's pending quota 1,000), and how long A's deliveries take to drain after it.
@@ -101,6 +104,12 @@ async fn main() -> Result<()> {
             let messages = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10_000);
             let k = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(2);
             scale(messages, k).await
+        }
+        Some("scale-steady") => {
+            let hosts = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(2);
+            let rate = args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(1_000);
+            let seconds = args.get(3).map(|n| n.parse()).transpose()?.unwrap_or(10);
+            scale_steady(rate, seconds, hosts).await
         }
         Some("runtime") => {
             let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
