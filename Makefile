@@ -56,8 +56,11 @@ transform-variants: wasm-target
 # schemathesis (PyPI), for the fuzzing test of the OpenAPI description, in the build folder.
 SCHEMATHESIS_VERSION := 4.32.5
 fuzz-tools:
-	@test -x target/schemathesis/bin/schemathesis || { \
-		python3 -m venv target/schemathesis && \
+	@# The venv names its own path in its scripts: made under the real path of the build folder
+	@# (a link in each fresh clone), and made again when that path no longer runs.
+	@target/schemathesis/bin/schemathesis --version >/dev/null 2>&1 || { \
+		rm -rf target/schemathesis && \
+		python3 -m venv "$$(realpath target)/schemathesis" && \
 		target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==$(SCHEMATHESIS_VERSION)'; }
 
 # The plugin embedded in Node.js (examples/embed-node): the JavaScript store against the store
