@@ -39,6 +39,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Makes mimalloc commit arena memory as it is used and give freed pages back at once: with
+/// its defaults (arenas committed up front, purges after 1 s, arena purges after 10 s) a
+/// 60,000-delivery drain peaked 17 MiB higher. Set from the loader, before mimalloc's own
+/// constructor (priority 101) reserves its first arena: from `main` it would be too late.
+#[used]
+#[unsafe(link_section = ".init_array.00100")]
+static RETURN_FREED_MEMORY: extern "C" fn() = return_freed_memory;
+
+extern "C" fn return_freed_memory() {
+    // The numbers of `mi_option_e` in the mimalloc 3 that libmimalloc-sys 0.1.49 builds (the
+    // version is pinned); its Rust constants still follow mimalloc 2.
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: stores two integers in mimalloc's option table; nothing else runs yet.
+    unsafe {
+        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
 /// One line naming the option and its variable, as operators' scripts expect, with the valid
 /// values when clap lists them.
 fn one_line(rendered: &str) -> String {
