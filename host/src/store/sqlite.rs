@@ -126,8 +126,10 @@ impl SqliteStore {
     }
 }
 
-/// How much of the database file connections map into memory.
-const MMAP_BYTES: i64 = 1 << 30;
+/// How much of the database file connections map into memory: none. Mapped, the pages a
+/// drain touched counted in the host's resident memory (a 60,000-delivery drain peaked at
+/// 83–88 MiB mapped, 68–70 MiB read through SQLite's own page cache) for no CPU saved.
+const MMAP_BYTES: i64 = 0;
 
 /// Settings of a connection, for speed; none changes what a statement does.
 fn tune(conn: &Connection) -> rusqlite::Result<()> {
