@@ -43,10 +43,12 @@ fn main() -> ExitCode {
 /// its defaults (arenas committed up front, purges after 1 s, arena purges after 10 s) a
 /// 60,000-delivery drain peaked 17 MiB higher. Set from the loader, before mimalloc's own
 /// constructor (priority 101) reserves its first arena: from `main` it would be too late.
+#[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array.00100")]
 static RETURN_FREED_MEMORY: extern "C" fn() = return_freed_memory;
 
+#[cfg(target_os = "linux")]
 extern "C" fn return_freed_memory() {
     // The numbers of `mi_option_e` in the mimalloc 3 that libmimalloc-sys 0.1.49 builds (the
     // version is pinned); its Rust constants still follow mimalloc 2.
