@@ -170,13 +170,46 @@ impl Drop for TempDir {
     }
 }
 
-/// A free loopback port.
+/// A free loopback port, never one this process handed out before: the port is only free
+/// until its user binds it, and two hosts started at once that were told the same port had
+/// the second one's test talk to the first host.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().expect("port list poisoned");
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+}
+
+/// Whether process `pid` holds the socket listening on loopback port `port` (from `/proc`).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let listening: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listens = *fields.get(3)? == "0A";
+            (listens && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| format!("socket:[{}]", fields.get(9).copied().unwrap_or_default()))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| listening.iter().any(|socket| target.as_os_str() == socket.as_str()))
 }
 
 /// The store backend the suite runs against: `WEBHOOKS_TEST_STORE=postgres` for PostgreSQL
@@ -331,8 +364,14 @@ impl TestHost {
             {
                 bail!("host exited with {status} during start-up; log:\n{}", self.log());
             }
+            // A health answer alone may come from another process on the port, if this host
+            // could not bind it.
             if let Ok(response) = self.client.get(self.url("/health")).send().await
                 && response.status() == StatusCode::OK
+                && self
+                    .child
+                    .as_ref()
+                    .is_some_and(|child| listens_on(child.id(), self.port))
             {
                 return Ok(());
             }
