@@ -8,6 +8,7 @@ mod dry_run;
 pub mod postgres;
 pub mod sqlite;
 pub mod tls;
+mod wal_vfs;
 
 use std::future::Future;
 use std::pin::Pin;

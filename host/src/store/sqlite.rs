@@ -67,7 +67,9 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| rusqlite::Error::InvalidPath(format!("cannot create {}: {e}", parent.display()).into()))?;
         }
-        let writer = Connection::open(path)?;
+        // Only the writer writes the log, so only it needs the VFS that gathers its writes.
+        super::wal_vfs::register()?;
+        let writer = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::wal_vfs::NAME)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         // A commit is the service's promise that data is kept: sync it to disk.
         writer.pragma_update(None, "synchronous", "FULL")?;
