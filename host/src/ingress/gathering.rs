@@ -74,6 +74,9 @@ impl Gathering {
 
     /// One call after another, each taking every message waiting, until none is.
     async fn run(self: Arc<Self>) {
+        // Let the messages that arrive with this one (a broker's fetch hands several over at
+        // once) join its call instead of each starting a call of its own.
+        tokio::task::yield_now().await;
         loop {
             let mut batch: Vec<Waiting> = {
                 let mut state = self.state.lock().expect("intake gathering poisoned");
