@@ -6,6 +6,7 @@
 //! | 1 | what plugins before the name-search index wrote: webhook records and their indexes |
 //! | 2 | as 1, and every webhook has its name-search entries (`ix\0group-names` is set) |
 //! | 3 | webhooks may carry transforms (the record's `transform`, `tc` and `tg` keys) and deliveries may be `skipped`; the name-search promise of 2 holds once `ix\0group-names` is set |
+//! | 4 | as 3, and new deliveries are written in the compact layout: the payload inside the delivery record, no `dc` creation-index entry (their time-ordered ids list them by creation under `dl`); deliveries of the earlier layout may remain |
 //!
 //! A version may only write a format that the version before it serves, so that a rollback
 //! finds data it reads (the compatibility rules in README.md). Format 3 is the exception on
@@ -15,6 +16,12 @@
 //! payloads untransformed. The attach may find a store still in format 1 (its name-search
 //! backfill unfinished), hence the marker, not the number, tells whether format 2's promise
 //! holds in format 3.
+//!
+//! Format 4 is not raised by upkeep either, since the version before this one does not read it:
+//! the operator raises it (the host's `PUT /admin/data-format`), giving up rollbacks to versions
+//! that do not read it for the cheaper layout. Until then this version writes the earlier
+//! layout; from then on every version that serves the store writes the compact one, and reads
+//! both.
 
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
@@ -25,11 +32,13 @@ use crate::store::{self, Step};
 /// The oldest stored format this version reads and keeps whole.
 pub const OLDEST: u32 = 1;
 /// The newest stored format this version reads and keeps whole.
-pub const NEWEST: u32 = 3;
+pub const NEWEST: u32 = 4;
 /// The format this version's upkeep brings a store to.
 pub const WRITES: u32 = 2;
 /// The format of a store whose webhooks may carry transforms, named by the first attach.
 pub const TRANSFORMS: u32 = 3;
+/// The format from which new deliveries are written in the compact layout.
+pub const COMPACT: u32 = 4;
 
 /// The stored format: 1 when the store names none.
 pub fn stored(kv: &dyn Kv) -> Result<u32> {
@@ -39,7 +48,8 @@ pub fn stored(kv: &dyn Kv) -> Result<u32> {
     }
 }
 
-fn parse(value: &[u8]) -> Option<u32> {
+/// Reads a stored format value (decimal digits).
+pub fn parse(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
@@ -128,6 +138,9 @@ mod tests {
     fn what_this_version_writes_is_within_what_it_reads() {
         assert!((OLDEST..=NEWEST).contains(&WRITES));
         assert!((OLDEST..=NEWEST).contains(&TRANSFORMS));
+        assert!((OLDEST..=NEWEST).contains(&COMPACT));
+        // Only the operator names format 4: the version before this one does not read it.
+        const { assert!(WRITES < COMPACT) };
         // Upkeep stops short of transforms: only an attach names format 3.
         const { assert!(WRITES < TRANSFORMS) };
     }

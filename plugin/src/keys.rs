@@ -272,7 +272,18 @@ pub fn delivery(id: &str) -> Vec<u8> {
     key("dl", &[id])
 }
 
-/// The payload a delivery carries, kept until it is delivered.
+/// The prefix of every delivery record, in id order: creation order for time-ordered ids.
+pub fn delivery_prefix() -> Vec<u8> {
+    time_prefix("dl")
+}
+
+/// Reads the delivery id back out of a delivery record's key.
+pub fn delivery_id(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(delivery_prefix().len()..)?).ok()
+}
+
+/// The payload a delivery of the earlier layout carries, kept until it is delivered (the
+/// compact layout keeps it in the record).
 pub fn payload(id: &str) -> Vec<u8> {
     key("dp", &[id])
 }
@@ -332,8 +343,8 @@ pub fn log_entry_id(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(rest).ok()
 }
 
-/// The entry of a delivery in the creation-time index that retention reads; its value is the
-/// webhook id.
+/// The entry of a delivery of the earlier layout in the creation-time index that retention
+/// reads; its value is the webhook id.
 pub fn created(created_ms: u64, id: &str) -> Vec<u8> {
     key("dc", &[&hex_time(created_ms), id])
 }

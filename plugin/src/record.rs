@@ -20,24 +20,34 @@ pub trait Record: Serialize + DeserializeOwned + Clone {
 
     /// Reads a stored record of this or an earlier format version.
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut record: Self = serde_json::from_slice(bytes)
-            .map_err(|e| internal(format!("stored {} record is unreadable: {e}", Self::KIND)))?;
-        let version = *record.version();
-        if version > FORMAT_VERSION {
-            return Err(internal(format!(
-                "stored {} record has format version {version}, newer than this plugin's {FORMAT_VERSION}",
-                Self::KIND
-            )));
-        }
-        Ok(record)
+        decode_json(bytes)
     }
 
     /// The stored form, always in the current format version.
     fn encode(&self) -> Vec<u8> {
-        let mut record = self.clone();
-        *record.version() = FORMAT_VERSION;
-        serde_json::to_vec(&record).expect("a record of plain fields always serializes")
+        encode_json(self)
     }
+}
+
+/// Reads the JSON of a stored record of this or an earlier format version.
+pub fn decode_json<R: Record>(bytes: &[u8]) -> Result<R> {
+    let mut record: R =
+        serde_json::from_slice(bytes).map_err(|e| internal(format!("stored {} record is unreadable: {e}", R::KIND)))?;
+    let version = *record.version();
+    if version > FORMAT_VERSION {
+        return Err(internal(format!(
+            "stored {} record has format version {version}, newer than this plugin's {FORMAT_VERSION}",
+            R::KIND
+        )));
+    }
+    Ok(record)
+}
+
+/// The JSON of a record, always in the current format version.
+pub fn encode_json<R: Record>(record: &R) -> Vec<u8> {
+    let mut record = record.clone();
+    *record.version() = FORMAT_VERSION;
+    serde_json::to_vec(&record).expect("a record of plain fields always serializes")
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub fn routes() -> Routes {
         .post("/admin/plugin/rollback", roll_back)
         .post("/admin/plugin/promote", promote)
         .delete("/admin/plugin/candidate", drop_candidate)
+        .put("/admin/data-format", raise_format)
 }
 
 /// Why an admin request is refused, if it is: the endpoints do not exist without a token.
@@ -140,6 +141,35 @@ async fn drop_candidate(State(app): State<AppState>, Bearer(token): Bearer) -> R
     let dropped = app.runtime.drop_candidate().await?;
     tracing::info!(sha256 = %dropped.version.plugin.sha256, mode = dropped.mode.name(), "candidate plugin dropped through the admin endpoint");
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn raise_format(
+    State(app): State<AppState>,
+    Bearer(token): Bearer,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(refusal) = admin_refusal(&app, &token) {
+        return Err(refusal);
+    }
+    let asked = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|body| body.get("format")?.as_u64())
+        .and_then(|format| u32::try_from(format).ok())
+        .filter(|format| *format >= 1)
+        .ok_or_else(|| ApiError::bad_request(r#"the body must be {"format": N}, N a whole number from 1"#))?;
+    let previous = app
+        .runtime
+        .raise_format(asked)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, format = asked, "raising the stored data format refused"))?;
+    if previous != asked {
+        tracing::info!(
+            previous,
+            format = asked,
+            "stored data format raised through the admin endpoint"
+        );
+    }
+    Ok(json(serde_json::json!({ "data_format": asked, "previous": previous })))
 }
 
 /// What a `PUT /admin/plugin` asks for, from its query.

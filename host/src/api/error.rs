@@ -96,6 +96,7 @@ impl From<RolloutError> for ApiError {
             RolloutError::Load(_) => StatusCode::BAD_REQUEST,
             RolloutError::Incompatible(_) | RolloutError::NoEarlierVersion => StatusCode::CONFLICT,
             RolloutError::NoCandidate => StatusCode::NOT_FOUND,
+            RolloutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())
     }

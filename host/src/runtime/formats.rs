@@ -54,14 +54,16 @@ impl DataFormats {
     }
 }
 
+/// Reads a stored format value (decimal digits).
+pub fn parse(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// The format the store is in.
 pub async fn stored(store: &dyn KvBackend) -> Result<u32, String> {
     match store.get(FORMAT_KEY.to_vec()).await {
         Ok(None) => Ok(1),
-        Ok(Some(value)) => std::str::from_utf8(&value)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| format!("the stored data format is not a number: {value:?}")),
+        Ok(Some(value)) => parse(&value).ok_or_else(|| format!("the stored data format is not a number: {value:?}")),
         Err(error) => Err(format!("cannot read the stored data format: {error}")),
     }
 }

@@ -154,6 +154,9 @@ pub enum RolloutError {
     /// A promote or drop was asked for with no candidate.
     #[error("no candidate plugin version")]
     NoCandidate,
+    /// The store did not answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The active version, the earlier ones (newest first), the candidate beside them and the last
@@ -353,6 +356,67 @@ impl Runtime {
         let version = Version::new(earlier.plugin, VersionSource::Rollback);
         self.activate(version.clone());
         Ok(version)
+    }
+
+    /// Names `format` as the stored data's format, for an operator who gives up rollbacks to
+    /// versions that do not read it in exchange for what it brings: only upward, and only to a
+    /// format the active version and the candidate, if any, serve. Answers the format stored
+    /// before. Hosts sharing the store check it on their next swap, not at once.
+    pub async fn raise_format(&self, format: u32) -> Result<u32, RolloutError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let store = self.capabilities.store.as_ref();
+        let key = formats::FORMAT_KEY.to_vec();
+        let current = store
+            .get(key.clone())
+            .await
+            .map_err(|e| RolloutError::Unavailable(format!("cannot read the stored data format: {e}")))?;
+        let stored = match &current {
+            None => 1,
+            Some(value) => formats::parse(value).ok_or_else(|| {
+                RolloutError::Incompatible(format!("the stored data format is not a number: {value:?}"))
+            })?,
+        };
+        if format < stored {
+            return Err(RolloutError::Incompatible(format!(
+                "the stored data is in format {stored}, and a format is never lowered"
+            )));
+        }
+        let (active, candidate) = {
+            let versions = self.versions.lock().expect("versions poisoned");
+            (versions.active.plugin.clone(), versions.candidate.clone())
+        };
+        let unserved = |role: &str, plugin: &Plugin| {
+            let formats = plugin.formats();
+            (!formats.serves(format)).then(|| {
+                RolloutError::Incompatible(format!(
+                    "the {role} plugin version reads data formats {} to {}, not {format}",
+                    formats.oldest, formats.newest
+                ))
+            })
+        };
+        if let Some(refusal) = unserved("active", &active) {
+            return Err(refusal);
+        }
+        if let Some(refusal) = candidate.and_then(|c| unserved("candidate", &c.version.plugin)) {
+            return Err(refusal);
+        }
+        if format == stored && current.is_some() {
+            return Ok(stored);
+        }
+        let guard = match current {
+            Some(value) => crate::store::Condition::Equals(key.clone(), value),
+            None => crate::store::Condition::Absent(key.clone()),
+        };
+        let put = crate::store::Op::Put(key, format.to_string().into_bytes());
+        match store.commit(vec![guard], vec![put]).await {
+            Ok(()) => Ok(stored),
+            Err(crate::store::StoreError::Conflict(_)) => Err(RolloutError::Incompatible(
+                "the stored data format changed meanwhile; ask again".into(),
+            )),
+            Err(e) => Err(RolloutError::Unavailable(format!(
+                "cannot write the stored data format: {e}"
+            ))),
+        }
     }
 
     /// Compiles and checks `bytes` and sets them beside the active version as a canary or a

@@ -52,16 +52,7 @@ impl Events<'_> {
     /// before it is due.
     pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
         let now = self.clock.now_ms();
-        // The records and the payloads in one read: almost every delivery asked for is due.
-        let mut keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
-        keys.extend(ids.iter().map(|id| keys::payload(id)));
-        let mut stored = self.kv.get_many(&keys).map_err(store::store_error)?;
-        let payloads: HashMap<String, Vec<u8>> = ids
-            .iter()
-            .zip(stored.split_off(ids.len()))
-            .filter_map(|(id, payload)| Some((id.clone(), payload?)))
-            .collect();
-        let due = decode_kept(stored, |d| {
+        let due = self.load_deliveries(ids, |d| {
             d.status == Status::Pending && (d.next_attempt_ms.is_none_or(|at| at <= now) || self.intake_claimed(d, now))
         })?;
         // Fresh ones go out under the intake's claim; the others are claimed here.
@@ -73,8 +64,12 @@ impl Events<'_> {
             return Ok(Vec::new());
         }
         let webhooks = self.load_webhooks(batch.iter().map(|(d, _)| d.webhook_id.as_str()))?;
+        let separate = self.separate_payloads(&batch)?;
         // Cloned, not taken: an id asked for twice is in the batch twice.
-        let payloads: Vec<Option<Vec<u8>>> = batch.iter().map(|(d, _)| payloads.get(&d.id).cloned()).collect();
+        let payloads: Vec<Option<Vec<u8>>> = batch
+            .iter()
+            .map(|(d, _)| d.payload.clone().or_else(|| separate.get(&d.id).cloned()))
+            .collect();
 
         // Build every request, transforms asked one after another, then send the ones that
         // have somewhere to go, all together.
@@ -125,7 +120,11 @@ impl Events<'_> {
                 };
                 self.policy.next_attempt(finished, attempts, (self.random)(), asked)
             };
-            let (updated, outcome) = apply(delivery, &result, started, finished, retry);
+            let (mut updated, outcome) = apply(delivery, &result, started, finished, retry);
+            if matches!(updated.status, Status::Delivered | Status::Skipped) {
+                // Nothing will be sent again: a retry is refused for both.
+                updated.payload = None;
+            }
             outcomes.push(outcome);
             updates.push((updated, stored));
         }
@@ -198,6 +197,26 @@ impl Events<'_> {
             d.status == Status::Pending && d.next_attempt_ms.is_some_and(|at| at > now)
         })?;
         Ok(self.reschedule(claimed, now)?.len() as u32)
+    }
+
+    /// The payloads of the batch's deliveries of the earlier layout, by id, in one read when
+    /// there are any: the compact layout holds them in the record.
+    fn separate_payloads(&self, batch: &[(Delivery, Vec<u8>)]) -> Result<HashMap<String, Vec<u8>>> {
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter(|(d, _)| d.payload.is_none())
+            .map(|(d, _)| d.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::payload(id)).collect();
+        let stored = self.kv.get_many(&keys).map_err(store::store_error)?;
+        Ok(ids
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(id, payload)| Some((id.to_owned(), payload?)))
+            .collect())
     }
 
     /// The stored deliveries of the list that `keep` accepts, each with its record's bytes.
@@ -321,9 +340,12 @@ impl Events<'_> {
                             value: delivery.webhook_id.clone().into_bytes(),
                         }));
                     }
-                    // Nothing will be sent again: a retry is refused for both.
-                    Status::Delivered | Status::Skipped => ops.push(Op::Delete(keys::payload(&delivery.id))),
-                    Status::Failed => {}
+                    // Nothing will be sent again: a retry is refused for both. A compact
+                    // record drops its payload with the write below.
+                    Status::Delivered | Status::Skipped if before.payload.is_none() => {
+                        ops.push(Op::Delete(keys::payload(&delivery.id)))
+                    }
+                    Status::Delivered | Status::Skipped | Status::Failed => {}
                 }
                 if delivery.status != before.status {
                     ops.push(Op::Put(Entry {

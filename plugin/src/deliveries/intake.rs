@@ -9,7 +9,8 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::deliveries::Events;
 use crate::deliveries::record::{Delivery, Status};
-use crate::error::{Result, invalid};
+use crate::error::{Result, internal, invalid};
+use crate::format;
 use crate::keys;
 use crate::record::{FORMAT_VERSION, Record};
 use crate::store::{self, CommitFailure};
@@ -50,7 +51,7 @@ impl Events<'_> {
     pub fn on_messages(&self, messages: Vec<Message>) -> Result<Vec<Result<Accepted>>> {
         let ids = ContextV7::new().with_additional_precision();
         let mut answers: Vec<Option<Result<Accepted>>> = (0..messages.len()).map(|_| None).collect();
-        let webhooks_of = self.enabled_webhooks_of(&messages)?;
+        let (webhooks_of, compact) = self.enabled_webhooks_of(&messages)?;
         let mut named_here: HashSet<Vec<u8>> = HashSet::new();
         let mut prepared = Vec::with_capacity(messages.len());
         for (index, message) in messages.into_iter().enumerate() {
@@ -78,7 +79,10 @@ impl Events<'_> {
                 continue;
             }
             let due_ms = message.received_ms.saturating_add(self.intake_claim_ms().unwrap_or(0));
-            prepared.push(prepare(&ids, index, message, message_id, seen_key, webhooks, due_ms));
+            let layout = if compact { Layout::Compact } else { Layout::Separate };
+            prepared.push(prepare(
+                &ids, index, message, message_id, seen_key, webhooks, due_ms, layout,
+            ));
         }
         for (index, accepted) in self.commit_messages(prepared)? {
             answers[index] = Some(Ok(accepted));
@@ -89,9 +93,10 @@ impl Events<'_> {
             .collect())
     }
 
-    /// The enabled webhooks of each thing the messages come from, read in one store call: a
-    /// disabled webhook gets nothing until a user enables it again.
-    fn enabled_webhooks_of(&self, messages: &[Message]) -> Result<HashMap<String, Vec<Webhook>>> {
+    /// The enabled webhooks of each thing the messages come from, and whether the store is in
+    /// a format whose deliveries are compact, read in one store call: a disabled webhook gets
+    /// nothing until a user enables it again.
+    fn enabled_webhooks_of(&self, messages: &[Message]) -> Result<(HashMap<String, Vec<Webhook>>, bool)> {
         let mut things: Vec<&str> = Vec::new();
         for message in messages {
             if !things.contains(&message.thing_id.as_str()) {
@@ -99,15 +104,23 @@ impl Events<'_> {
             }
         }
         let prefixes: Vec<Vec<u8>> = things.iter().map(|thing| keys::by_thing_prefix(thing)).collect();
-        let found = storage::scan_webhooks_under(self.kv, &prefixes)?;
-        Ok(things
+        let (found, stored_format) = storage::scan_webhooks_and_key(self.kv, &prefixes, &keys::data_format())?;
+        let compact = match stored_format {
+            None => false,
+            Some(value) => {
+                format::parse(&value).ok_or_else(|| internal("the stored data format is not a number"))?
+                    >= format::COMPACT
+            }
+        };
+        let webhooks = things
             .into_iter()
             .zip(found)
             .map(|(thing, mut webhooks)| {
                 webhooks.retain(|webhook| !webhook.disabled);
                 (thing.to_owned(), webhooks)
             })
-            .collect())
+            .collect();
+        Ok((webhooks, compact))
     }
 
     /// Commits the prepared messages together. A guard that fails is a message id published
@@ -174,9 +187,19 @@ impl Events<'_> {
     }
 }
 
+/// Where a new delivery's payload goes, and which indexes it gets (`format`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The payload inside the record, no creation-index entry: three writes a delivery.
+    Compact,
+    /// The earlier layout, which versions before format 4 read: five writes a delivery.
+    Separate,
+}
+
 /// The writes of one message: one pending delivery per webhook, due at `due_ms` (now, or the
 /// end of the intake's claim when hosts share the store), with the payload; and the message
 /// id, remembered under a guard, when the publisher named it.
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     ids: &ContextV7,
     index: usize,
@@ -185,6 +208,7 @@ fn prepare(
     seen_key: Option<Vec<u8>>,
     webhooks: &[Webhook],
     due_ms: u64,
+    layout: Layout,
 ) -> Prepared {
     let now = message.received_ms;
     let mut ops = Vec::with_capacity(2 + webhooks.len() * 5);
@@ -214,17 +238,20 @@ fn prepare(
             created_ms: now,
             next_attempt_ms: Some(due_ms),
             attempts: Vec::new(),
+            payload: (layout == Layout::Compact).then(|| message.payload.clone()),
         };
-        ops.push(Op::Put(Entry {
-            key: keys::payload(&delivery.id),
-            value: message.payload.clone(),
-        }));
+        if layout == Layout::Separate {
+            ops.push(Op::Put(Entry {
+                key: keys::payload(&delivery.id),
+                value: message.payload.clone(),
+            }));
+            ops.push(Op::Put(Entry {
+                key: keys::created(now, &delivery.id),
+                value: webhook.id.clone().into_bytes(),
+            }));
+        }
         ops.push(Op::Put(Entry {
             key: keys::due(due_ms, &delivery.id),
-            value: webhook.id.clone().into_bytes(),
-        }));
-        ops.push(Op::Put(Entry {
-            key: keys::created(now, &delivery.id),
             value: webhook.id.clone().into_bytes(),
         }));
         ops.push(Op::Put(Entry {
@@ -256,9 +283,10 @@ fn prepare(
 mod tests {
     use crate::bindings::exports::mainflux::webhooks::events::DeliveryStatus;
     use crate::bindings::exports::mainflux::webhooks::events::Message;
+    use crate::deliveries::record::Status;
     use crate::keys;
     use crate::ports::Kv;
-    use crate::testing::{Deliveries, events, message};
+    use crate::testing::{Deliveries, delivery, events, message};
 
     #[test]
     fn ids_made_in_one_call_and_in_calls_a_microsecond_apart_are_in_time_order() {
@@ -307,6 +335,100 @@ mod tests {
             events.deliver(&ids).unwrap().is_empty(),
             "a delivered delivery is not attempted again"
         );
+    }
+
+    #[test]
+    fn in_format_4_a_delivery_is_three_writes_and_its_record_holds_the_payload_until_sent() {
+        let Deliveries { kv, sender } =
+            Deliveries::with_webhooks(&[("w1", "t", "http://a/200"), ("w2", "t", "http://b/503")]);
+        crate::format::raise(&kv, crate::format::COMPACT).unwrap();
+        let before: Vec<Vec<u8>> = kv.map.borrow().keys().cloned().collect();
+        let events = events(&kv, &sender);
+        let ids = crate::testing::publish(&events, message("t", None, b"\x00\xffbinary\x00", None));
+        let written: Vec<Vec<u8>> = kv
+            .map
+            .borrow()
+            .keys()
+            .filter(|key| !before.contains(key))
+            .cloned()
+            .collect();
+        assert_eq!(
+            written.len(),
+            2 * 3,
+            "a record, a due entry and a log entry each: {written:?}"
+        );
+        assert!(
+            written
+                .iter()
+                .all(|key| [&b"dl"[..], b"dd", b"dw"].contains(&&key[..2]))
+        );
+        for id in &ids {
+            assert_eq!(delivery(&kv, id).payload.as_deref(), Some(&b"\x00\xffbinary\x00"[..]));
+        }
+        let outcomes = events.deliver(&ids).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(sender.sent.borrow().iter().all(|r| r.body == b"\x00\xffbinary\x00"));
+        let delivered = ids
+            .iter()
+            .find(|id| delivery(&kv, id).status == Status::Delivered)
+            .unwrap();
+        let pending = ids
+            .iter()
+            .find(|id| delivery(&kv, id).status == Status::Pending)
+            .unwrap();
+        assert_eq!(delivery(&kv, delivered).payload, None, "dropped once delivered");
+        assert!(delivery(&kv, pending).payload.is_some(), "kept for the retry");
+        assert!(
+            kv.map
+                .borrow()
+                .keys()
+                .all(|key| !key.starts_with(b"dp") && !key.starts_with(b"dc"))
+        );
+    }
+
+    #[test]
+    fn a_failed_compact_delivery_keeps_its_payload_for_a_retry() {
+        use crate::deliveries::log::DeliveryLog;
+        use crate::testing::{AT_NOW, FixedAccess};
+        let Deliveries { kv, sender } = Deliveries::default();
+        let mut webhook = crate::testing::webhook("w", "t", "w");
+        (webhook.group_id, webhook.url) = ("g1".into(), "http://a/malformed".into());
+        crate::testing::store(&kv, &webhook);
+        crate::format::raise(&kv, crate::format::COMPACT).unwrap();
+        let events = events(&kv, &sender);
+        let ids = crate::testing::publish(&events, message("t", None, b"again", None));
+        assert_eq!(events.deliver(&ids).unwrap()[0].status, DeliveryStatus::Failed);
+        assert_eq!(delivery(&kv, &ids[0]).payload.as_deref(), Some(&b"again"[..]));
+        DeliveryLog::new(&kv, &FixedAccess, &AT_NOW)
+            .retry("editor", "w", &ids[0])
+            .unwrap();
+        events.deliver(&ids).unwrap();
+        let sent = sender.sent.borrow();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].body, b"again");
+    }
+
+    #[test]
+    fn deliveries_of_both_layouts_go_out_side_by_side() {
+        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[("w1", "t", "http://a/200")]);
+        let events = events(&kv, &sender);
+        let separate = crate::testing::publish(&events, message("t", None, b"earlier", None));
+        assert!(kv.get(&keys::payload(&separate[0])).unwrap().is_some());
+        assert_eq!(delivery(&kv, &separate[0]).payload, None);
+        crate::format::raise(&kv, crate::format::COMPACT).unwrap();
+        let compact = crate::testing::publish(&events, message("t", None, b"compact", None));
+        assert_eq!(kv.get(&keys::payload(&compact[0])).unwrap(), None);
+        let both = [separate[0].clone(), compact[0].clone()];
+        let outcomes = events.deliver(&both).unwrap();
+        assert!(outcomes.iter().all(|o| o.status == DeliveryStatus::Delivered));
+        let bodies: Vec<Vec<u8>> = sender.sent.borrow().iter().map(|r| r.body.clone()).collect();
+        assert_eq!(bodies, [b"earlier".to_vec(), b"compact".to_vec()]);
+        assert_eq!(
+            kv.get(&keys::payload(&separate[0])).unwrap(),
+            None,
+            "dropped once delivered"
+        );
+        assert!(both.iter().all(|id| delivery(&kv, id).payload.is_none()));
     }
 
     #[test]
@@ -383,11 +505,12 @@ mod tests {
         assert_eq!(
             scanned,
             [
+                keys::data_format(),
                 keys::by_thing_prefix("t1"),
                 keys::by_thing_prefix("t2"),
                 keys::by_thing_prefix("t3")
             ],
-            "each thing's webhooks are read once"
+            "each thing's webhooks are read once, with the stored format"
         );
         assert_eq!(kv.scan_calls() - scan_calls_before, 1, "in one store call");
         assert_eq!(events.due(100).unwrap().len(), 1 + 2 + 1 + 2);

@@ -174,11 +174,12 @@ impl<'a> DeliveryLog<'a> {
                 Status::name(delivery.status)
             )));
         }
-        if self
-            .kv
-            .get(&keys::payload(&delivery.id))
-            .map_err(store::store_error)?
-            .is_none()
+        if delivery.payload.is_none()
+            && self
+                .kv
+                .get(&keys::payload(&delivery.id))
+                .map_err(store::store_error)?
+                .is_none()
         {
             return Err(conflict("this delivery's payload is no longer kept"));
         }

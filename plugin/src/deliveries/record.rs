@@ -1,11 +1,15 @@
 //! The delivery record as stored (one per message and webhook, with every attempt) and its
 //! status, with the RFC 3339 times the API shows of it.
+//!
+//! A record is its JSON, then, in the compact layout of data format 4, a NUL byte and the
+//! payload while it is kept: JSON never holds a raw NUL (serde_json escapes control chars), so
+//! the first one ends it. In the earlier layout the payload has a key of its own (`dp`).
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
+use crate::record::{FORMAT_VERSION, Record, decode_json, encode_json};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,10 @@ pub struct Delivery {
     /// Every attempt so far, oldest first.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// The payload, when the record holds it (the compact layout): from intake until nothing
+    /// will be sent again.
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
 }
 
 impl Record for Delivery {
@@ -92,5 +100,56 @@ impl Record for Delivery {
 
     fn version(&mut self) -> &mut u32 {
         &mut self.v
+    }
+
+    fn decode(bytes: &[u8]) -> crate::error::Result<Self> {
+        match bytes.iter().position(|b| *b == 0) {
+            None => decode_json(bytes),
+            Some(end) => {
+                let mut delivery: Delivery = decode_json(&bytes[..end])?;
+                delivery.payload = Some(bytes[end + 1..].to_vec());
+                Ok(delivery)
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // Not through a copy of the record: it would copy the payload too.
+        let mut bytes = if self.v == FORMAT_VERSION {
+            serde_json::to_vec(self).expect("a record of plain fields always serializes")
+        } else {
+            encode_json(self)
+        };
+        if let Some(payload) = &self.payload {
+            bytes.reserve(1 + payload.len());
+            bytes.push(0);
+            bytes.extend_from_slice(payload);
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compact_record_carries_any_payload_after_its_json() {
+        let stored = br#"{"v":1,"id":"d","webhook_id":"w","thing_id":"t","message_id":"m","status":"pending","created_ms":5,"next_attempt_ms":9,"attempts":[]}"#;
+        let mut delivery = Delivery::decode(stored).unwrap();
+        assert_eq!(delivery.payload, None);
+        assert_eq!(delivery.encode(), stored, "the earlier layout is kept byte for byte");
+        for payload in [&b""[..], b"\0\0{\"v\":2}\0", b"\xff\xfe binary", br#"{"a":"\u0000"}"#] {
+            delivery.payload = Some(payload.to_vec());
+            let bytes = delivery.encode();
+            assert!(bytes.starts_with(stored));
+            assert_eq!(Delivery::decode(&bytes).unwrap(), delivery);
+        }
+        // Text with a NUL in it stays escaped in the JSON, so the first raw NUL ends it.
+        delivery.payload = None;
+        delivery.subtopic = "a\0b".into();
+        let bytes = delivery.encode();
+        assert!(!bytes.contains(&0));
+        assert_eq!(Delivery::decode(&bytes).unwrap(), delivery);
     }
 }

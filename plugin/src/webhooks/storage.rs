@@ -32,6 +32,28 @@ pub fn scan_webhooks(kv: &dyn Kv, prefix: &[u8]) -> Result<Vec<Webhook>> {
 /// more than a chunk costs more.
 pub fn scan_webhooks_under(kv: &dyn Kv, prefixes: &[Vec<u8>]) -> Result<Vec<Vec<Webhook>>> {
     let firsts = kv.scan_prefixes(prefixes, SCAN_CHUNK).map_err(store_error)?;
+    read_on(kv, prefixes, firsts)
+}
+
+/// The webhooks under each of several prefixes, and the value of one more key.
+pub type WebhooksAndValue = (Vec<Vec<Webhook>>, Option<Vec<u8>>);
+
+/// As [`scan_webhooks_under`], and the value of one more key, read in the same store call.
+pub fn scan_webhooks_and_key(kv: &dyn Kv, prefixes: &[Vec<u8>], key: &[u8]) -> Result<WebhooksAndValue> {
+    let mut asked = Vec::with_capacity(prefixes.len() + 1);
+    asked.extend_from_slice(prefixes);
+    asked.push(key.to_vec());
+    let mut firsts = kv.scan_prefixes(&asked, SCAN_CHUNK).map_err(store_error)?;
+    // The key is scanned as a prefix: only the entry that is the key itself counts.
+    let value = firsts
+        .pop()
+        .and_then(|entries| entries.into_iter().find(|entry| entry.key == key))
+        .map(|entry| entry.value);
+    Ok((read_on(kv, prefixes, firsts)?, value))
+}
+
+/// Decodes the first chunk of each prefix and reads on where a chunk came full.
+fn read_on(kv: &dyn Kv, prefixes: &[Vec<u8>], firsts: Vec<Vec<Entry>>) -> Result<Vec<Vec<Webhook>>> {
     prefixes
         .iter()
         .zip(firsts)

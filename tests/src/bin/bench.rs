@@ -42,10 +42,14 @@
 //! (over CALLS calls, default 20,000), restart to healthy with and without the compile cache,
 //! the time of a swap, a rollback and a promote (request to the first call answered by the
 //! version it puts in place), and idle resident memory; `make bench` appends it to `BENCHMARKS.md`.
+//!
+//! The delivery benches (deliver, drain, steady, scale, report) raise each host's store to data
+//! format 4, as an operator who gives up rollbacks to earlier versions does, so deliveries are
+//! compact; `WEBHOOKS_BENCH_DATA_FORMAT=2` runs them on the layout earlier versions read.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use webhooks_tests::broker::NatsServer;
@@ -275,10 +279,50 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// The admin token of the benches' hosts, which the stored data format is raised with.
+const BENCH_ADMIN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", "bench-admin");
+
+/// The stored data format the benches run on: 4, whose deliveries are compact, unless
+/// `WEBHOOKS_BENCH_DATA_FORMAT` names another (2: the layout versions before 4 read).
+fn bench_data_format() -> Result<u32> {
+    match std::env::var("WEBHOOKS_BENCH_DATA_FORMAT") {
+        Err(_) => Ok(4),
+        Ok(text) => text
+            .parse()
+            .ok()
+            .filter(|format| (2..=4).contains(format))
+            .with_context(|| format!("WEBHOOKS_BENCH_DATA_FORMAT must be 2, 3 or 4, not {text:?}")),
+    }
+}
+
+/// Raises the store of a host started with [`BENCH_ADMIN`] to [`bench_data_format`], as an
+/// operator would (`PUT /admin/data-format`); 2 is where upkeep brings it by itself.
+async fn raise_data_format(host: &TestHost) -> Result<()> {
+    let format = bench_data_format()?;
+    if format <= 2 {
+        return Ok(());
+    }
+    let (status, body) = host
+        .call(
+            Method::PUT,
+            "/admin/data-format",
+            BENCH_ADMIN.1,
+            Some(json!({ "format": format })),
+        )
+        .await?;
+    ensure!(status.is_success(), "raising the data format answered {status}: {body}");
+    Ok(())
+}
+
 /// A receiver, and a host on SQLite with `k` webhooks on `THING_1` pointing at it.
 async fn host_with_webhooks(k: usize) -> Result<(Receiver, TestHost)> {
     let receiver = Receiver::start().await?;
-    let host = TestHost::start_with(standard_registry(), &[ALLOW_PRIVATE, ("MF_WEBHOOKS_LOG_LEVEL", "warn")]).await?;
+    let host = TestHost::start_with(
+        standard_registry(),
+        &[ALLOW_PRIVATE, BENCH_ADMIN, ("MF_WEBHOOKS_LOG_LEVEL", "warn")],
+    )
+    .await?;
+    raise_data_format(&host).await?;
     let hooks: Vec<_> = (0..k)
         .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
         .collect();
@@ -411,7 +455,7 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
         } else {
             None
         };
-        let mut env = vec![ALLOW_PRIVATE, ("MF_WEBHOOKS_LOG_LEVEL", "warn")];
+        let mut env = vec![ALLOW_PRIVATE, BENCH_ADMIN, ("MF_WEBHOOKS_LOG_LEVEL", "warn")];
         if let Some(database) = &database {
             env.push(("MF_WEBHOOKS_DB_URL", database));
         }
@@ -422,6 +466,7 @@ async fn scale(messages: usize, k: usize) -> Result<()> {
         for _ in 0..hosts {
             started.push(TestHost::start_with(standard_registry(), &env).await?);
         }
+        raise_data_format(&started[0]).await?;
         let hooks: Vec<_> = (0..k)
             .map(|i| json!({"name": format!("bench-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
             .collect();
@@ -511,6 +556,7 @@ async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<()> {
     let database = postgres_database()?;
     let env = [
         ALLOW_PRIVATE,
+        BENCH_ADMIN,
         ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
         ("MF_WEBHOOKS_DB_URL", database.as_str()),
     ];
@@ -518,6 +564,7 @@ async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<()> {
     for _ in 0..hosts {
         started_hosts.push(TestHost::start_with(standard_registry(), &env).await?);
     }
+    raise_data_format(&started_hosts[0]).await?;
     started_hosts[0]
         .create(
             THING_1,
@@ -790,6 +837,7 @@ async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain
     };
     let mut env = vec![
         ALLOW_PRIVATE,
+        BENCH_ADMIN,
         ("MF_WEBHOOKS_LOG_LEVEL", "warn"),
         ("MF_BROKER_URL", nats.url.as_str()),
     ];
@@ -798,6 +846,7 @@ async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain
     }
     // The first start makes the stream and the durable consumer; the messages then wait in it.
     let mut host = TestHost::start_with(registry_with_things(DRAIN_THINGS), &env).await?;
+    raise_data_format(&host).await?;
     for t in 0..DRAIN_THINGS {
         let hooks: Vec<_> = (0..k)
             .map(|i| json!({"name": format!("drain-{i}"), "url": receiver.url(&format!("/hook/{i}"))}))
@@ -1023,8 +1072,9 @@ async fn drain_median(messages: usize, k: usize, store: DrainStore) -> Result<Dr
 async fn drain(messages: usize, ks: &[usize], store: DrainStore) -> Result<()> {
     println!(
         "{messages} messages of {PAYLOAD_BYTES} B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, {} store, \
-         receiver on loopback; median of 3 runs\n",
-        store.name()
+         {}, receiver on loopback; median of 3 runs\n",
+        store.name(),
+        data_format_note()
     );
     let mut statements = Vec::new();
     let mut rows = Vec::new();
@@ -1085,6 +1135,14 @@ fn capacity_model(runs: &[(usize, Drain)]) -> String {
 }
 
 /// The head of the drain table, in `bench drain` and in the report.
+/// What the benches' stored data format means, for their tables.
+fn data_format_note() -> String {
+    match bench_data_format() {
+        Ok(4) | Err(_) => "stored data in format 4 (compact deliveries, raised by `PUT /admin/data-format`)".into(),
+        Ok(format) => format!("stored data in format {format} (`WEBHOOKS_BENCH_DATA_FORMAT`)"),
+    }
+}
+
 fn drain_header(store: DrainStore) -> String {
     let database = if store == DrainStore::Postgres {
         " PostgreSQL CPU per delivery (kernel share) |"
@@ -1922,12 +1980,13 @@ async fn report(out: &std::path::Path) -> Result<()> {
          one-hop native client (a pooled hyper client sending the same POSTs straight to the receiver) and the \
          native relay (a hyper server answering `202` and forwarding each body to the receiver).\n\n## Targets\n\n\
          {table}\n## Drain\n\n20,000 messages of 256 B pre-loaded in NATS JetStream over {DRAIN_THINGS} things, the \
-         host started on SQLite, until the last delivery is received (median of 3 by deliveries/s):\n\n{drain_table}\n\
+         host started on SQLite, {}, until the last delivery is received (median of 3 by deliveries/s):\n\n{drain_table}\n\
          ## Cost growth\n\nEnd-to-end deliveries/s by webhooks per thing (10,000 deliveries in all):\n\n{growth}\n\
          Group listing filtered by name (one match) by webhooks stored:\n\n{lists}",
         drain_1.rate(),
         drain_1.cpu_per_delivery_ms(),
-        machine()
+        machine(),
+        data_format_note()
     );
     print!("{text}");
     std::fs::write(out, text)?;

@@ -127,7 +127,7 @@ async fn a_version_that_cannot_read_the_stored_data_is_refused_and_the_active_on
     let versions = rollout(&host).await?;
     assert_eq!(
         versions["active"]["data_formats"],
-        json!({"oldest": 1, "newest": 3, "writes": 2}),
+        json!({"oldest": 1, "newest": 4, "writes": 2}),
         "{versions}"
     );
 
@@ -212,6 +212,119 @@ async fn a_rollback_or_a_start_onto_data_the_version_cannot_read_is_refused() ->
         lines[0].contains("the stored data is in format 2"),
         "the reason: {stderr}"
     );
+    Ok(())
+}
+
+/// `PUT /admin/data-format` with this body.
+async fn raise_format(host: &TestHost, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+    host.call(Method::PUT, "/admin/data-format", PLUGIN_ADMIN, Some(body))
+        .await
+        .context("PUT /admin/data-format")
+}
+
+/// The operator raises the stored data to format 4 (compact deliveries) only when the active
+/// version and the candidate read it; deliveries made before and after go out with their exact
+/// payloads and expire alike; from then on a rollback to a version that does not read format
+/// 4 is refused, and the format is never lowered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    // Retention of 4 s runs retention and upkeep every second.
+    let host = admin_host(&[ALLOW_PRIVATE, ("MF_WEBHOOKS_RETENTION", "4s")]).await?;
+    let webhook = add_webhook(&host, THING_1, "compact", &receiver.url("/compact")).await?;
+    stored_format_becomes(&host, 2).await?;
+    let before: &[u8] = b"\x00before\xff\x00";
+    publish(&host, "key-1", before).await?;
+    receiver.wait_for(Some("/compact"), 1, PROMPTLY).await?;
+
+    for body in [
+        json!({}),
+        json!({"format": 0}),
+        json!({"format": "4"}),
+        json!({"format": 4.5}),
+    ] {
+        let (status, answer) = raise_format(&host, body.clone()).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains("format")),
+            "{answer}"
+        );
+    }
+    let (status, answer) = host
+        .call(Method::PUT, "/admin/data-format", "wrong", Some(json!({"format": 4})))
+        .await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    // A candidate or an active version that does not read format 4 holds the raise back.
+    let previous = plugin_variant_bytes("previous")?;
+    let (status, answer) = put(&host, "?shadow=true", previous.clone()).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = raise_format(&host, json!({"format": 4})).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the candidate plugin version reads data formats 1 to 2, not 4")),
+        "{answer}"
+    );
+    let (status, answer) = admin(&host, Method::DELETE, "/admin/plugin/candidate").await?;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let (status, answer) = put(&host, "", previous).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = raise_format(&host, json!({"format": 4})).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the active plugin version reads data formats 1 to 2")),
+        "{answer}"
+    );
+    let (status, answer) = admin(&host, Method::POST, "/admin/plugin/rollback").await?;
+    assert_eq!(status, StatusCode::OK, "back to the real plugin: {answer}");
+    assert_eq!(rollout(&host).await?["data_format"], 2);
+
+    let (status, answer) = raise_format(&host, json!({"format": 4})).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"data_format": 4, "previous": 2}));
+    assert_eq!(rollout(&host).await?["data_format"], 4);
+    let (status, answer) = raise_format(&host, json!({"format": 4})).await?;
+    assert_eq!(
+        (status, answer),
+        (StatusCode::OK, json!({"data_format": 4, "previous": 4}))
+    );
+    let (status, answer) = raise_format(&host, json!({"format": 3})).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains("never lowered")),
+        "{answer}"
+    );
+
+    let after: &[u8] = b"after\x00\x01{\"v\":1}";
+    publish(&host, "key-1", after).await?;
+    let received = receiver.wait_for(Some("/compact"), 2, PROMPTLY).await?;
+    let bodies: Vec<&[u8]> = received.iter().map(|r| r.body.as_ref()).collect();
+    assert_eq!(bodies, [before, after], "both layouts carry their exact payloads");
+    eventually(PROMPTLY, || async {
+        let delivered = logged_total(&host, &webhook, "?status=delivered").await?;
+        ensure!(delivered == 2, "{delivered} deliveries logged as delivered");
+        Ok(())
+    })
+    .await?;
+
+    let (status, answer) = admin(&host, Method::POST, "/admin/plugin/rollback").await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the stored data is in format 4") && e.contains("data formats 1 to 2")),
+        "{answer}"
+    );
+    // Both deliveries pass the retention of 4 s and go, the compact one found by its id.
+    eventually(Duration::from_secs(15), || async {
+        let total = logged_total(&host, &webhook, "").await?;
+        ensure!(total == 0, "{total} deliveries are still logged");
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 
