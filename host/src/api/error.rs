@@ -94,7 +94,9 @@ impl From<RolloutError> for ApiError {
     fn from(error: RolloutError) -> Self {
         let status = match error {
             RolloutError::Load(_) => StatusCode::BAD_REQUEST,
-            RolloutError::Incompatible(_) | RolloutError::NoEarlierVersion => StatusCode::CONFLICT,
+            RolloutError::Incompatible(_) | RolloutError::NoEarlierVersion | RolloutError::Conflict => {
+                StatusCode::CONFLICT
+            }
             RolloutError::NoCandidate => StatusCode::NOT_FOUND,
             RolloutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -157,7 +157,13 @@ pub enum RolloutError {
     /// The store did not answer.
     #[error("{0}")]
     Unavailable(String),
+    /// What was read changed before it was written; the caller reads again.
+    #[error("the stored data changed meanwhile")]
+    Conflict,
 }
+
+/// Reads and writes one raise of the data format tries before it gives up.
+const RAISE_TRIES: usize = 8;
 
 /// The active version, the earlier ones (newest first), the candidate beside them and the last
 /// canary dropped.
@@ -361,9 +367,24 @@ impl Runtime {
     /// Names `format` as the stored data's format, for an operator who gives up rollbacks to
     /// versions that do not read it in exchange for what it brings: only upward, and only to a
     /// format the active version and the candidate, if any, serve. Answers the format stored
-    /// before. Hosts sharing the store check it on their next swap, not at once.
+    /// before. Hosts sharing the store check it on their next swap, not at once. Upkeep may
+    /// raise the format meanwhile (to 2, at start): the raise then reads it again.
     pub async fn raise_format(&self, format: u32) -> Result<u32, RolloutError> {
         let _one_at_a_time = self.swapping.lock().await;
+        for _ in 0..RAISE_TRIES {
+            match self.raise_format_once(format).await {
+                Err(RolloutError::Conflict) => continue,
+                answer => return answer,
+            }
+        }
+        Err(RolloutError::Incompatible(
+            "the stored data format kept changing while being raised; ask again".into(),
+        ))
+    }
+
+    /// One read and guarded write of [`Runtime::raise_format`]; `Conflict` when the format
+    /// changed between them.
+    async fn raise_format_once(&self, format: u32) -> Result<u32, RolloutError> {
         let store = self.capabilities.store.as_ref();
         let key = formats::FORMAT_KEY.to_vec();
         let current = store
@@ -410,9 +431,7 @@ impl Runtime {
         let put = crate::store::Op::Put(key, format.to_string().into_bytes());
         match store.commit(vec![guard], vec![put]).await {
             Ok(()) => Ok(stored),
-            Err(crate::store::StoreError::Conflict(_)) => Err(RolloutError::Incompatible(
-                "the stored data format changed meanwhile; ask again".into(),
-            )),
+            Err(crate::store::StoreError::Conflict(_)) => Err(RolloutError::Conflict),
             Err(e) => Err(RolloutError::Unavailable(format!(
                 "cannot write the stored data format: {e}"
             ))),
