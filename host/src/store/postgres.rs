@@ -11,6 +11,11 @@
 //! each key, so no commit holds more than a few thousand locks, and a wide commit holds up only
 //! the commits that share a bucket with it, never the whole store.
 //!
+//! A commit is one call of a server-side function ([`COMMIT_FUNCTION`]) that takes the locks,
+//! reads the guards and writes: one statement and one round trip, so its locks are held only
+//! while the server runs it, never while a reply travels to this host and its next request
+//! back.
+//!
 //! Every host sharing a database must lock this way: a host of a release that took one
 //! store-wide lock for wide commits is not excluded by these bucket locks.
 
@@ -36,6 +41,54 @@ const WIDE_COMMIT: usize = 256;
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS webhooks_kv (key BYTEA PRIMARY KEY, value BYTEA NOT NULL)";
+/// The commit of [`PostgresStore`] as one server-side function, so that a commit is one
+/// statement and one round trip: its locks (buckets before keys, each list sorted), its guards
+/// read after every lock is held, and its writes only when every guard holds. It answers the
+/// position of the first guard that does not hold, or NULL once written. A volatile function
+/// in READ COMMITTED takes a new snapshot for each statement in it, so the guards see every
+/// commit that held the locks before. Versioned by name: a change to it is a new function,
+/// so hosts of different releases sharing a database each call their own.
+const COMMIT_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION webhooks_commit_v1(
+    bucket_class int4, buckets int4[], exclusive_buckets boolean, key_class int4, key_locks int4[],
+    guard_keys bytea[], guard_kinds int2[], guard_values bytea[],
+    put_keys bytea[], put_values bytea[], deleted bytea[])
+RETURNS int4 LANGUAGE plpgsql VOLATILE AS $body$
+DECLARE
+    failed int4;
+BEGIN
+    IF exclusive_buckets THEN
+        PERFORM pg_advisory_xact_lock(bucket_class, b) FROM unnest(buckets) AS b;
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(bucket_class, b) FROM unnest(buckets) AS b;
+        PERFORM pg_advisory_xact_lock(key_class, k) FROM unnest(key_locks) AS k;
+    END IF;
+    IF cardinality(guard_keys) > 0 THEN
+        SELECT g.position INTO failed
+        FROM unnest(guard_keys, guard_kinds, guard_values) WITH ORDINALITY
+            AS g(guarded, kind, expected, position)
+        LEFT JOIN webhooks_kv AS kv ON kv.key = g.guarded
+        WHERE NOT CASE g.kind
+            WHEN 0 THEN kv.key IS NULL
+            WHEN 1 THEN kv.key IS NOT NULL
+            ELSE kv.key IS NOT NULL AND kv.value = g.expected
+        END
+        ORDER BY g.position
+        LIMIT 1;
+        IF failed IS NOT NULL THEN
+            RETURN failed - 1;
+        END IF;
+    END IF;
+    IF cardinality(put_keys) > 0 THEN
+        INSERT INTO webhooks_kv (key, value) SELECT * FROM unnest(put_keys, put_values)
+        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+    END IF;
+    IF cardinality(deleted) > 0 THEN
+        DELETE FROM webhooks_kv WHERE key = ANY(deleted);
+    END IF;
+    RETURN NULL;
+END
+$body$"#;
 
 /// A store in a PostgreSQL database.
 pub struct PostgresStore {
@@ -74,7 +127,7 @@ impl PostgresStore {
         // Hosts starting together would race on the catalog: one creates, the others wait.
         client
             .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, -1); {SCHEMA}; COMMIT;"
+                "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, -1); {SCHEMA}; {COMMIT_FUNCTION}; COMMIT;"
             ))
             .await
             .map_err(|e| format!("cannot create the table on {server}: {}", causes(&e)))?;
@@ -225,103 +278,66 @@ fn final_writes(ops: Vec<Op>) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
     writes
 }
 
-/// Whether each guard holds against the current values; the index of the first that does not.
-fn first_failed(guards: &[Condition], current: &HashMap<Vec<u8>, Vec<u8>>) -> Option<u32> {
-    guards
-        .iter()
-        .position(|guard| !guard.holds(current.get(guard.key()).map(Vec::as_slice)))
-        .map(|index| index as u32)
+/// How the commit function tests a guard: `0` absent, `1` present, `2` equal to its value.
+fn guard_kind(guard: &Condition) -> (i16, Option<&[u8]>) {
+    match guard {
+        Condition::Absent(_) => (0, None),
+        Condition::Present(_) => (1, None),
+        Condition::Equals(_, expected) => (2, Some(expected.as_slice())),
+    }
 }
 
 async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Result<(), StoreError> {
-    let guard_keys: Vec<Vec<u8>> = guards.iter().map(|guard| guard.key().to_vec()).collect();
     let writes = final_writes(ops);
-    let plan = lock_plan(guard_keys.iter().chain(writes.keys()).map(Vec::as_slice));
-    let lock = client
-        .prepare_cached(match plan {
-            LockPlan::Narrow { .. } => {
-                "SELECT pg_advisory_xact_lock_shared($1, b) FROM unnest($2::int4[]) AS b \
-                 UNION ALL SELECT pg_advisory_xact_lock($3, k) FROM unnest($4::int4[]) AS k"
-            }
-            LockPlan::Wide { .. } => "SELECT pg_advisory_xact_lock($1, b) FROM unnest($2::int4[]) AS b",
-        })
-        .await
-        .map_err(unavailable)?;
-    let read = client
-        .prepare_cached("SELECT key, value FROM webhooks_kv WHERE key = ANY($1)")
-        .await
-        .map_err(unavailable)?;
-
-    // One round trip. Requests go out in the order their futures are first polled, which
-    // `join!` does in order, and the server runs them in that order: the guards are read after
-    // every lock is held, from a snapshot that sees every commit that held them before.
-    let begin = client.batch_execute("BEGIN");
-    let lock_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &plan {
-        LockPlan::Narrow { buckets, keys } => vec![&BUCKET_CLASS, buckets, &LOCK_CLASS, keys],
-        LockPlan::Wide { buckets } => vec![&BUCKET_CLASS, buckets],
+    let plan = lock_plan(
+        guards
+            .iter()
+            .map(Condition::key)
+            .chain(writes.keys().map(Vec::as_slice)),
+    );
+    let (buckets, exclusive, key_locks) = match plan {
+        LockPlan::Narrow { buckets, keys } => (buckets, false, keys),
+        LockPlan::Wide { buckets } => (buckets, true, Vec::new()),
     };
-    let locked = client.execute(&lock, &lock_params);
-    let current = async {
-        if guard_keys.is_empty() {
-            Ok(Vec::new())
-        } else {
-            client.query(&read, &[&guard_keys]).await
-        }
-    };
-    let (begun, locked, current) = tokio::join!(begin, locked, current);
-    begun.map_err(unavailable)?;
-    locked.map_err(unavailable)?;
-    let current: HashMap<Vec<u8>, Vec<u8>> = current
-        .map_err(unavailable)?
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    if let Some(index) = first_failed(&guards, &current) {
-        client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
-        return Err(StoreError::Conflict(index));
-    }
-
+    let guard_keys: Vec<&[u8]> = guards.iter().map(Condition::key).collect();
+    let (guard_kinds, guard_values): (Vec<i16>, Vec<Option<&[u8]>>) = guards.iter().map(guard_kind).unzip();
     let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, value) in writes {
+    for (key, value) in &writes {
         match value {
             Some(value) => {
-                put_keys.push(key);
-                put_values.push(value);
+                put_keys.push(key.as_slice());
+                put_values.push(value.as_slice());
             }
-            None => deletes.push(key),
+            None => deletes.push(key.as_slice()),
         }
     }
-    let upsert = client
-        .prepare_cached(
-            "INSERT INTO webhooks_kv (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    let commit = client
+        .prepare_cached("SELECT webhooks_commit_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        .await
+        .map_err(unavailable)?;
+    let row = client
+        .query_one(
+            &commit,
+            &[
+                &BUCKET_CLASS,
+                &buckets,
+                &exclusive,
+                &LOCK_CLASS,
+                &key_locks,
+                &guard_keys,
+                &guard_kinds,
+                &guard_values,
+                &put_keys,
+                &put_values,
+                &deletes,
+            ],
         )
         .await
         .map_err(unavailable)?;
-    let delete = client
-        .prepare_cached("DELETE FROM webhooks_kv WHERE key = ANY($1)")
-        .await
-        .map_err(unavailable)?;
-    // One more round trip: the writes and the commit. A failed write aborts the transaction,
-    // and the COMMIT after it then only rolls back; its error is what is reported.
-    let puts = async {
-        if put_keys.is_empty() {
-            Ok(0)
-        } else {
-            client.execute(&upsert, &[&put_keys, &put_values]).await
-        }
-    };
-    let removals = async {
-        if deletes.is_empty() {
-            Ok(0)
-        } else {
-            client.execute(&delete, &[&deletes]).await
-        }
-    };
-    let (puts, removals, committed) = tokio::join!(puts, removals, client.batch_execute("COMMIT"));
-    puts.map_err(unavailable)?;
-    removals.map_err(unavailable)?;
-    committed.map_err(unavailable)
+    match row.get::<_, Option<i32>>(0) {
+        Some(index) => Err(StoreError::Conflict(index as u32)),
+        None => Ok(()),
+    }
 }
 
 /// Builds the scan statement for these bounds; `$1` is the low bound, `$2` the high one if
@@ -446,16 +462,9 @@ impl KvBackend for PostgresStore {
             if guards.is_empty() && ops.is_empty() {
                 return Ok(());
             }
-            let client = self.client().await?;
-            let result = commit_on(&client, guards, ops).await;
-            if let Err(StoreError::Unavailable(_)) = &result {
-                // The connection may be left inside a transaction: try to end it, and if that
-                // fails too, drop the connection rather than hand it to the next call.
-                if client.batch_execute("ROLLBACK").await.is_err() {
-                    drop(Object::take(client));
-                }
-            }
-            result
+            // One statement outside any transaction: when it fails, nothing of it is left open
+            // on the connection.
+            commit_on(&self.client().await?, guards, ops).await
         })
     }
 }
@@ -474,23 +483,6 @@ mod tests {
         ]);
         assert_eq!(writes[&b"a".to_vec()], None);
         assert_eq!(writes[&b"b".to_vec()], Some(b"2".to_vec()));
-    }
-
-    #[test]
-    fn guards_are_checked_in_order() {
-        let current: HashMap<Vec<u8>, Vec<u8>> = [(b"k".to_vec(), b"1".to_vec())].into_iter().collect();
-        let guards = vec![
-            Condition::Present(b"k".to_vec()),
-            Condition::Equals(b"k".to_vec(), b"1".to_vec()),
-            Condition::Absent(b"k".to_vec()),
-            Condition::Absent(b"j".to_vec()),
-        ];
-        assert_eq!(first_failed(&guards, &current), Some(2));
-        assert_eq!(first_failed(&guards[..2], &current), None);
-        assert_eq!(
-            first_failed(&[Condition::Equals(b"k".to_vec(), b"2".to_vec())], &current),
-            Some(0)
-        );
     }
 
     #[test]
