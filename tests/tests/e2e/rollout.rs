@@ -222,6 +222,17 @@ async fn raise_format(host: &TestHost, body: Value) -> anyhow::Result<(StatusCod
         .context("PUT /admin/data-format")
 }
 
+/// Asks to raise the stored data to `format` and expects a `409` whose error says `reason`.
+async fn assert_raise_refused(host: &TestHost, format: u32, reason: &str) -> anyhow::Result<()> {
+    let (status, answer) = raise_format(host, json!({ "format": format })).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains(reason)),
+        "{reason}: {answer}"
+    );
+    Ok(())
+}
+
 /// The operator raises the stored data to format 4 (compact deliveries) only when the active
 /// version and the candidate read it; deliveries made before and after go out with their exact
 /// payloads and expire alike; from then on a rollback to a version that does not read format
@@ -258,26 +269,17 @@ async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused()
     let previous = plugin_variant_bytes("previous")?;
     let (status, answer) = put(&host, "?shadow=true", previous.clone()).await?;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let (status, answer) = raise_format(&host, json!({"format": 4})).await?;
-    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("the candidate plugin version reads data formats 1 to 2, not 4")),
-        "{answer}"
-    );
+    assert_raise_refused(
+        &host,
+        4,
+        "the candidate plugin version reads data formats 1 to 2, not 4",
+    )
+    .await?;
     let (status, answer) = admin(&host, Method::DELETE, "/admin/plugin/candidate").await?;
     assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
     let (status, answer) = put(&host, "", previous).await?;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let (status, answer) = raise_format(&host, json!({"format": 4})).await?;
-    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("the active plugin version reads data formats 1 to 2")),
-        "{answer}"
-    );
+    assert_raise_refused(&host, 4, "the active plugin version reads data formats 1 to 2").await?;
     let (status, answer) = admin(&host, Method::POST, "/admin/plugin/rollback").await?;
     assert_eq!(status, StatusCode::OK, "back to the real plugin: {answer}");
     assert_eq!(rollout(&host).await?["data_format"], 2);
@@ -291,12 +293,7 @@ async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused()
         (status, answer),
         (StatusCode::OK, json!({"data_format": 4, "previous": 4}))
     );
-    let (status, answer) = raise_format(&host, json!({"format": 3})).await?;
-    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    assert!(
-        answer["error"].as_str().is_some_and(|e| e.contains("never lowered")),
-        "{answer}"
-    );
+    assert_raise_refused(&host, 3, "never lowered").await?;
 
     let after: &[u8] = b"after\x00\x01{\"v\":1}";
     publish(&host, "key-1", after).await?;
