@@ -289,17 +289,12 @@ fn guard_kind(guard: &Condition) -> (i16, Option<&[u8]>) {
 
 async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Result<(), StoreError> {
     let writes = final_writes(ops);
-    let plan = lock_plan(
-        guards
-            .iter()
-            .map(Condition::key)
-            .chain(writes.keys().map(Vec::as_slice)),
-    );
+    let guard_keys: Vec<&[u8]> = guards.iter().map(Condition::key).collect();
+    let plan = lock_plan(guard_keys.iter().copied().chain(writes.keys().map(Vec::as_slice)));
     let (buckets, exclusive, key_locks) = match plan {
         LockPlan::Narrow { buckets, keys } => (buckets, false, keys),
         LockPlan::Wide { buckets } => (buckets, true, Vec::new()),
     };
-    let guard_keys: Vec<&[u8]> = guards.iter().map(Condition::key).collect();
     let (guard_kinds, guard_values): (Vec<i16>, Vec<Option<&[u8]>>) = guards.iter().map(guard_kind).unzip();
     let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
     for (key, value) in &writes {
