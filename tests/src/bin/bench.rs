@@ -782,8 +782,45 @@ struct Drain {
     database_cpu: Option<CpuTime>,
     /// PostgreSQL's top statements by total time over the drain, as a table.
     statements: Option<String>,
-    /// Statements PostgreSQL ran on the drain's database, each one a round trip or part of one.
+    /// Statements the host sent PostgreSQL on the drain's database, each one a round trip or
+    /// part of one (not those run inside the commit function).
     statement_calls: Option<u64>,
+    /// Rows of the drain's database inserted, updated (of which HOT: no index entry written)
+    /// and deleted over the drain.
+    rows: Option<RowWrites>,
+}
+
+/// Row writes to a database's tables, from `pg_stat_user_tables`.
+#[derive(Clone, Copy, Debug, Default)]
+struct RowWrites {
+    inserted: u64,
+    updated: u64,
+    hot: u64,
+    deleted: u64,
+}
+
+impl RowWrites {
+    fn since(self, before: RowWrites) -> RowWrites {
+        RowWrites {
+            inserted: self.inserted - before.inserted,
+            updated: self.updated - before.updated,
+            hot: self.hot - before.hot,
+            deleted: self.deleted - before.deleted,
+        }
+    }
+
+    /// Per delivery, as `I + U (H HOT) + D = T`.
+    fn per_delivery(self, deliveries: usize) -> String {
+        let per = |rows: u64| rows as f64 / deliveries as f64;
+        format!(
+            "{:.2} + {:.2} ({:.2} HOT) + {:.2} = {:.2}",
+            per(self.inserted),
+            per(self.updated),
+            per(self.hot),
+            per(self.deleted),
+            per(self.inserted + self.updated + self.deleted)
+        )
+    }
 }
 
 /// The store a drain runs on.
@@ -871,7 +908,7 @@ async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain
     let (database_cpu, statements, statement_calls) = match &server {
         Some(server) => (
             Some(server.cpu_since()?),
-            Some(server.top_statements(12)?),
+            Some(server.top_statements(14)?),
             server.statement_calls()?,
         ),
         None => (None, None, None),
@@ -884,6 +921,11 @@ async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain
     let connections = receiver.connections() - connections_before;
     let calls = plugin_calls(&host).await?;
     host.stop()?;
+    // After the stop: a backend reports its row counts when it ends, if not sooner.
+    let rows = match &server {
+        Some(server) => Some(server.rows_since()?),
+        None => None,
+    };
     Ok(Drain {
         deliveries: messages * k,
         elapsed,
@@ -895,6 +937,7 @@ async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain
         database_cpu,
         statements,
         statement_calls,
+        rows,
     })
 }
 
@@ -906,6 +949,7 @@ struct DatabaseServer {
     database: String,
     postmaster: u32,
     cpu_before: CpuTime,
+    rows_before: RowWrites,
     statements: bool,
 }
 
@@ -919,6 +963,7 @@ impl DatabaseServer {
             .parse()
             .context("WEBHOOKS_TEST_POSTGRES_PID")?;
         let database = database_url.rsplit_once('/').context("a database URL")?.1.to_owned();
+        let rows_before = row_writes(database_url)?;
         let statements = psql(
             &admin,
             "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
@@ -929,8 +974,15 @@ impl DatabaseServer {
             database,
             postmaster,
             cpu_before: server_cpu(postmaster)?,
+            rows_before,
             statements,
         })
+    }
+
+    /// Rows the database's tables had written since it was watched.
+    fn rows_since(&self) -> Result<RowWrites> {
+        let base = self.admin.rsplit_once('/').context("a database URL")?.0;
+        Ok(row_writes(&format!("{base}/{}", self.database))?.since(self.rows_before))
     }
 
     /// CPU time of the server's processes since it was watched.
@@ -938,8 +990,9 @@ impl DatabaseServer {
         Ok(server_cpu(self.postmaster)?.since(self.cpu_before))
     }
 
-    /// Statements run on the database since it was watched, if `pg_stat_statements` counts
-    /// them.
+    /// Statements the host sent the database since it was watched, if `pg_stat_statements`
+    /// counts them: top-level ones only, as the server also tracks the statements the commit
+    /// function runs.
     fn statement_calls(&self) -> Result<Option<u64>> {
         if !self.statements {
             return Ok(None);
@@ -948,7 +1001,7 @@ impl DatabaseServer {
             &self.admin,
             &format!(
                 "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
-                 WHERE d.datname = '{}'",
+                 WHERE d.datname = '{}' AND s.toplevel",
                 self.database
             ),
         )?;
@@ -956,7 +1009,8 @@ impl DatabaseServer {
     }
 
     /// The `limit` statements on the database with the most execution time since it was
-    /// watched, as a Markdown table.
+    /// watched, as a Markdown table; those run inside the commit function (when the server
+    /// tracks nested statements) are marked as such, their time also counted in the call's.
     fn top_statements(&self, limit: usize) -> Result<String> {
         if !self.statements {
             return Ok("(pg_stat_statements is not loaded by this server)\n".into());
@@ -965,28 +1019,54 @@ impl DatabaseServer {
             &self.admin,
             &format!(
                 "SELECT s.calls, round(s.total_exec_time::numeric, 1), round(s.mean_exec_time::numeric * 1000, 1), \
-                 s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 150) \
+                 s.rows, CASE WHEN s.toplevel THEN 'host' ELSE 'in the function' END, \
+                 left(regexp_replace(s.query, '\\s+', ' ', 'g'), 150) \
                  FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
                  WHERE d.datname = '{}' ORDER BY s.total_exec_time DESC LIMIT {limit}",
                 self.database
             ),
         )?;
-        let mut table = String::from("| calls | total ms | mean µs | rows | statement |\n|---|---|---|---|---|\n");
+        let mut table =
+            String::from("| calls | total ms | mean µs | rows | sent by | statement |\n|---|---|---|---|---|---|\n");
         for row in rows.lines().filter(|row| !row.is_empty()) {
-            let fields: Vec<&str> = row.splitn(5, '\t').collect();
-            if fields.len() == 5 {
+            let fields: Vec<&str> = row.splitn(6, '\t').collect();
+            if fields.len() == 6 {
                 table.push_str(&format!(
-                    "| {} | {} | {} | {} | `{}` |\n",
+                    "| {} | {} | {} | {} | {} | `{}` |\n",
                     fields[0],
                     fields[1],
                     fields[2],
                     fields[3],
-                    fields[4].replace('|', "\\|")
+                    fields[4],
+                    fields[5].replace('|', "\\|")
                 ));
             }
         }
         Ok(table)
     }
+}
+
+/// The row writes counted so far on the tables of the database at `url`.
+fn row_writes(url: &str) -> Result<RowWrites> {
+    let row = psql(
+        url,
+        "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0), \
+         coalesce(sum(n_tup_del), 0) FROM pg_stat_user_tables",
+    )?;
+    let counts: Vec<u64> = row
+        .trim()
+        .split('\t')
+        .map(|count| count.parse().context("a count of rows"))
+        .collect::<Result<_>>()?;
+    let [inserted, updated, hot, deleted] = counts[..] else {
+        bail!("pg_stat_user_tables answered {row:?}");
+    };
+    Ok(RowWrites {
+        inserted,
+        updated,
+        hot,
+        deleted,
+    })
 }
 
 /// Runs `sql` on the server at `url` and answers its rows, tab-separated.
@@ -1110,9 +1190,10 @@ async fn drain(messages: usize, ks: &[usize], store: DrainStore) -> Result<()> {
 fn capacity_model(runs: &[(usize, Drain)]) -> String {
     let mut model = String::from(
         "\nCapacity model from these drains (CPU per delivery measured on each side; PostgreSQL's cores fully \
-         used, hosts of 2 cores fully used; the receivers elsewhere):\n\n| webhooks per thing | host CPU per delivery \
-         | PostgreSQL CPU per delivery | statements per delivery | PostgreSQL of 2 cores | 4 cores | 8 cores | 16 \
-         cores |\n|---|---|---|---|---|---|---|---|\n",
+         used, hosts of 2 cores fully used; the receivers elsewhere; rows written are inserted + updated (HOT: \
+         no index entry) + deleted, from `pg_stat_user_tables`):\n\n| webhooks per thing | host CPU per delivery \
+         | PostgreSQL CPU per delivery | statements per delivery | rows written per delivery | PostgreSQL of 2 \
+         cores | 4 cores | 8 cores | 16 cores |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (k, run) in runs {
         let (Some(database), host) = (run.database_cpu_per_delivery_ms(), run.cpu_per_delivery_ms()) else {
@@ -1122,7 +1203,11 @@ fn capacity_model(runs: &[(usize, Drain)]) -> String {
             .statement_calls
             .map(|calls| format!("{:.2}", calls as f64 / run.deliveries as f64))
             .unwrap_or_else(|| "(not counted)".into());
-        let mut line = format!("| {k} | {host:.3} ms | {database:.3} ms | {statements} |");
+        let rows = run
+            .rows
+            .map(|rows| rows.per_delivery(run.deliveries))
+            .unwrap_or_else(|| "(not counted)".into());
+        let mut line = format!("| {k} | {host:.3} ms | {database:.3} ms | {statements} | {rows} |");
         for cores in [2.0, 4.0, 8.0, 16.0] {
             let rate = cores * 1e3 / database;
             let hosts = rate * host / 1e3 / 2.0;
