@@ -14,7 +14,8 @@
 //! per delivery and peak resident memory (from `/proc`), and the connections the receiver
 //! accepted; median of 3 runs. With `--store postgres` (inside `tests/services`) the host uses
 //! its own PostgreSQL database, and the bench adds PostgreSQL's CPU per delivery (all its
-//! processes, from `/proc`) and its top statements by total time from `pg_stat_statements`.
+//! processes, from `/proc`), the rows it wrote per delivery (`pg_stat_user_tables`) and its top
+//! statements by total time from `pg_stat_statements`, those the commit function runs among them.
 //!
 //! `bench scale [MESSAGES] [K]`: end-to-end deliveries/s and publish-to-receipt latency of
 //! MESSAGES messages (default 10,000) to a thing with K webhooks (default 2) on SQLite, on
@@ -802,10 +803,10 @@ struct RowWrites {
 impl RowWrites {
     fn since(self, before: RowWrites) -> RowWrites {
         RowWrites {
-            inserted: self.inserted - before.inserted,
-            updated: self.updated - before.updated,
-            hot: self.hot - before.hot,
-            deleted: self.deleted - before.deleted,
+            inserted: self.inserted.saturating_sub(before.inserted),
+            updated: self.updated.saturating_sub(before.updated),
+            hot: self.hot.saturating_sub(before.hot),
+            deleted: self.deleted.saturating_sub(before.deleted),
         }
     }
 
