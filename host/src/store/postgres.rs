@@ -48,11 +48,17 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS webhooks_kv (key BYTEA PRIMARY 
 /// in READ COMMITTED takes a new snapshot for each statement in it, so the guards see every
 /// commit that held the locks before. Versioned by name: a change to it is a new function,
 /// so hosts of different releases sharing a database each call their own.
+///
+/// When the host expects every written key to be new (`fresh`, see [`expect_fresh`]), the
+/// writes are first tried as a plain `INSERT`: an upsert probes the index for a conflict before
+/// it inserts, so a new row costs it two descents of the index where a plain insert, which
+/// checks uniqueness on its way down, costs one. A key that exists after all rolls the insert
+/// back (the block is a subtransaction) and the upsert writes everything.
 const COMMIT_FUNCTION: &str = r#"
-CREATE OR REPLACE FUNCTION webhooks_commit_v1(
+CREATE OR REPLACE FUNCTION webhooks_commit_v2(
     bucket_class int4, buckets int4[], exclusive_buckets boolean, key_class int4, key_locks int4[],
     guard_keys bytea[], guard_kinds int2[], guard_values bytea[],
-    put_keys bytea[], put_values bytea[], deleted bytea[])
+    put_keys bytea[], put_values bytea[], deleted bytea[], fresh boolean)
 RETURNS int4 LANGUAGE plpgsql VOLATILE AS $body$
 DECLARE
     failed int4;
@@ -79,7 +85,14 @@ BEGIN
             RETURN failed - 1;
         END IF;
     END IF;
-    IF cardinality(put_keys) > 0 THEN
+    IF cardinality(put_keys) > 0 AND fresh THEN
+        BEGIN
+            INSERT INTO webhooks_kv (key, value) SELECT * FROM unnest(put_keys, put_values);
+        EXCEPTION WHEN unique_violation THEN
+            fresh := false;
+        END;
+    END IF;
+    IF cardinality(put_keys) > 0 AND NOT fresh THEN
         INSERT INTO webhooks_kv (key, value) SELECT * FROM unnest(put_keys, put_values)
         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
     END IF;
@@ -287,8 +300,21 @@ fn guard_kind(guard: &Condition) -> (i16, Option<&[u8]>) {
     }
 }
 
+/// Whether a commit's writes are likely all of new keys, so that the commit function tries them
+/// as a plain insert first: no key it writes is guarded as present (a record rewritten under a
+/// guard on its value, as outcomes and claims do). An intake's records, due entries and log
+/// entries are of fresh ids and guarded, if at all, as absent. A guess either way is correct;
+/// a wrong `true` costs a rolled-back insert.
+fn expect_fresh(guards: &[Condition], writes: &HashMap<Vec<u8>, Option<Vec<u8>>>) -> bool {
+    writes.values().any(Option::is_some)
+        && !guards
+            .iter()
+            .any(|guard| !matches!(guard, Condition::Absent(_)) && matches!(writes.get(guard.key()), Some(Some(_))))
+}
+
 async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Result<(), StoreError> {
     let writes = final_writes(ops);
+    let fresh = expect_fresh(&guards, &writes);
     let guard_keys: Vec<&[u8]> = guards.iter().map(Condition::key).collect();
     let plan = lock_plan(guard_keys.iter().copied().chain(writes.keys().map(Vec::as_slice)));
     let (buckets, exclusive, key_locks) = match plan {
@@ -307,7 +333,7 @@ async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Res
         }
     }
     let commit = client
-        .prepare_cached("SELECT webhooks_commit_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        .prepare_cached("SELECT webhooks_commit_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
         .await
         .map_err(unavailable)?;
     let row = client
@@ -325,6 +351,7 @@ async fn commit_on(client: &Object, guards: Vec<Condition>, ops: Vec<Op>) -> Res
                 &put_keys,
                 &put_values,
                 &deletes,
+                &fresh,
             ],
         )
         .await
@@ -478,6 +505,29 @@ mod tests {
         ]);
         assert_eq!(writes[&b"a".to_vec()], None);
         assert_eq!(writes[&b"b".to_vec()], Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn only_writes_of_keys_not_guarded_as_present_are_expected_fresh() {
+        let writes = |ops: Vec<Op>| final_writes(ops);
+        let put = |key: &str| Op::Put(key.as_bytes().to_vec(), b"v".to_vec());
+        let intake = writes(vec![put("d"), put("due"), put("seen")]);
+        assert!(expect_fresh(&[Condition::Absent(b"seen".to_vec())], &intake));
+        assert!(expect_fresh(&[], &intake));
+        // An outcome rewrites the record it guards by value.
+        let outcome = writes(vec![Op::Delete(b"due".to_vec()), put("d")]);
+        assert!(!expect_fresh(
+            &[Condition::Equals(b"d".to_vec(), b"old".to_vec())],
+            &outcome
+        ));
+        assert!(!expect_fresh(&[Condition::Present(b"d".to_vec())], &outcome));
+        // A guard on a key the commit does not write says nothing about its writes.
+        assert!(expect_fresh(
+            &[Condition::Equals(b"other".to_vec(), b"x".to_vec())],
+            &outcome
+        ));
+        // Nothing to insert.
+        assert!(!expect_fresh(&[], &writes(vec![Op::Delete(b"due".to_vec())])));
     }
 
     #[test]
