@@ -7,6 +7,7 @@
 //! | 2 | as 1, and every webhook has its name-search entries (`ix\0group-names` is set) |
 //! | 3 | webhooks may carry transforms (the record's `transform`, `tc` and `tg` keys) and deliveries may be `skipped`; the name-search promise of 2 holds once `ix\0group-names` is set |
 //! | 4 | as 3, and new deliveries are written in the compact layout: the payload inside the delivery record, no `dc` creation-index entry (their time-ordered ids list them by creation under `dl`); deliveries of the earlier layout may remain |
+//! | 5 | as 4, and a delivery's status lives in its record alone: its log entry, written once at intake, only orders the log (a status filter reads the records), so an outcome rewrites one row fewer |
 //!
 //! A version may only write a format that the version before it serves, so that a rollback
 //! finds data it reads (the compatibility rules in README.md). Format 3 is the exception on
@@ -21,7 +22,8 @@
 //! the operator raises it (the host's `PUT /admin/data-format`), giving up rollbacks to versions
 //! that do not read it for the cheaper layout. Until then this version writes the earlier
 //! layout; from then on every version that serves the store writes the compact one, and reads
-//! both.
+//! both. Format 5 is raised the same way, for the same reason: a version that reads at most 4
+//! would filter the log by the statuses its entries no longer carry.
 
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
@@ -32,25 +34,32 @@ use crate::store::{self, Step};
 /// The oldest stored format this version reads and keeps whole.
 pub const OLDEST: u32 = 1;
 /// The newest stored format this version reads and keeps whole.
-pub const NEWEST: u32 = 4;
+pub const NEWEST: u32 = 5;
 /// The format this version's upkeep brings a store to.
 pub const WRITES: u32 = 2;
 /// The format of a store whose webhooks may carry transforms, named by the first attach.
 pub const TRANSFORMS: u32 = 3;
 /// The format from which new deliveries are written in the compact layout.
 pub const COMPACT: u32 = 4;
+/// The format from which a delivery's log entry no longer carries its status.
+pub const LEAN_LOG: u32 = 5;
 
 /// The stored format: 1 when the store names none.
 pub fn stored(kv: &dyn Kv) -> Result<u32> {
-    match kv.get(&keys::data_format()).map_err(store::store_error)? {
-        None => Ok(1),
-        Some(value) => parse(&value).ok_or_else(|| internal("the stored data format is not a number")),
-    }
+    of_value(kv.get(&keys::data_format()).map_err(store::store_error)?.as_deref())
 }
 
 /// Reads a stored format value (decimal digits).
 pub fn parse(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The format that the value of [`keys::data_format`], as read, names: 1 when absent.
+pub fn of_value(value: Option<&[u8]>) -> Result<u32> {
+    match value {
+        None => Ok(1),
+        Some(value) => parse(value).ok_or_else(|| internal("the stored data format is not a number")),
+    }
 }
 
 /// Names `format` as the stored one, unless the store already names it or a newer one: the
@@ -139,8 +148,9 @@ mod tests {
         assert!((OLDEST..=NEWEST).contains(&WRITES));
         assert!((OLDEST..=NEWEST).contains(&TRANSFORMS));
         assert!((OLDEST..=NEWEST).contains(&COMPACT));
-        // Only the operator names format 4: the version before this one does not read it.
-        const { assert!(WRITES < COMPACT) };
+        assert!((OLDEST..=NEWEST).contains(&LEAN_LOG));
+        // Only the operator names formats 4 and 5: earlier versions do not read them.
+        const { assert!(WRITES < COMPACT && COMPACT < LEAN_LOG) };
         // Upkeep stops short of transforms: only an attach names format 3.
         const { assert!(WRITES < TRANSFORMS) };
     }

@@ -16,6 +16,7 @@ use crate::deliveries::request::{request_for, transformed_request};
 use crate::deliveries::retry::{Verdict, retry_after_ms, verdict};
 use crate::deliveries::transform::{Decision, decide};
 use crate::error::{Result, internal};
+use crate::format;
 use crate::keys;
 use crate::ports::{AttemptResult, Request, TransformMessage};
 use crate::record::Record;
@@ -52,9 +53,10 @@ impl Events<'_> {
     /// before it is due.
     pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
         let now = self.clock.now_ms();
-        let due = self.load_deliveries(ids, |d| {
+        let (due, stored_format) = self.load_deliveries_and_format(ids, |d| {
             d.status == Status::Pending && (d.next_attempt_ms.is_none_or(|at| at <= now) || self.intake_claimed(d, now))
         })?;
+        let status_in_log = stored_format < format::LEAN_LOG;
         // Fresh ones go out under the intake's claim; the others are claimed here.
         let (mut batch, to_claim): (Vec<_>, Vec<_>) = due.into_iter().partition(|(d, _)| {
             self.intake_claimed(d, now) && now <= d.created_ms.saturating_add(self.fresh_window_ms())
@@ -128,7 +130,7 @@ impl Events<'_> {
             outcomes.push(outcome);
             updates.push((updated, stored));
         }
-        self.record(updates)?;
+        self.record(updates, status_in_log)?;
         for webhook_id in gone {
             self.disable(
                 &webhook_id,
@@ -226,6 +228,16 @@ impl Events<'_> {
         decode_kept(stored, keep)
     }
 
+    /// As [`Events::load_deliveries`], and the stored data format, read with the records in
+    /// one store call.
+    fn load_deliveries_and_format(&self, ids: &[String], keep: impl Fn(&Delivery) -> bool) -> Result<(Loaded, u32)> {
+        let mut read_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
+        read_keys.push(keys::data_format());
+        let mut stored = self.kv.get_many(&read_keys).map_err(store::store_error)?;
+        let stored_format = format::of_value(stored.pop().flatten().as_deref())?;
+        Ok((decode_kept(stored, keep)?, stored_format))
+    }
+
     /// Moves each delivery's next attempt to `at`, guarded by its record as read; one changed
     /// meanwhile by someone else (claimed, attempted) is left to them. Answers the deliveries
     /// moved, as now stored.
@@ -311,8 +323,10 @@ impl Events<'_> {
     }
 
     /// Writes the outcomes of a batch; a delivery changed meanwhile by someone else keeps
-    /// that change and drops this outcome.
-    fn record(&self, mut updates: Vec<(Delivery, Vec<u8>)>) -> Result<()> {
+    /// that change and drops this outcome. A changed status is written to the log entry too
+    /// while the stored format keeps it there (`status_in_log`, before format 5); the format
+    /// only rises, so a rewrite that is no longer needed is harmless.
+    fn record(&self, mut updates: Vec<(Delivery, Vec<u8>)>, status_in_log: bool) -> Result<()> {
         let gave_up = || internal("deliveries kept changing while their outcomes were recorded");
         store::commit_retrying(self.kv, gave_up, |conflict| {
             if let Some(index) = conflict {
@@ -347,7 +361,7 @@ impl Events<'_> {
                     }
                     Status::Delivered | Status::Skipped | Status::Failed => {}
                 }
-                if delivery.status != before.status {
+                if status_in_log && delivery.status != before.status {
                     ops.push(Op::Put(Entry {
                         key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
                         value: Status::name(delivery.status).as_bytes().to_vec(),
@@ -366,6 +380,9 @@ impl Events<'_> {
         })
     }
 }
+
+/// Deliveries as read, each with its record's bytes (the guard of its next write).
+type Loaded = Vec<(Delivery, Vec<u8>)>;
 
 /// The delivery records read (a slot per id, `None` for none) that `keep` accepts, each with
 /// its record's bytes.

@@ -9,7 +9,7 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::deliveries::Events;
 use crate::deliveries::record::{Delivery, Status};
-use crate::error::{Result, internal, invalid};
+use crate::error::{Result, invalid};
 use crate::format;
 use crate::keys;
 use crate::record::{FORMAT_VERSION, Record};
@@ -51,7 +51,8 @@ impl Events<'_> {
     pub fn on_messages(&self, messages: Vec<Message>) -> Result<Vec<Result<Accepted>>> {
         let ids = ContextV7::new().with_additional_precision();
         let mut answers: Vec<Option<Result<Accepted>>> = (0..messages.len()).map(|_| None).collect();
-        let (webhooks_of, compact) = self.enabled_webhooks_of(&messages)?;
+        let (webhooks_of, stored_format) = self.enabled_webhooks_of(&messages)?;
+        let layout = Layout::of_format(stored_format);
         let mut named_here: HashSet<Vec<u8>> = HashSet::new();
         let mut prepared = Vec::with_capacity(messages.len());
         for (index, message) in messages.into_iter().enumerate() {
@@ -79,7 +80,6 @@ impl Events<'_> {
                 continue;
             }
             let due_ms = message.received_ms.saturating_add(self.intake_claim_ms().unwrap_or(0));
-            let layout = if compact { Layout::Compact } else { Layout::Separate };
             prepared.push(prepare(
                 &ids, index, message, message_id, seen_key, webhooks, due_ms, layout,
             ));
@@ -93,10 +93,10 @@ impl Events<'_> {
             .collect())
     }
 
-    /// The enabled webhooks of each thing the messages come from, and whether the store is in
-    /// a format whose deliveries are compact, read in one store call: a disabled webhook gets
+    /// The enabled webhooks of each thing the messages come from, and the stored data format
+    /// (which says how deliveries are written), read in one store call: a disabled webhook gets
     /// nothing until a user enables it again.
-    fn enabled_webhooks_of(&self, messages: &[Message]) -> Result<(HashMap<String, Vec<Webhook>>, bool)> {
+    fn enabled_webhooks_of(&self, messages: &[Message]) -> Result<(HashMap<String, Vec<Webhook>>, u32)> {
         let mut things: Vec<&str> = Vec::new();
         for message in messages {
             if !things.contains(&message.thing_id.as_str()) {
@@ -105,13 +105,7 @@ impl Events<'_> {
         }
         let prefixes: Vec<Vec<u8>> = things.iter().map(|thing| keys::by_thing_prefix(thing)).collect();
         let (found, stored_format) = storage::scan_webhooks_and_key(self.kv, &prefixes, &keys::data_format())?;
-        let compact = match stored_format {
-            None => false,
-            Some(value) => {
-                format::parse(&value).ok_or_else(|| internal("the stored data format is not a number"))?
-                    >= format::COMPACT
-            }
-        };
+        let stored_format = format::of_value(stored_format.as_deref())?;
         let webhooks = things
             .into_iter()
             .zip(found)
@@ -120,7 +114,7 @@ impl Events<'_> {
                 (thing.to_owned(), webhooks)
             })
             .collect();
-        Ok((webhooks, compact))
+        Ok((webhooks, stored_format))
     }
 
     /// Commits the prepared messages together. A guard that fails is a message id published
@@ -187,13 +181,25 @@ impl Events<'_> {
     }
 }
 
-/// Where a new delivery's payload goes, and which indexes it gets (`format`).
+/// Where a new delivery's payload and status go, and which indexes it gets (`format`).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// The payload inside the record, no creation-index entry: three writes a delivery.
-    Compact,
-    /// The earlier layout, which versions before format 4 read: five writes a delivery.
-    Separate,
+struct Layout {
+    /// The payload inside the record, no creation-index entry: three writes a delivery; else
+    /// the earlier layout, which versions before format 4 read: five writes a delivery.
+    compact: bool,
+    /// The log entry carries the delivery's status, which each outcome rewrites (before
+    /// format 5); else it is empty, and the status lives in the record alone.
+    status_in_log: bool,
+}
+
+impl Layout {
+    /// How a store in `format` takes new deliveries.
+    fn of_format(format: u32) -> Self {
+        Layout {
+            compact: format >= format::COMPACT,
+            status_in_log: format < format::LEAN_LOG,
+        }
+    }
 }
 
 /// The writes of one message: one pending delivery per webhook, due at `due_ms` (now, or the
@@ -238,9 +244,9 @@ fn prepare(
             created_ms: now,
             next_attempt_ms: Some(due_ms),
             attempts: Vec::new(),
-            payload: (layout == Layout::Compact).then(|| message.payload.clone()),
+            payload: layout.compact.then(|| message.payload.clone()),
         };
-        if layout == Layout::Separate {
+        if !layout.compact {
             ops.push(Op::Put(Entry {
                 key: keys::payload(&delivery.id),
                 value: message.payload.clone(),
@@ -256,7 +262,11 @@ fn prepare(
         }));
         ops.push(Op::Put(Entry {
             key: keys::log_entry(&webhook.id, now, &delivery.id),
-            value: Status::name(Status::Pending).as_bytes().to_vec(),
+            value: if layout.status_in_log {
+                Status::name(Status::Pending).as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
         }));
         ops.push(Op::Put(Entry {
             key: keys::delivery(&delivery.id),

@@ -8,6 +8,7 @@ use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::bindings::mainflux::webhooks::types::DueDelivery;
 use crate::deliveries::record::{Delivery, Status, rfc3339};
 use crate::error::{Result, conflict, invalid, not_found};
+use crate::format;
 use crate::keys;
 use crate::ports::{Access, Clock, Kv, require_token};
 use crate::record::Record;
@@ -119,7 +120,8 @@ impl<'a> DeliveryLog<'a> {
     pub fn list(&self, token: &str, webhook_id: &str, params: &[(String, String)]) -> Result<String> {
         let webhook = self.webhook(token, webhook_id, Role::Viewer)?;
         let query = LogQuery::from_query(params)?;
-        let wanted = query.status.map(Status::name);
+        // From format 5 only the records know the statuses; before, the log entries do.
+        let statuses_in_records = query.status.is_some() && format::stored(self.kv)? >= format::LEAN_LOG;
         let prefix = keys::log_prefix(&webhook.id);
         let (mut total, mut page_ids) = (0u64, Vec::new());
         let mut after: Option<Vec<u8>> = None;
@@ -129,8 +131,13 @@ impl<'a> DeliveryLog<'a> {
                 .scan(&prefix, after.as_deref(), SCAN_CHUNK, true)
                 .map_err(store::store_error)?;
             let full = chunk.len() as u32 == SCAN_CHUNK;
-            for entry in &chunk {
-                if wanted.is_some_and(|status| entry.value != status.as_bytes()) {
+            let statuses = match query.status {
+                Some(_) if statuses_in_records => self.record_statuses(&chunk)?,
+                Some(_) => chunk.iter().map(|entry| Status::from_name(&entry.value)).collect(),
+                None => Vec::new(),
+            };
+            for (at, entry) in chunk.iter().enumerate() {
+                if query.status.is_some_and(|wanted| statuses[at] != Some(wanted)) {
                     continue;
                 }
                 if total >= query.offset && (page_ids.len() as u64) < query.limit {
@@ -156,6 +163,24 @@ impl<'a> DeliveryLog<'a> {
             "deliveries": deliveries,
         })
         .to_string())
+    }
+
+    /// The status of each log entry's delivery, read from the records in one store call;
+    /// `None` for a record no longer kept.
+    fn record_statuses(&self, entries: &[Entry]) -> Result<Vec<Option<Status>>> {
+        let record_keys: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|entry| keys::delivery(keys::log_entry_id(&entry.key).unwrap_or_default()))
+            .collect();
+        let records = self.kv.get_many(&record_keys).map_err(store::store_error)?;
+        records
+            .into_iter()
+            .map(|bytes| {
+                bytes
+                    .map(|bytes| Delivery::decode(&bytes).map(|d| d.status))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// Makes a failed delivery of the webhook due now, for an editor of its group.
@@ -243,6 +268,63 @@ mod tests {
             assert!(matches!(q(&[bad]), Err(crate::Error::Invalid(_))), "{bad:?}");
         }
         assert!(q(&[("status", "failed"), ("status", "pending")]).is_err());
+    }
+
+    #[test]
+    fn from_format_5_outcomes_leave_the_log_entries_alone_and_the_status_filter_reads_the_records() {
+        use crate::testing::{AT_NOW, Deliveries, FixedAccess, delivery, events, message, publish, store, webhook};
+        let Deliveries { kv, sender } = Deliveries::default();
+        let mut hook = webhook("w", "t", "w");
+        (hook.group_id, hook.url) = ("g1".into(), "http://a/200".into());
+        store(&kv, &hook);
+        let events = events(&kv, &sender);
+        let log_value = |id: &str| {
+            let created_ms = delivery(&kv, id).created_ms;
+            kv.get(&keys::log_entry("w", created_ms, id)).unwrap().unwrap()
+        };
+        let log = DeliveryLog::new(&kv, &FixedAccess, &AT_NOW);
+        let total = |status: &str| -> Value {
+            let query = if status.is_empty() {
+                vec![]
+            } else {
+                params(&[("status", status)])
+            };
+            let page: Value = serde_json::from_str(&log.list("viewer", "w", &query).unwrap()).unwrap();
+            page["total"].clone()
+        };
+
+        format::raise(&kv, format::COMPACT).unwrap();
+        let earlier = publish(&events, message("t", None, b"1", None));
+        events.deliver(&earlier).unwrap();
+        assert_eq!(log_value(&earlier[0]), b"delivered");
+        format::raise(&kv, format::LEAN_LOG).unwrap();
+        let delivered = publish(&events, message("t", None, b"2", None));
+        assert_eq!(log_value(&delivered[0]), b"", "written once, empty");
+        events.deliver(&delivered).unwrap();
+        hook.url = "http://a/malformed".into();
+        store(&kv, &hook);
+        let failed = publish(&events, message("t", None, b"3", None));
+        events.deliver(&failed).unwrap();
+        let pending = publish(&events, message("t", None, b"4", None));
+        for id in [&delivered[0], &failed[0], &pending[0]] {
+            assert_eq!(log_value(id), b"", "no outcome rewrites it");
+        }
+        assert_eq!(delivery(&kv, &failed[0]).status, Status::Failed);
+        assert_eq!(
+            [
+                total(""),
+                total("delivered"),
+                total("failed"),
+                total("pending"),
+                total("skipped")
+            ],
+            [4, 2, 1, 1, 0]
+        );
+        let page: Value =
+            serde_json::from_str(&log.list("viewer", "w", &params(&[("status", "pending")])).unwrap()).unwrap();
+        assert_eq!(page["deliveries"][0]["id"], pending[0].as_str());
+        log.retry("editor", "w", &failed[0]).unwrap();
+        assert_eq!([total("failed"), total("pending")], [0, 2]);
     }
 
     #[test]

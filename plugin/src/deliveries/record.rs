@@ -35,6 +35,13 @@ impl Status {
             Status::Skipped => "skipped",
         }
     }
+
+    /// The status a log entry of the earlier formats names, if it names one.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        [Status::Pending, Status::Delivered, Status::Failed, Status::Skipped]
+            .into_iter()
+            .find(|status| status.name().as_bytes() == name)
+    }
 }
 
 /// RFC 3339 time of a millisecond timestamp.

@@ -127,7 +127,7 @@ async fn a_version_that_cannot_read_the_stored_data_is_refused_and_the_active_on
     let versions = rollout(&host).await?;
     assert_eq!(
         versions["active"]["data_formats"],
-        json!({"oldest": 1, "newest": 4, "writes": 2}),
+        json!({"oldest": 1, "newest": 5, "writes": 2}),
         "{versions}"
     );
 
@@ -236,7 +236,8 @@ async fn assert_raise_refused(host: &TestHost, format: u32, reason: &str) -> any
 /// The operator raises the stored data to format 4 (compact deliveries) only when the active
 /// version and the candidate read it; deliveries made before and after go out with their exact
 /// payloads and expire alike; from then on a rollback to a version that does not read format
-/// 4 is refused, and the format is never lowered.
+/// 4 is refused, and the format is never lowered. Then to format 5, where the log is filtered
+/// by the records' statuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused() -> anyhow::Result<()> {
     let receiver = Receiver::start().await?;
@@ -315,6 +316,26 @@ async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused()
             .is_some_and(|e| e.contains("the stored data is in format 4") && e.contains("data formats 1 to 2")),
         "{answer}"
     );
+    // Format 5: outcomes leave the log entries alone, and the status filter reads the records,
+    // over deliveries made in both formats.
+    let (status, answer) = raise_format(&host, json!({"format": 5})).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"data_format": 5, "previous": 4}));
+    assert_raise_refused(&host, 4, "never lowered").await?;
+    let lean: &[u8] = b"lean\x00";
+    publish(&host, "key-1", lean).await?;
+    let received = receiver.wait_for(Some("/compact"), 3, PROMPTLY).await?;
+    assert_eq!(received[2].body.as_ref(), lean);
+    eventually(PROMPTLY, || async {
+        let delivered = logged_total(&host, &webhook, "?status=delivered").await?;
+        let pending = logged_total(&host, &webhook, "?status=pending").await?;
+        ensure!(
+            (delivered, pending) == (3, 0),
+            "{delivered} deliveries logged as delivered, {pending} as pending"
+        );
+        Ok(())
+    })
+    .await?;
     // Both deliveries pass the retention of 4 s and go, the compact one found by its id.
     eventually(Duration::from_secs(15), || async {
         let total = logged_total(&host, &webhook, "").await?;
