@@ -7,7 +7,7 @@
 //! | 2 | as 1, and every webhook has its name-search entries (`ix\0group-names` is set) |
 //! | 3 | webhooks may carry transforms (the record's `transform`, `tc` and `tg` keys) and deliveries may be `skipped`; the name-search promise of 2 holds once `ix\0group-names` is set |
 //! | 4 | as 3, and new deliveries are written in the compact layout: the payload inside the delivery record, no `dc` creation-index entry (their time-ordered ids list them by creation under `dl`); deliveries of the earlier layout may remain |
-//! | 5 | as 4, and a delivery's status lives in its record alone: its log entry, written once at intake, only orders the log (a status filter reads the records), so an outcome rewrites one row fewer |
+//! | 5 | as 4, and lean deliveries: a delivery's status lives in its record alone (its log entry, written once at intake, empty, only orders the log; a status filter reads the records), and a new delivery has no due entry (its first attempt is its intake host's, or the recovery's, which gives one that no host attempted its due entry; cursor `ix\0first-attempts`); deliveries made earlier keep theirs |
 //!
 //! A version may only write a format that the version before it serves, so that a rollback
 //! finds data it reads (the compatibility rules in README.md). Format 3 is the exception on
@@ -23,7 +23,8 @@
 //! that do not read it for the cheaper layout. Until then this version writes the earlier
 //! layout; from then on every version that serves the store writes the compact one, and reads
 //! both. Format 5 is raised the same way, for the same reason: a version that reads at most 4
-//! would filter the log by the statuses its entries no longer carry.
+//! would filter the log by the statuses its entries no longer carry, and never attempt a new
+//! delivery that its intake's host left unattempted.
 
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
@@ -41,8 +42,9 @@ pub const WRITES: u32 = 2;
 pub const TRANSFORMS: u32 = 3;
 /// The format from which new deliveries are written in the compact layout.
 pub const COMPACT: u32 = 4;
-/// The format from which a delivery's log entry no longer carries its status.
-pub const LEAN_LOG: u32 = 5;
+/// The format from which a delivery's log entry no longer carries its status and a new
+/// delivery has no due entry.
+pub const LEAN: u32 = 5;
 
 /// The stored format: 1 when the store names none.
 pub fn stored(kv: &dyn Kv) -> Result<u32> {
@@ -148,9 +150,9 @@ mod tests {
         assert!((OLDEST..=NEWEST).contains(&WRITES));
         assert!((OLDEST..=NEWEST).contains(&TRANSFORMS));
         assert!((OLDEST..=NEWEST).contains(&COMPACT));
-        assert!((OLDEST..=NEWEST).contains(&LEAN_LOG));
+        assert!((OLDEST..=NEWEST).contains(&LEAN));
         // Only the operator names formats 4 and 5: earlier versions do not read them.
-        const { assert!(WRITES < COMPACT && COMPACT < LEAN_LOG) };
+        const { assert!(WRITES < COMPACT && COMPACT < LEAN) };
         // Upkeep stops short of transforms: only an attach names format 3.
         const { assert!(WRITES < TRANSFORMS) };
     }

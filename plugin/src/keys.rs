@@ -162,6 +162,12 @@ pub fn data_format() -> Vec<u8> {
     key("ix", &["format"])
 }
 
+/// How far the recovery of first attempts has read the delivery records: the key of the last
+/// record it read (absent: none yet).
+pub fn first_attempts_cursor() -> Vec<u8> {
+    key("ix", &["first-attempts"])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

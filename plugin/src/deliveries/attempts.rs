@@ -25,9 +25,11 @@ use crate::webhooks::record::Webhook;
 use crate::webhooks::storage;
 
 impl Events<'_> {
-    /// Deliveries due now, oldest first.
+    /// Deliveries due now, oldest first, after giving the first attempts that no host made
+    /// their due entries (from format 5, [`Events::recover_first_attempts`]).
     pub fn due(&self, limit: u32) -> Result<Vec<DueDelivery>> {
         let now = self.clock.now_ms();
+        self.recover_first_attempts(now)?;
         let entries = self
             .kv
             .scan(&keys::due_prefix(), None, limit, false)
@@ -56,7 +58,7 @@ impl Events<'_> {
         let (due, stored_format) = self.load_deliveries_and_format(ids, |d| {
             d.status == Status::Pending && (d.next_attempt_ms.is_none_or(|at| at <= now) || self.intake_claimed(d, now))
         })?;
-        let status_in_log = stored_format < format::LEAN_LOG;
+        let status_in_log = stored_format < format::LEAN;
         // Fresh ones go out under the intake's claim; the others are claimed here.
         let (mut batch, to_claim): (Vec<_>, Vec<_>) = due.into_iter().partition(|(d, _)| {
             self.intake_claimed(d, now) && now <= d.created_ms.saturating_add(self.fresh_window_ms())
@@ -191,14 +193,35 @@ impl Events<'_> {
         self.reschedule(batch, now.saturating_add(self.lease_ms))
     }
 
-    /// Makes each pending delivery of the list whose next attempt lies ahead (a claim) due
-    /// now; answers how many.
+    /// Makes each pending delivery of the list whose next attempt lies ahead (a claim), or
+    /// which was never attempted, due now, with its due entry; answers how many. A delivery
+    /// made in format 5 has no due entry until then: the host stopping hands it over at once
+    /// instead of leaving it to the recovery of first attempts.
     pub fn release(&self, ids: &[String]) -> Result<u32> {
         let now = self.clock.now_ms();
-        let claimed = self.load_deliveries(ids, |d| {
-            d.status == Status::Pending && d.next_attempt_ms.is_some_and(|at| at > now)
+        let pending = self.load_deliveries(ids, |d| {
+            d.status == Status::Pending && (d.next_attempt_ms.is_some_and(|at| at > now) || d.attempts.is_empty())
         })?;
-        Ok(self.reschedule(claimed, now)?.len() as u32)
+        // Of those due already, only the ones without a due entry need one.
+        let (claimed, due): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|(d, _)| d.next_attempt_ms.is_some_and(|at| at > now));
+        let due_keys: Vec<Vec<u8>> = due
+            .iter()
+            .map(|(d, _)| keys::due(d.next_attempt_ms.unwrap_or(0), &d.id))
+            .collect();
+        let entries = if due_keys.is_empty() {
+            Vec::new()
+        } else {
+            self.kv.get_many(&due_keys).map_err(store::store_error)?
+        };
+        let unlisted = due
+            .into_iter()
+            .zip(entries)
+            .filter(|(_, entry)| entry.is_none())
+            .map(|(delivery, _)| delivery);
+        let released: Vec<_> = claimed.into_iter().chain(unlisted).collect();
+        Ok(self.reschedule(released, now)?.len() as u32)
     }
 
     /// The payloads of the batch's deliveries of the earlier layout, by id, in one read when

@@ -187,9 +187,11 @@ struct Layout {
     /// The payload inside the record, no creation-index entry: three writes a delivery; else
     /// the earlier layout, which versions before format 4 read: five writes a delivery.
     compact: bool,
-    /// The log entry carries the delivery's status, which each outcome rewrites (before
-    /// format 5); else it is empty, and the status lives in the record alone.
-    status_in_log: bool,
+    /// The log entry carries the delivery's status, which each outcome rewrites, and the
+    /// first attempt has a due entry (before format 5); else the log entry is empty, the status
+    /// lives in the record alone, and the first attempt is left to the host that took the
+    /// message in (or, if it never makes it, to the recovery of first attempts).
+    before_lean: bool,
 }
 
 impl Layout {
@@ -197,7 +199,7 @@ impl Layout {
     fn of_format(format: u32) -> Self {
         Layout {
             compact: format >= format::COMPACT,
-            status_in_log: format < format::LEAN_LOG,
+            before_lean: format < format::LEAN,
         }
     }
 }
@@ -256,13 +258,15 @@ fn prepare(
                 value: webhook.id.clone().into_bytes(),
             }));
         }
-        ops.push(Op::Put(Entry {
-            key: keys::due(due_ms, &delivery.id),
-            value: webhook.id.clone().into_bytes(),
-        }));
+        if layout.before_lean {
+            ops.push(Op::Put(Entry {
+                key: keys::due(due_ms, &delivery.id),
+                value: webhook.id.clone().into_bytes(),
+            }));
+        }
         ops.push(Op::Put(Entry {
             key: keys::log_entry(&webhook.id, now, &delivery.id),
-            value: if layout.status_in_log {
+            value: if layout.before_lean {
                 Status::name(Status::Pending).as_bytes().to_vec()
             } else {
                 Vec::new()

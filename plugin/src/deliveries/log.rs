@@ -121,7 +121,7 @@ impl<'a> DeliveryLog<'a> {
         let webhook = self.webhook(token, webhook_id, Role::Viewer)?;
         let query = LogQuery::from_query(params)?;
         // From format 5 only the records know the statuses; before, the log entries do.
-        let statuses_in_records = query.status.is_some() && format::stored(self.kv)? >= format::LEAN_LOG;
+        let statuses_in_records = query.status.is_some() && format::stored(self.kv)? >= format::LEAN;
         let prefix = keys::log_prefix(&webhook.id);
         let (mut total, mut page_ids) = (0u64, Vec::new());
         let mut after: Option<Vec<u8>> = None;
@@ -297,7 +297,7 @@ mod tests {
         let earlier = publish(&events, message("t", None, b"1", None));
         events.deliver(&earlier).unwrap();
         assert_eq!(log_value(&earlier[0]), b"delivered");
-        format::raise(&kv, format::LEAN_LOG).unwrap();
+        format::raise(&kv, format::LEAN).unwrap();
         let delivered = publish(&events, message("t", None, b"2", None));
         assert_eq!(log_value(&delivered[0]), b"", "written once, empty");
         events.deliver(&delivered).unwrap();

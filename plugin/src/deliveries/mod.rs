@@ -1,6 +1,6 @@
 //! Deliveries: a published message on its way to each webhook of its thing. [`Events`] holds
 //! the message path's capabilities and settings; its operations live in one file per concern
-//! (intake, attempts, retention), beside the record, the retry policy, the request each attempt
+//! (intake, attempts, the recovery of first attempts, retention), beside the record, the retry policy, the request each attempt
 //! sends, what a webhook's transform decides of it, the delivery log and the outgoing-HTTP
 //! port's `wasi:http` side.
 
@@ -9,6 +9,7 @@ pub mod intake;
 pub mod log;
 pub mod outbound;
 pub mod record;
+pub mod recovery;
 pub mod request;
 pub mod retention;
 pub mod retry;
