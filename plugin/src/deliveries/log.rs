@@ -188,7 +188,12 @@ impl<'a> DeliveryLog<'a> {
         let webhook = self.webhook(token, webhook_id, Role::Editor)?;
         let key = keys::delivery(delivery_id);
         let missing = || not_found("delivery not found");
-        let stored = self.kv.get(&key).map_err(store::store_error)?.ok_or_else(missing)?;
+        let mut read = self
+            .kv
+            .get_many(&[key.clone(), keys::data_format()])
+            .map_err(store::store_error)?;
+        let status_in_log = format::of_value(read.pop().flatten().as_deref())? < format::LEAN;
+        let stored = read.pop().flatten().ok_or_else(missing)?;
         let mut delivery = Delivery::decode(&stored)?;
         if delivery.webhook_id != webhook.id {
             return Err(missing());
@@ -215,20 +220,20 @@ impl<'a> DeliveryLog<'a> {
             key: key.clone(),
             value: stored,
         })];
-        let ops = vec![
-            Op::Put(Entry {
-                key: keys::due(now, &delivery.id),
-                value: delivery.webhook_id.clone().into_bytes(),
-            }),
-            Op::Put(Entry {
+        let mut ops = vec![Op::Put(Entry {
+            key: keys::due(now, &delivery.id),
+            value: delivery.webhook_id.clone().into_bytes(),
+        })];
+        if status_in_log {
+            ops.push(Op::Put(Entry {
                 key: keys::log_entry(&delivery.webhook_id, delivery.created_ms, &delivery.id),
                 value: Status::name(Status::Pending).as_bytes().to_vec(),
-            }),
-            Op::Put(Entry {
-                key,
-                value: delivery.encode(),
-            }),
-        ];
+            }));
+        }
+        ops.push(Op::Put(Entry {
+            key,
+            value: delivery.encode(),
+        }));
         match store::commit(self.kv, &guards, &ops) {
             Ok(()) => Ok(DueDelivery {
                 id: delivery.id,
@@ -324,6 +329,7 @@ mod tests {
             serde_json::from_str(&log.list("viewer", "w", &params(&[("status", "pending")])).unwrap()).unwrap();
         assert_eq!(page["deliveries"][0]["id"], pending[0].as_str());
         log.retry("editor", "w", &failed[0]).unwrap();
+        assert_eq!(log_value(&failed[0]), b"", "a retry leaves it alone too");
         assert_eq!([total("failed"), total("pending")], [0, 2]);
     }
 

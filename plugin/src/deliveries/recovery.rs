@@ -17,8 +17,8 @@ use crate::store::{self, CommitFailure};
 
 /// How long after its creation, beyond its intake's claim, a delivery's first attempt is left
 /// to the host that took its message in: that host's queue may hold it a while, and the
-/// cursor passes each delivery once, by the creation time in its id, so hosts sharing a store
-/// must keep their clocks closer than this.
+/// cursor passes each delivery once, in the order of the times in the ids, when its creation
+/// time is this far behind, so hosts sharing a store must keep their clocks closer than this.
 pub const FIRST_ATTEMPT_GRACE_MS: u64 = 10_000;
 /// Most records one call reads: calls come with every poll of the due index, so this bounds a
 /// poll's work while the recovery catches up (a first pass over records made before format 5).
@@ -71,11 +71,9 @@ impl Events<'_> {
                 .map_err(store::store_error)?;
             let full = chunk.len() as u32 == chunk_size;
             for entry in chunk {
-                let Some(id) = keys::delivery_id(&entry.key) else {
-                    continue;
-                };
                 // A record that cannot be read cannot be attempted either: passed over.
-                if let Ok(delivery) = Delivery::decode(&entry.value) {
+                let id = keys::delivery_id(&entry.key);
+                if let (Some(id), Ok(delivery)) = (id, Delivery::decode(&entry.value)) {
                     if delivery.created_ms > boundary {
                         break 'read;
                     }

@@ -949,6 +949,7 @@ async fn drain_run(messages: usize, k: usize, store: DrainStore) -> Result<Drain
 /// one database from the moment it is watched.
 struct DatabaseServer {
     admin: String,
+    database_url: String,
     database: String,
     postmaster: u32,
     cpu_before: CpuTime,
@@ -974,6 +975,7 @@ impl DatabaseServer {
         .is_ok();
         Ok(DatabaseServer {
             admin,
+            database_url: database_url.to_owned(),
             database,
             postmaster,
             cpu_before: server_cpu(postmaster)?,
@@ -984,8 +986,7 @@ impl DatabaseServer {
 
     /// Rows the database's tables had written since it was watched.
     fn rows_since(&self) -> Result<RowWrites> {
-        let base = self.admin.rsplit_once('/').context("a database URL")?.0;
-        Ok(row_writes(&format!("{base}/{}", self.database))?.since(self.rows_before))
+        Ok(row_writes(&self.database_url)?.since(self.rows_before))
     }
 
     /// CPU time of the server's processes since it was watched.
