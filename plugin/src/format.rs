@@ -7,7 +7,7 @@
 //! | 2 | as 1, and every webhook has its name-search entries (`ix\0group-names` is set) |
 //! | 3 | webhooks may carry transforms (the record's `transform`, `tc` and `tg` keys) and deliveries may be `skipped`; the name-search promise of 2 holds once `ix\0group-names` is set |
 //! | 4 | as 3, and new deliveries are written in the compact layout: the payload inside the delivery record, no `dc` creation-index entry (their time-ordered ids list them by creation under `dl`); deliveries of the earlier layout may remain |
-//! | 5 | as 4, and lean deliveries: a delivery's status lives in its record alone (its log entry, written once at intake, empty, only orders the log; a status filter reads the records), and a new delivery has no due entry (its first attempt is its intake host's, or the recovery's, which gives one that no host attempted its due entry; cursor `ix\0first-attempts`); deliveries made earlier keep theirs |
+//! | 5 | as 4, and lean deliveries: a delivery's status lives in its record alone (its log entry, written once at intake, empty, only orders the log; a status filter reads the records), and a new delivery has no due entry (its intake's host attempts it at once; one that no host attempted gets its due entry from the recovery of first attempts, whose cursor is `ix\0first-attempts`); deliveries made earlier keep theirs |
 //!
 //! A version may only write a format that the version before it serves, so that a rollback
 //! finds data it reads (the compatibility rules in README.md). Format 3 is the exception on
