@@ -447,7 +447,12 @@ pub fn message(thing: &str, id: Option<&str>, payload: &[u8], content_type: Opti
 
 /// The delivery operations at [`NOW`], with retries after 1s and 5s and no jitter.
 pub fn events<'a>(kv: &'a dyn Kv, sender: &'a dyn Sender) -> Events<'a> {
-    Events::new(kv, sender, &AT_NOW)
+    events_at(kv, sender, &AT_NOW)
+}
+
+/// The delivery operations as [`events`] builds them, at the time `clock` shows.
+pub fn events_at<'a>(kv: &'a dyn Kv, sender: &'a dyn Sender, clock: &'a dyn Clock) -> Events<'a> {
+    Events::new(kv, sender, clock)
         .with_lease(0)
         .with_policy(RetryPolicy {
             schedule_ms: vec![1_000, 5_000],

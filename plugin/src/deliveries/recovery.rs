@@ -124,21 +124,17 @@ fn never_attempted(delivery: &Delivery) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliveries::retry::RetryPolicy;
     use crate::ports::Kv;
     use crate::testing::{
-        Deliveries, FixedClock, MemoryKv, NOW, ScriptedSender, WatchedKv, delivery, events, message, publish,
-        store_webhook,
+        Deliveries, FixedClock, MemoryKv, NOW, ScriptedSender, WatchedKv, delivery, events, events_at, message,
+        publish, store_webhook,
     };
 
-    /// The delivery operations at `clock`, as [`events`] builds them.
-    fn at<'a>(kv: &'a MemoryKv, sender: &'a ScriptedSender, clock: &'a FixedClock) -> Events<'a> {
-        Events::new(kv, sender, clock)
-            .with_lease(0)
-            .with_policy(RetryPolicy {
-                schedule_ms: vec![1_000, 5_000],
-            })
-            .with_random(|| 0.5)
+    /// A store in format 5 with one webhook of thing `t`, posting to `url`.
+    fn lean(url: &str) -> Deliveries {
+        let setting = Deliveries::with_webhooks(&[("w1", "t", url)]);
+        format::raise(&setting.kv, format::LEAN).unwrap();
+        setting
     }
 
     fn due_entries(kv: &MemoryKv) -> usize {
@@ -151,8 +147,7 @@ mod tests {
 
     #[test]
     fn from_format_5_a_delivery_no_host_attempted_is_due_after_its_grace_once() {
-        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[("w1", "t", "http://a/200")]);
-        format::raise(&kv, format::LEAN).unwrap();
+        let Deliveries { kv, sender } = lean("http://a/200");
         let events = events(&kv, &sender);
         let attempted = publish(&events, message("t", None, b"1", None));
         let left = publish(&events, message("t", None, b"2", None));
@@ -162,7 +157,7 @@ mod tests {
         assert_eq!(kv.get(&keys::first_attempts_cursor()).unwrap(), None);
 
         let clock = FixedClock::at(NOW + FIRST_ATTEMPT_GRACE_MS);
-        let later = at(&kv, &sender, &clock);
+        let later = events_at(&kv, &sender, &clock);
         assert_eq!(ids(later.due(10).unwrap()), left);
         assert_eq!(
             kv.get(&keys::first_attempts_cursor()).unwrap(),
@@ -181,14 +176,13 @@ mod tests {
 
     #[test]
     fn a_retry_keeps_the_due_entry_its_outcome_wrote() {
-        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[("w1", "t", "http://a/503")]);
-        format::raise(&kv, format::LEAN).unwrap();
+        let Deliveries { kv, sender } = lean("http://a/503");
         let events = events(&kv, &sender);
         let ids_made = publish(&events, message("t", None, b"1", None));
         events.deliver(&ids_made).unwrap();
         assert_eq!(due_entries(&kv), 1, "the retry's");
         let clock = FixedClock::at(NOW + FIRST_ATTEMPT_GRACE_MS);
-        let later = at(&kv, &sender, &clock);
+        let later = events_at(&kv, &sender, &clock);
         assert_eq!(later.recover_first_attempts(NOW + FIRST_ATTEMPT_GRACE_MS).unwrap(), 0);
         assert_eq!(ids(later.due(10).unwrap()), ids_made);
         assert_eq!(due_entries(&kv), 1);
@@ -227,15 +221,14 @@ mod tests {
         let made = publish(&events(&kv, &sender), message("t", None, b"1", None));
         assert_eq!(due_entries(&kv), 1);
         let clock = FixedClock::at(NOW + FIRST_ATTEMPT_GRACE_MS);
-        let later = at(&kv, &sender, &clock);
+        let later = events_at(&kv, &sender, &clock);
         assert_eq!(ids(later.due(10).unwrap()), made);
         assert_eq!(kv.get(&keys::first_attempts_cursor()).unwrap(), None);
     }
 
     #[test]
     fn a_stopping_host_hands_over_what_it_never_attempted() {
-        let Deliveries { kv, sender } = Deliveries::with_webhooks(&[("w1", "t", "http://a/200")]);
-        format::raise(&kv, format::LEAN).unwrap();
+        let Deliveries { kv, sender } = lean("http://a/200");
         let events = events(&kv, &sender);
         let made = publish(&events, message("t", None, b"1", None));
         assert_eq!(events.release(&made).unwrap(), 1);
