@@ -55,6 +55,24 @@ pub async fn view(host: &TestHost, id: &str) -> Result<Value> {
         .await
 }
 
+/// Raises the host's stored data to `format` through `PUT /admin/data-format`, as an operator
+/// would, with the admin token the host was started with.
+pub async fn raise_data_format(host: &TestHost, admin_token: &str, format: u32) -> Result<()> {
+    let (status, answer) = host
+        .call(
+            Method::PUT,
+            "/admin/data-format",
+            admin_token,
+            Some(json!({ "format": format })),
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::OK,
+        "raising the data format answered {status}: {answer}"
+    );
+    Ok(())
+}
+
 /// `PUT /webhooks/{id}` as the admin, expecting `200`.
 pub async fn update(host: &TestHost, id: &str, body: Value) -> Result<()> {
     host.expect(

@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use webhooks_host::ingress::broker::{CONSUMER, DELIVER_GROUP, LEGACY_CONSUMER, STREAM, STREAM_SUBJECTS, SUBJECT};
 use webhooks_tests::broker::NatsServer;
-use webhooks_tests::flows::{ALLOW_PRIVATE, add_webhook};
+use webhooks_tests::flows::{ALLOW_PRIVATE, add_webhook, raise_data_format};
 use webhooks_tests::receiver::{QUIET, Receiver};
 use webhooks_tests::{ADMIN, GROUP_1, THING_1, THING_2, THING_3, TestHost, postgres_database, standard_registry};
 
@@ -361,18 +361,7 @@ async fn two_hosts(
     env.extend_from_slice(&SHORT_CLAIMS);
     let (first, second) = tokio::try_join!(host_on_broker(nats, &env), host_on_broker(nats, &env))?;
     if let Some(format) = format {
-        let (status, answer) = first
-            .call(
-                Method::PUT,
-                "/admin/data-format",
-                FLEET_ADMIN,
-                Some(json!({ "format": format })),
-            )
-            .await?;
-        ensure!(
-            status == StatusCode::OK,
-            "raising the data format answered {status}: {answer}"
-        );
+        raise_data_format(&first, FLEET_ADMIN, format).await?;
     }
     for (thing, paths) in FLEET {
         for path in paths {

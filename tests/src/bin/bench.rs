@@ -51,7 +51,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use webhooks_tests::broker::NatsServer;
@@ -305,16 +305,7 @@ async fn raise_data_format(host: &TestHost) -> Result<()> {
     if format <= 2 {
         return Ok(());
     }
-    let (status, body) = host
-        .call(
-            Method::PUT,
-            "/admin/data-format",
-            BENCH_ADMIN.1,
-            Some(json!({ "format": format })),
-        )
-        .await?;
-    ensure!(status.is_success(), "raising the data format answered {status}: {body}");
-    Ok(())
+    webhooks_tests::flows::raise_data_format(host, BENCH_ADMIN.1, format).await
 }
 
 /// A receiver, and a host on SQLite with `k` webhooks on `THING_1` pointing at it.

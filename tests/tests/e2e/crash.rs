@@ -10,7 +10,7 @@ use anyhow::{bail, ensure};
 use reqwest::StatusCode;
 use reqwest::header::AUTHORIZATION;
 use webhooks_tests::delivery_log::logged_total;
-use webhooks_tests::flows::{ALLOW_PRIVATE, MESSAGE_ID, add_webhook};
+use webhooks_tests::flows::{ALLOW_PRIVATE, MESSAGE_ID, add_webhook, raise_data_format};
 use webhooks_tests::receiver::Receiver;
 use webhooks_tests::{THING_1, TestHost, standard_registry};
 
@@ -146,18 +146,7 @@ async fn killed_twice(format: Option<u32>) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(format) = format {
-        let (status, answer) = host
-            .call(
-                reqwest::Method::PUT,
-                "/admin/data-format",
-                ADMIN,
-                Some(serde_json::json!({ "format": format })),
-            )
-            .await?;
-        ensure!(
-            status == StatusCode::OK,
-            "raising the data format answered {status}: {answer}"
-        );
+        raise_data_format(&host, ADMIN, format).await?;
     }
     let mut webhooks = Vec::new();
     for path in PATHS {
