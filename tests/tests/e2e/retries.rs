@@ -21,10 +21,14 @@ const POLL_SLACK: Duration = Duration::from_millis(600);
 /// Room for a busy machine on top of an expected delay.
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// A loopback port where nothing listens.
-fn closed_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+/// A loopback port where nothing listens, held for as long as the socket lives: bound and never
+/// listening, so a connection is refused, and no server of a test running beside this one can
+/// take the port (a port only closed again could be, and answer).
+fn closed_port() -> anyhow::Result<(tokio::net::TcpSocket, u16)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
 }
 
 /// The gaps between consecutive arrivals.
@@ -49,11 +53,12 @@ async fn retryable_answers_and_unreachable_receivers_are_retried_on_the_schedule
         let id = add_webhook(&host, THING_1, &format!("answers {status}"), &receiver.url(&path)).await?;
         answering.push((path, status, id));
     }
+    let (_held, port) = closed_port()?;
     let unreachable = add_webhook(
         &host,
         THING_1,
         "nobody listens",
-        &format!("http://127.0.0.1:{}/down", closed_port()?),
+        &format!("http://127.0.0.1:{port}/down"),
     )
     .await?;
 
