@@ -1725,6 +1725,9 @@ async fn group_list(webhooks: usize, things: usize, requests: usize) -> Result<S
     Ok(summarize(samples))
 }
 
+/// Runs of the steady latency measure in the report.
+const STEADY_RUNS: usize = 3;
+
 /// Publish → receipt latency of `rate` messages/s for `seconds`, each publish on its own task so
 /// a slow answer never delays the next one.
 async fn steady_latency(rate: u64, seconds: u64) -> Result<Summary> {
@@ -1911,11 +1914,27 @@ async fn report(out: &std::path::Path) -> Result<()> {
         ),
         met: most_connections <= 2 * limit,
     });
-    let steady = steady_latency(1_000, 10).await?;
+    // A p99 of one 10 s run rests on its 100 slowest deliveries, so one stall of a neighbour
+    // on this shared machine moves it by milliseconds: the median of three runs, as the
+    // drains, with all three shown.
+    let mut steady_runs = Vec::with_capacity(STEADY_RUNS);
+    for _ in 0..STEADY_RUNS {
+        steady_runs.push(steady_latency(1_000, 10).await?);
+    }
+    steady_runs.sort_by_key(|run| run.p99);
+    let steady = &steady_runs[STEADY_RUNS / 2];
+    let p99s: Vec<String> = steady_runs.iter().map(|run| format!("{:.1}", ms(run.p99))).collect();
     targets.push(Target {
-        measure: "publish → receipt latency at a steady 1,000 messages/s (10 s)".into(),
+        measure: format!(
+            "publish → receipt latency at a steady 1,000 messages/s (10 s, median of {STEADY_RUNS} runs by p99)"
+        ),
         target: "p99 ≤ 2 ms",
-        measured: format!("p50 {:.1} ms, p99 {:.1} ms", ms(steady.p50), ms(steady.p99)),
+        measured: format!(
+            "p50 {:.1} ms, p99 {:.1} ms (p99 of each run: {} ms)",
+            ms(steady.p50),
+            ms(steady.p99),
+            p99s.join(", ")
+        ),
         met: steady.p99 <= Duration::from_millis(2),
     });
     let isolated = isolation(ISOLATION).await?;
