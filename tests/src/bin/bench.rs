@@ -21,7 +21,8 @@
 //! MESSAGES messages (default 10,000) to a thing with K webhooks (default 2) on SQLite, on
 //! PostgreSQL, and on PostgreSQL with two hosts (publishing over HTTP to both, then through NATS
 //! JetStream); then, on PostgreSQL with one host and with two, a steady 1,000 messages/s for
-//! 10 s: latency, the backlog each second and each host's share of the deliveries. Needs
+//! 10 s: latency, the backlog each second and each host's share of the deliveries, each the
+//! median of three runs by p99. Needs
 //! `WEBHOOKS_TEST_POSTGRES` (`make bench` runs it inside `tests/services`).
 //!
 //! `bench scale-steady [HOSTS] [RATE] [SECONDS]`: only the steady row of `bench scale`, with
@@ -34,7 +35,7 @@
 //! `bench report [FILE]`: every target of the performance issues (HTTP end-to-end throughput
 //! beside the one-hop native client and the native relay, the drain at 1 and 3 webhooks per
 //! thing with CPU per delivery, peak memory and connections, latency at a steady 1,000
-//! messages/s, group listing on 10,000 webhooks, the isolation scenario, instantiation, cached
+//! messages/s (median of three runs by p99), group listing on 10,000 webhooks, the isolation scenario, instantiation, cached
 //! restart, idle memory) and
 //! the cost growth with webhooks per thing and webhooks stored; printed and written to FILE
 //! (default `BENCHMARKS.md`) under a summary line.
@@ -551,16 +552,16 @@ async fn publish_steadily(
     Ok((sent_at, backlog))
 }
 
-/// Steady publishes at `rate` messages/s for `seconds` s over HTTP, spread over `hosts` hosts
-/// sharing one PostgreSQL database, to a thing with one webhook: publish → receipt latency,
-/// the backlog (deliveries owed but not yet received) once a second, and each host's share of
-/// the deliveries (from its `/metrics`).
 /// One steady run of `bench scale-steady`: its p99 publish → receipt, and its row of the table.
 struct SteadyRow {
     p99: Duration,
     row: String,
 }
 
+/// Steady publishes at `rate` messages/s for `seconds` s over HTTP, spread over `hosts` hosts
+/// sharing one PostgreSQL database, to a thing with one webhook: publish → receipt latency,
+/// the backlog (deliveries owed but not yet received) once a second, and each host's share of
+/// the deliveries (from its `/metrics`).
 async fn scale_steady(rate: u64, seconds: u64, hosts: usize) -> Result<SteadyRow> {
     let receiver = Receiver::start().await?;
     let database = postgres_database()?;
