@@ -35,10 +35,10 @@
 //! `bench report [FILE]`: every target of the performance issues (HTTP end-to-end throughput
 //! beside the one-hop native client and the native relay, the drain at 1 and 3 webhooks per
 //! thing with CPU per delivery, peak memory and connections, latency at a steady 1,000
-//! messages/s (median of three runs by p99), group listing on 10,000 webhooks, the isolation scenario, instantiation, cached
-//! restart, idle memory) and
-//! the cost growth with webhooks per thing and webhooks stored; printed and written to FILE
-//! (default `BENCHMARKS.md`) under a summary line.
+//! messages/s (median of three runs by p99), group listing on 10,000 webhooks, the isolation
+//! scenario, instantiation, cached restart, idle memory) and the cost growth with webhooks per
+//! thing and webhooks stored; printed and written to FILE (default `BENCHMARKS.md`) under a
+//! summary line.
 //!
 //! `bench runtime [CALLS]`: the plugin runtime's costs: a new store and instance per call
 //! (over CALLS calls, default 20,000), restart to healthy with and without the compile cache,
