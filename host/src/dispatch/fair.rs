@@ -14,6 +14,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use super::delivery_id::DeliveryId;
+
 /// How many batches may run at once, overall and per group and webhook, and how big they are.
 #[derive(Debug, Clone, Copy)]
 pub struct Shares {
@@ -115,7 +117,7 @@ impl GroupQueue {
 
 struct WebhookQueue {
     group: Arc<str>,
-    ready: VecDeque<String>,
+    ready: VecDeque<DeliveryId>,
     running: usize,
     in_turn: bool,
 }
@@ -129,7 +131,7 @@ pub struct FairQueue {
     turn: VecDeque<Arc<str>>,
     running: usize,
     /// Every delivery queued or running, so none runs twice at once.
-    known: HashSet<String>,
+    known: HashSet<DeliveryId>,
     /// What the last batch of each webhook showed.
     speeds: HashMap<String, Speed>,
     /// The probation batches running, by id, with their group.
@@ -204,6 +206,7 @@ impl FairQueue {
     /// Queues a delivery of a webhook of `group`; false when it is already queued or running.
     /// A webhook keeps the group it was first queued with while it has work here.
     pub fn push(&mut self, group: &str, webhook: &str, delivery: String) -> bool {
+        let delivery = DeliveryId::from(delivery);
         if !self.known.insert(delivery.clone()) {
             return false;
         }
@@ -281,7 +284,7 @@ impl FairQueue {
         let hook = self.webhooks.get_mut(webhook).expect("a webhook in turn is queued");
         hook.in_turn = false;
         let take = hook.ready.len().min(self.shares.batch_size - batch.ids.len());
-        batch.ids.extend(hook.ready.drain(..take));
+        batch.ids.extend(hook.ready.drain(..take).map(|id| id.to_string()));
         hook.running += 1;
         batch.webhooks.push(webhook.to_owned());
         batch.taken.push(take);
@@ -311,7 +314,7 @@ impl FairQueue {
     /// free for the next turns.
     pub fn finish(&mut self, batch: &Batch) {
         for id in &batch.ids {
-            self.known.remove(id);
+            self.known.remove(&DeliveryId::new(id));
         }
         self.running -= 1;
         if let Some(queue) = self.groups.get_mut(&batch.group) {
@@ -382,8 +385,8 @@ impl FairQueue {
     }
 
     /// The ids of every delivery queued or running.
-    pub fn known(&self) -> impl Iterator<Item = &String> {
-        self.known.iter()
+    pub fn known(&self) -> impl Iterator<Item = String> + '_ {
+        self.known.iter().map(DeliveryId::to_string)
     }
 
     /// The `n` groups with the most deliveries queued or running, with their backlog and

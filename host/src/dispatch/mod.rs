@@ -3,6 +3,7 @@
 //! groups taking turns for free slots, so one slow or dead receiver never delays another
 //! webhook's deliveries and one group's flood never stalls another group's.
 
+mod delivery_id;
 mod fair;
 
 use std::collections::HashMap;
@@ -218,7 +219,7 @@ impl Dispatcher {
     async fn release_claims(&self) {
         let ids: Vec<String> = {
             let queues = self.queues.lock().expect("dispatch queues poisoned");
-            queues.fair.known().cloned().collect()
+            queues.fair.known().collect()
         };
         self.release(ids, "claims of abandoned attempts given back").await;
     }
