@@ -181,6 +181,15 @@ impl crate::bindings::exports::mainflux::webhooks::intake::Guest for Plugin {
 }
 
 #[cfg(not(feature = "previous-world"))]
+impl crate::bindings::exports::mainflux::webhooks::attempts::Guest for Plugin {
+    fn deliver(
+        deliveries: Vec<crate::bindings::mainflux::webhooks::types::DueDelivery>,
+    ) -> Result<Vec<crate::bindings::exports::mainflux::webhooks::events::AttemptOutcome>, Error> {
+        message_events::events().deliver_queued(&deliveries)
+    }
+}
+
+#[cfg(not(feature = "previous-world"))]
 impl crate::bindings::exports::mainflux::webhooks::transform_api::Guest for Plugin {
     fn attach_transform(token: String, webhook_id: String, component: Vec<u8>) -> Result<String, Error> {
         transform_operations().attach(&token, &webhook_id, component)

@@ -89,7 +89,7 @@ impl Kv for MemoryKv {
 type Interference = Box<dyn FnOnce(&MemoryKv)>;
 
 /// A [`MemoryKv`] a test can watch and interfere with: it remembers every prefix scanned (to
-/// tell an index read from a full one), counts commits, and may write something of its own
+/// tell an index read from a full one), counts reads and commits, and may write something of its own
 /// just before the next commit, as a concurrent writer would.
 #[derive(Default)]
 pub struct WatchedKv {
@@ -97,6 +97,7 @@ pub struct WatchedKv {
     pub memory: MemoryKv,
     scanned: RefCell<Vec<Vec<u8>>>,
     scan_calls: Cell<usize>,
+    get_many_calls: Cell<usize>,
     commits: Cell<usize>,
     before_commit: Cell<Option<Interference>>,
 }
@@ -110,6 +111,11 @@ impl WatchedKv {
     /// How many scan calls were asked of it (`scan` or `scan-prefixes`, one each).
     pub fn scan_calls(&self) -> usize {
         self.scan_calls.get()
+    }
+
+    /// How many `get-many` calls were asked of it.
+    pub fn get_many_calls(&self) -> usize {
+        self.get_many_calls.get()
     }
 
     /// How many commits were asked of it, applied or refused.
@@ -129,6 +135,7 @@ impl Kv for WatchedKv {
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.get_many_calls.set(self.get_many_calls.get() + 1);
         self.memory.get_many(keys)
     }
 

@@ -252,9 +252,14 @@ impl Dispatcher {
         );
         let started = Instant::now();
         let events = self.runtime.events();
-        let call = events
-            .deliver(batch.ids.clone(), self.config.attempt_timeout)
-            .instrument(span);
+        let queued = batch
+            .deliveries()
+            .map(|(id, webhook)| DueDelivery {
+                id: id.to_owned(),
+                webhook_id: webhook.to_owned(),
+            })
+            .collect();
+        let call = events.deliver(queued, self.config.attempt_timeout).instrument(span);
         tokio::pin!(call);
         let result = match batch.lane {
             Lane::Probation => match tokio::time::timeout(QUICK_BATCH, &mut call).await {

@@ -385,13 +385,26 @@ impl EventCalls<'_> {
             .await
     }
 
-    /// `events.deliver`: one attempt of each delivery, requests in flight together. The call's
-    /// deadline is extended by `waiting`, the longest wait for an answer, so a slow receiver is
-    /// not taken for a runaway plugin.
-    pub async fn deliver(&self, ids: Vec<String>, waiting: Duration) -> Result<Vec<AttemptOutcome>, CallError> {
+    /// `attempts.deliver`: one attempt of each delivery, requests in flight together, each
+    /// given with the webhook it was queued under; a version without the `attempts` export gets
+    /// the ids alone through `events.deliver`. Metrics and traces name the call `events.deliver`
+    /// either way, as before the export came, so operators' dashboards keep their series. The
+    /// call's deadline is extended by `waiting`, the longest wait for an answer, so a slow
+    /// receiver is not taken for a runaway plugin.
+    pub async fn deliver(
+        &self,
+        deliveries: Vec<DueDelivery>,
+        waiting: Duration,
+    ) -> Result<Vec<AttemptOutcome>, CallError> {
         self.runtime
             .answer("events.deliver", waiting, None, move |exports, store| {
-                Box::pin(async move { exports.events(store)?.call_deliver(store, &ids).await })
+                Box::pin(async move {
+                    if let Some(attempts) = exports.attempts(store)? {
+                        return attempts.call_deliver(store, &deliveries).await;
+                    }
+                    let ids: Vec<String> = deliveries.into_iter().map(|d| d.id).collect();
+                    exports.events(store)?.call_deliver(store, &ids).await
+                })
             })
             .await
     }

@@ -31,7 +31,7 @@ pub use plugin::{Inspection, LoadError, Plugin, WORLD, sha256_hex};
 pub use state::{Capabilities, HostState};
 
 use crate::metrics::METRICS;
-use bindings::exports::mainflux::webhooks::{api, events, intake, migration, transform_api};
+use bindings::exports::mainflux::webhooks::{api, attempts, events, intake, migration, transform_api};
 use bindings::mainflux::webhooks::types::Error as PluginError;
 use rollout::{Arm, ErrorWindow};
 
@@ -764,6 +764,15 @@ impl Exports {
     pub fn intake(&self, store: &mut Store<HostState>) -> wasmtime::Result<Option<intake::Guest>> {
         self.plugin
             .intake
+            .as_ref()
+            .map(|indices| indices.load(store, &self.instance))
+            .transpose()
+    }
+
+    /// The instance's `attempts` interface, if this version of the plugin has it.
+    pub fn attempts(&self, store: &mut Store<HostState>) -> wasmtime::Result<Option<attempts::Guest>> {
+        self.plugin
+            .attempts
             .as_ref()
             .map(|indices| indices.load(store, &self.instance))
             .transpose()

@@ -8,7 +8,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
 use super::HostState;
-use super::bindings::exports::mainflux::webhooks::{api, events, intake, migration, transform_api};
+use super::bindings::exports::mainflux::webhooks::{api, attempts, events, intake, migration, transform_api};
 use super::cache::{CompileCache, Origin};
 use super::formats::DataFormats;
 
@@ -26,12 +26,13 @@ pub enum LoadError {
     World(String),
 }
 
-/// The world a plugin implements. Plugins built for earlier versions run too: one built for
-/// 0.1.2 only does not use `store.scan-prefixes`; one without the
+/// The world a plugin implements. Plugins built for earlier versions run too: one without the
+/// `attempts` export (0.1.3) is given the ids of the deliveries to attempt alone; one built for
+/// 0.1.2 also does not use `store.scan-prefixes`; one without the
 /// `transform-api` export (0.1.1) serves no transforms, one without the `intake` export (0.1.0)
 /// also takes messages one call each, one without the `migration` exports also runs without
 /// the import.
-pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.3";
+pub const WORLD: &str = "mainflux:webhooks/webhooks@0.1.4";
 
 /// One loaded version of the plugin, ready to instantiate.
 pub struct Plugin {
@@ -46,6 +47,9 @@ pub struct Plugin {
     /// Where the `intake` export is, if this version has it: a plugin built before it was
     /// added takes messages one call each.
     pub(super) intake: Option<intake::GuestIndices>,
+    /// Where the `attempts` export is, if this version has it: a plugin built before it was
+    /// added is given the ids of the deliveries to attempt alone.
+    pub(super) attempts: Option<attempts::GuestIndices>,
     /// Where the `transform-api` export is, if this version has it: a plugin built before it
     /// was added serves no transforms.
     pub(super) transform_api: Option<transform_api::GuestIndices>,
@@ -68,6 +72,7 @@ impl Plugin {
             self.migration.is_some(),
             self.intake.is_some(),
             self.transform_api.is_some(),
+            self.attempts.is_some(),
         )
     }
 
@@ -85,12 +90,13 @@ impl Plugin {
 
 /// The world's name, with the optional exports a version lacks: each earlier world lacks the
 /// exports of the later ones too, so it is named by the first it lacks.
-fn world_name(has_migration: bool, has_intake: bool, has_transforms: bool) -> String {
-    match (has_migration, has_intake, has_transforms) {
-        (true, true, true) => WORLD.to_owned(),
-        (true, true, false) => format!("{WORLD} without transform-api"),
-        (true, false, _) => format!("{WORLD} without intake"),
-        (false, _, _) => format!("{WORLD} without migration"),
+fn world_name(has_migration: bool, has_intake: bool, has_transforms: bool, has_attempts: bool) -> String {
+    match (has_migration, has_intake, has_transforms, has_attempts) {
+        (true, true, true, true) => WORLD.to_owned(),
+        (true, true, true, false) => format!("{WORLD} without attempts"),
+        (true, true, false, _) => format!("{WORLD} without transform-api"),
+        (true, false, _, _) => format!("{WORLD} without intake"),
+        (false, _, _, _) => format!("{WORLD} without migration"),
     }
 }
 
@@ -110,6 +116,7 @@ pub(super) fn load(
     let (pre, api, events) = check(linker, &component)?;
     let migration = migration::GuestIndices::new(&pre).ok();
     let intake = intake::GuestIndices::new(&pre).ok();
+    let attempts = attempts::GuestIndices::new(&pre).ok();
     let transform_api = transform_api::GuestIndices::new(&pre).ok();
     if transform_api.is_none() {
         tracing::info!(
@@ -123,6 +130,12 @@ pub(super) fn load(
             "the plugin has no intake export (built for an earlier world): messages are taken in one call each"
         );
     }
+    if attempts.is_none() {
+        tracing::info!(
+            %sha256,
+            "the plugin has no attempts export (built for an earlier world): deliveries are attempted by id alone"
+        );
+    }
     if origin == Origin::Compiled {
         cache.store(engine, &component, &sha256);
     }
@@ -132,6 +145,7 @@ pub(super) fn load(
         events,
         migration,
         intake,
+        attempts,
         transform_api,
         sha256,
         loaded_at: SystemTime::now(),
@@ -188,6 +202,7 @@ pub(super) fn inspect(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8])
             migration::GuestIndices::new(pre).is_ok(),
             intake::GuestIndices::new(pre).is_ok(),
             transform_api::GuestIndices::new(pre).is_ok(),
+            attempts::GuestIndices::new(pre).is_ok(),
         )
     });
     Ok(Inspection {
@@ -217,10 +232,17 @@ mod tests {
 
     #[test]
     fn a_world_is_named_by_what_it_lacks_first() {
-        assert_eq!(world_name(true, true, true), WORLD);
-        assert_eq!(world_name(true, true, false), format!("{WORLD} without transform-api"));
+        assert_eq!(world_name(true, true, true, true), WORLD);
+        assert_eq!(world_name(true, true, true, false), format!("{WORLD} without attempts"));
         // Each earlier world predates the later exports too.
-        assert_eq!(world_name(true, false, false), format!("{WORLD} without intake"));
-        assert_eq!(world_name(false, false, false), format!("{WORLD} without migration"));
+        assert_eq!(
+            world_name(true, true, false, false),
+            format!("{WORLD} without transform-api")
+        );
+        assert_eq!(world_name(true, false, false, false), format!("{WORLD} without intake"));
+        assert_eq!(
+            world_name(false, false, false, false),
+            format!("{WORLD} without migration")
+        );
     }
 }

@@ -54,8 +54,24 @@ impl Events<'_> {
     /// created it is attempted too: only the host that took its message in knows its id
     /// before it is due.
     pub fn deliver(&self, ids: &[String]) -> Result<Vec<AttemptOutcome>> {
+        self.attempt(ids, &[])
+    }
+
+    /// As [`Events::deliver`], given each delivery with the webhook the host queued it under:
+    /// the records, those webhooks and the data format come in one store call. The records
+    /// decide: a webhook of theirs not among those named is read after, on its own.
+    pub fn deliver_queued(&self, deliveries: &[DueDelivery]) -> Result<Vec<AttemptOutcome>> {
+        let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+        let mut named: Vec<&str> = deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
+        named.sort_unstable();
+        named.dedup();
+        self.attempt(&ids, &named)
+    }
+
+    /// Attempts the deliveries of `ids`, reading the webhooks of `named` with their records.
+    fn attempt(&self, ids: &[String], named: &[&str]) -> Result<Vec<AttemptOutcome>> {
         let now = self.clock.now_ms();
-        let (due, stored_format) = self.load_deliveries_and_format(ids, |d| {
+        let (due, stored_format, mut webhooks) = self.load_for_attempt(ids, named, |d| {
             d.status == Status::Pending && (d.next_attempt_ms.is_none_or(|at| at <= now) || self.intake_claimed(d, now))
         })?;
         let status_in_log = stored_format < format::LEAN;
@@ -67,7 +83,11 @@ impl Events<'_> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let webhooks = self.load_webhooks(batch.iter().map(|(d, _)| d.webhook_id.as_str()))?;
+        let unread = batch
+            .iter()
+            .map(|(d, _)| d.webhook_id.as_str())
+            .filter(|webhook| named.binary_search(webhook).is_err());
+        webhooks.extend(self.load_webhooks(unread)?);
         let separate = self.separate_payloads(&batch)?;
         // Cloned, not taken: an id asked for twice is in the batch twice.
         let payloads: Vec<Option<Vec<u8>>> = batch
@@ -251,14 +271,22 @@ impl Events<'_> {
         decode_kept(stored, keep)
     }
 
-    /// As [`Events::load_deliveries`], and the stored data format, read with the records in
-    /// one store call.
-    fn load_deliveries_and_format(&self, ids: &[String], keep: impl Fn(&Delivery) -> bool) -> Result<(Loaded, u32)> {
-        let mut read_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(id)).collect();
+    /// As [`Events::load_deliveries`], with the stored data format and the webhooks of `named`
+    /// that exist (by id), all read in one store call.
+    fn load_for_attempt(
+        &self,
+        ids: &[String],
+        named: &[&str],
+        keep: impl Fn(&Delivery) -> bool,
+    ) -> Result<(Loaded, u32, HashMap<String, Webhook>)> {
+        let mut read_keys: Vec<Vec<u8>> = Vec::with_capacity(ids.len() + 1 + named.len());
+        read_keys.extend(ids.iter().map(|id| keys::delivery(id)));
         read_keys.push(keys::data_format());
+        read_keys.extend(named.iter().map(|id| keys::webhook(id)));
         let mut stored = self.kv.get_many(&read_keys).map_err(store::store_error)?;
+        let webhooks = decode_webhooks(stored.split_off(ids.len() + 1))?;
         let stored_format = format::of_value(stored.pop().flatten().as_deref())?;
-        Ok((decode_kept(stored, keep)?, stored_format))
+        Ok((decode_kept(stored, keep)?, stored_format, webhooks))
     }
 
     /// Moves each delivery's next attempt to `at`, guarded by its record as read; one changed
@@ -331,18 +359,17 @@ impl Events<'_> {
         })
     }
 
+    /// The webhooks of these ids that exist, by id; no store call for none.
     fn load_webhooks<'i>(&self, ids: impl Iterator<Item = &'i str>) -> Result<HashMap<String, Webhook>> {
         let mut unique: Vec<&str> = ids.collect();
+        if unique.is_empty() {
+            return Ok(HashMap::new());
+        }
         unique.sort_unstable();
         unique.dedup();
         let record_keys: Vec<Vec<u8>> = unique.iter().map(|id| keys::webhook(id)).collect();
         let stored = self.kv.get_many(&record_keys).map_err(store::store_error)?;
-        let mut webhooks = HashMap::with_capacity(unique.len());
-        for bytes in stored.into_iter().flatten() {
-            let webhook = Webhook::decode(&bytes)?;
-            webhooks.insert(webhook.id.clone(), webhook);
-        }
-        Ok(webhooks)
+        decode_webhooks(stored)
     }
 
     /// Writes the outcomes of a batch; a delivery changed meanwhile by someone else keeps
@@ -406,6 +433,16 @@ impl Events<'_> {
 
 /// Deliveries as read, each with its record's bytes (the guard of its next write).
 type Loaded = Vec<(Delivery, Vec<u8>)>;
+
+/// The webhooks among stored values (an absent one is skipped), by id.
+fn decode_webhooks(stored: Vec<Option<Vec<u8>>>) -> Result<HashMap<String, Webhook>> {
+    let mut webhooks = HashMap::with_capacity(stored.len());
+    for bytes in stored.into_iter().flatten() {
+        let webhook = Webhook::decode(&bytes)?;
+        webhooks.insert(webhook.id.clone(), webhook);
+    }
+    Ok(webhooks)
+}
 
 /// The delivery records read (a slot per id, `None` for none) that `keep` accepts, each with
 /// its record's bytes.
@@ -523,7 +560,7 @@ mod tests {
     use crate::ports::{Answer, DESTINATION_REFUSED, Kv, Request, Sender};
     use crate::testing::{
         AT_NOW, Deliveries, FixedClock, LOOPBACK_REFUSED, MemoryKv, NOW, ScriptedSender, WatchedKv, delivery, events,
-        message, publish, store_webhook,
+        events_at, message, publish, store_webhook,
     };
     use serde_json::json;
     use std::cell::RefCell;
@@ -692,6 +729,71 @@ mod tests {
         // With one host (a lease of 0) the intake claims nothing: due at once.
         let ids = publish(&events(kv, &quiet), message("t", None, b"v", None));
         assert_eq!(delivery(kv, &ids[0]).next_attempt_ms, Some(NOW));
+    }
+
+    #[test]
+    fn queued_deliveries_are_read_with_their_webhooks_in_one_store_call() {
+        let kv = WatchedKv::default();
+        // The compact layout, whose records hold their payloads: nothing else to read.
+        format::raise(&kv, format::LEAN).unwrap();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "t", "http://b/503", json!({}));
+        let events = events(&kv, &sender);
+        let queued = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
+        let reads = kv.get_many_calls();
+        let outcomes = events.deliver_queued(&queued).unwrap();
+        assert_eq!(
+            kv.get_many_calls() - reads,
+            1,
+            "records, format and webhooks in one read"
+        );
+        let status = |webhook: &str| outcomes.iter().find(|o| o.webhook_id == webhook).unwrap().status;
+        assert_eq!(status("w1"), DeliveryStatus::Delivered);
+        assert_eq!(status("w2"), DeliveryStatus::Pending);
+        let urls: Vec<String> = sender.sent.borrow().iter().map(|r| r.url.clone()).collect();
+        assert_eq!(urls.len(), 2);
+        assert!(urls.contains(&"http://a/200".to_owned()) && urls.contains(&"http://b/503".to_owned()));
+        // The ids alone take a second read for the webhooks, and attempt the same way.
+        let retried: Vec<String> = vec![outcomes.iter().find(|o| o.webhook_id == "w2").unwrap().id.clone()];
+        let reads = kv.get_many_calls();
+        let later = FixedClock::at(NOW + 1_000);
+        let outcomes = events_at(&kv, &sender, &later).deliver(&retried).unwrap();
+        assert_eq!(kv.get_many_calls() - reads, 2);
+        assert_eq!(outcomes[0].status, DeliveryStatus::Pending);
+        assert_eq!(sender.sent.borrow().last().unwrap().url, "http://b/503");
+    }
+
+    #[test]
+    fn a_delivery_queued_under_another_webhook_goes_to_its_own() {
+        let kv = WatchedKv::default();
+        // The compact layout, whose records hold their payloads: nothing else to read.
+        format::raise(&kv, format::LEAN).unwrap();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "other", "u", "http://elsewhere/200", json!({}));
+        let events = events(&kv, &sender);
+        let mut queued = events.on_message(message("t", None, b"x", None)).unwrap().deliveries;
+        queued[0].webhook_id = "other".into();
+        let reads = kv.get_many_calls();
+        let outcomes = events.deliver_queued(&queued).unwrap();
+        // Its own webhook was not among those read: read after, on its own.
+        assert_eq!(kv.get_many_calls() - reads, 2);
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].webhook_id, "w1");
+        assert_eq!(outcomes[0].status, DeliveryStatus::Delivered);
+        assert_eq!(sender.sent.borrow()[0].url, "http://a/200");
+        // A named webhook that does not exist (removed) is no reason to read it again.
+        let mut queued = events.on_message(message("t", None, b"y", None)).unwrap().deliveries;
+        queued.push(DueDelivery {
+            id: "no-such-delivery".into(),
+            webhook_id: "removed".into(),
+        });
+        let reads = kv.get_many_calls();
+        let outcomes = events.deliver_queued(&queued).unwrap();
+        assert_eq!(kv.get_many_calls() - reads, 1);
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].status, DeliveryStatus::Delivered);
     }
 
     #[test]

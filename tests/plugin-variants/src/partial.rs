@@ -7,7 +7,7 @@ wit_bindgen::generate!({
         package mainflux:plugin-variants;
 
         world partial {
-            export mainflux:webhooks/api@0.1.3;
+            export mainflux:webhooks/api@0.1.4;
         }
     ",
     path: "../../wit",

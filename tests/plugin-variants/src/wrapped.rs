@@ -4,7 +4,7 @@
 use webhooks_plugin::Error;
 use webhooks_plugin::bindings::exports::mainflux::webhooks::{api, events};
 #[cfg(not(feature = "previous"))]
-use webhooks_plugin::bindings::exports::mainflux::webhooks::{intake, migration, transform_api};
+use webhooks_plugin::bindings::exports::mainflux::webhooks::{attempts, intake, migration, transform_api};
 use webhooks_plugin::bindings::mainflux::webhooks::types::DueDelivery;
 use webhooks_plugin::component::Plugin as Real;
 
@@ -166,6 +166,14 @@ impl migration::Guest for Variant {
 impl intake::Guest for Variant {
     fn on_messages(messages: Vec<events::Message>) -> Result<Vec<Result<events::Accepted, Error>>, Error> {
         <Real as intake::Guest>::on_messages(messages)
+    }
+}
+
+#[cfg(not(feature = "previous"))]
+impl attempts::Guest for Variant {
+    fn deliver(deliveries: Vec<DueDelivery>) -> Result<Vec<events::AttemptOutcome>, Error> {
+        fault();
+        <Real as attempts::Guest>::deliver(deliveries)
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) const PLUGIN_ADMIN: &str = "plugin-admin-secret";
 /// The variable that turns `PUT /admin/plugin` on with [`PLUGIN_ADMIN`].
 pub(crate) const ADMIN_TOKEN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", PLUGIN_ADMIN);
 /// The exported interface a partial component lacks.
-const EVENTS: &str = "mainflux:webhooks/events@0.1.3";
+const EVENTS: &str = "mainflux:webhooks/events@0.1.4";
 /// How long a swap, a signal or a log line may take to show, with room for a compilation on a
 /// busy machine.
 pub(crate) const SWAP_BOUND: Duration = Duration::from_secs(20);
@@ -878,9 +878,13 @@ fn check_plugin_accepts_the_real_plugin_and_lists_its_imports_and_exports() -> a
     let sha = sha256_of(&file)?;
     assert!(stdout.lines().any(|l| l == format!("sha256: {sha}")), "{stdout}");
     let imports = section(&stdout, "imports:");
-    assert!(imports.iter().any(|i| i == "mainflux:webhooks/store@0.1.3"), "{stdout}");
+    assert!(imports.iter().any(|i| i == "mainflux:webhooks/store@0.1.4"), "{stdout}");
     let exports = section(&stdout, "exports:");
-    for export in ["mainflux:webhooks/api@0.1.3", EVENTS] {
+    for export in [
+        "mainflux:webhooks/api@0.1.4",
+        "mainflux:webhooks/attempts@0.1.4",
+        EVENTS,
+    ] {
         assert!(exports.iter().any(|e| e == export), "{export} not among {exports:?}");
     }
     Ok(())
@@ -921,7 +925,7 @@ fn check_plugin_refuses_a_component_lacking_an_export_and_names_it() -> anyhow::
     );
     assert_eq!(
         section(&stdout, "exports:"),
-        ["mainflux:webhooks/api@0.1.3"],
+        ["mainflux:webhooks/api@0.1.4"],
         "{stdout}"
     );
     assert!(!section(&stdout, "imports:").is_empty(), "{stdout}");
@@ -972,7 +976,7 @@ async fn the_versions_are_listed_and_a_rollback_makes_the_previous_one_active_ag
     assert_eq!(status, StatusCode::OK, "{versions}");
     assert_eq!(versions["active"]["sha256"], real.as_str());
     assert_eq!(versions["active"]["source"], "file");
-    assert_eq!(versions["active"]["world"], "mainflux:webhooks/webhooks@0.1.3");
+    assert_eq!(versions["active"]["world"], "mainflux:webhooks/webhooks@0.1.4");
     assert_eq!(versions["candidate"], Value::Null);
     assert_eq!(versions["history"], serde_json::json!([]));
 
