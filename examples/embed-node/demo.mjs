@@ -150,10 +150,11 @@ console.log(`  -> ${show(answer)}`);
 const due = ok(answer, 'due');
 check('the delivery is due', due.length === 1 && due[0].id === deliveryId && due[0].webhookId === webhook.id);
 
-// 6. events.deliver: the real POST through wasi:http (preview2-shim)
-console.log(`\ndeliver(["${deliveryId}"])`);
+// 6. attempts.deliver: the real POST through wasi:http (preview2-shim), the delivery given with
+// its webhook as `due` answered it, so the plugin reads both in one store call
+console.log(`\nattempts.deliver([{ id: "${deliveryId}", webhookId: "${webhook.id}" }])`);
 const started = performance.now();
-answer = await call((plugin) => plugin.events.deliver([deliveryId]));
+answer = await call((plugin) => plugin.attempts.deliver(due));
 console.log(`  -> ${show(answer)} in ${Math.round(performance.now() - started)} ms`);
 const outcomes = ok(answer, 'deliver');
 check('delivered, status 200', outcomes.length === 1 && outcomes[0].id === deliveryId &&
