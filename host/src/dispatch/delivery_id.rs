@@ -76,7 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn the_compact_form_is_no_larger_than_a_string_and_holds_no_heap_memory() {
+    fn the_compact_form_takes_no_more_room_than_a_string() {
         assert!(std::mem::size_of::<DeliveryId>() <= std::mem::size_of::<String>());
     }
 }
