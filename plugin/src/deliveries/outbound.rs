@@ -81,7 +81,6 @@ pub mod wasi_http {
     use crate::bindings::wasi::http::types::{
         Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
     };
-    use crate::bindings::wasi::io::poll;
     use crate::ports::{Answer, AttemptResult, MAX_LOGGED_BODY, Request, Sender};
 
     /// Largest write `blocking-write-and-flush` accepts.
@@ -92,40 +91,80 @@ pub mod wasi_http {
 
     impl Sender for WasiHttp {
         fn send_all(&self, requests: &[Request]) -> Vec<AttemptResult> {
-            let mut results: Vec<Option<AttemptResult>> = vec![None; requests.len()];
-            let mut in_flight: Vec<(usize, FutureIncomingResponse)> = Vec::with_capacity(requests.len());
-            for (index, request) in requests.iter().enumerate() {
-                match start(request) {
-                    Ok(future) => in_flight.push((index, future)),
-                    Err(result) => results[index] = Some(result),
-                }
-            }
-            // Subscribe to each response once, then poll the whole set until every one is in.
-            let mut pollables: Vec<_> = in_flight.iter().map(|(_, future)| future.subscribe()).collect();
-            while !in_flight.is_empty() {
-                let ready = {
-                    let borrowed: Vec<&poll::Pollable> = pollables.iter().collect();
-                    poll::poll(&borrowed)
-                };
-                let mut ready: Vec<usize> = ready.into_iter().map(|i| i as usize).collect();
-                ready.sort_unstable_by(|a, b| b.cmp(a));
-                for position in ready {
-                    let (index, future) = in_flight.swap_remove(position);
-                    drop(pollables.swap_remove(position));
-                    results[index] = Some(finish(&future, &requests[index].url));
-                }
-            }
-            results
+            let mut targets: Vec<(&str, Result<Target, AttemptResult>)> = Vec::new();
+            let started: Vec<Result<FutureIncomingResponse, AttemptResult>> = requests
+                .iter()
+                .map(|request| {
+                    // A batch goes mostly to one or a few webhooks: parse each URL once.
+                    let at = match targets.iter().position(|(url, _)| *url == request.url) {
+                        Some(at) => at,
+                        None => {
+                            targets.push((&request.url, Target::of(&request.url)));
+                            targets.len() - 1
+                        }
+                    };
+                    match &targets[at].1 {
+                        Ok(target) => start(request, target),
+                        Err(result) => Err(result.clone()),
+                    }
+                })
+                .collect();
+            // Every request is in flight; the call ends with the last answer, so waiting for
+            // them in turn takes as long as waiting for whichever comes first, and costs one
+            // host call per answer instead of a poll over every pending one each time.
+            started
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|| AttemptResult::Failed("no result".into())))
+                .zip(requests)
+                .map(|(started, request)| match started {
+                    Ok(future) => {
+                        future.subscribe().block();
+                        finish(&future, &request.url)
+                    }
+                    Err(result) => result,
+                })
                 .collect()
         }
     }
 
-    fn start(request: &Request) -> Result<FutureIncomingResponse, AttemptResult> {
-        // Built from the stored webhook alone, so the next attempt would fail the same way.
-        let invalid = |what: &str| AttemptResult::Permanent(format!("invalid request: {what}"));
-        let url = url::Url::parse(&request.url).map_err(|_| invalid("url"))?;
+    /// Where a URL's requests go, as `wasi:http` takes it.
+    struct Target {
+        scheme: Scheme,
+        authority: String,
+        path_with_query: String,
+    }
+
+    impl Target {
+        /// Built from the stored webhook alone, so the next attempt would fail the same way.
+        fn of(url: &str) -> Result<Target, AttemptResult> {
+            let url = url::Url::parse(url).map_err(|_| invalid("url"))?;
+            let scheme = if url.scheme() == "https" {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            };
+            let host = url.host_str().ok_or_else(|| invalid("host"))?;
+            let authority = match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            let path_with_query = match url.query() {
+                Some(query) => format!("{}?{query}", url.path()),
+                None => url.path().to_owned(),
+            };
+            Ok(Target {
+                scheme,
+                authority,
+                path_with_query,
+            })
+        }
+    }
+
+    /// A request that cannot be built: no attempt would change that.
+    fn invalid(what: &str) -> AttemptResult {
+        AttemptResult::Permanent(format!("invalid request: {what}"))
+    }
+
+    fn start(request: &Request, target: &Target) -> Result<FutureIncomingResponse, AttemptResult> {
         let headers = Fields::new();
         for (name, value) in &request.headers {
             headers
@@ -134,25 +173,15 @@ pub mod wasi_http {
         }
         let outgoing = OutgoingRequest::new(headers);
         outgoing.set_method(&Method::Post).map_err(|_| invalid("method"))?;
-        let scheme = if url.scheme() == "https" {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        };
-        outgoing.set_scheme(Some(&scheme)).map_err(|_| invalid("scheme"))?;
-        let host = url.host_str().ok_or_else(|| invalid("host"))?;
-        let authority = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
-        };
         outgoing
-            .set_authority(Some(&authority))
+            .set_scheme(Some(&target.scheme))
+            .map_err(|_| invalid("scheme"))?;
+        outgoing
+            .set_authority(Some(&target.authority))
             .map_err(|_| invalid("authority"))?;
-        let path = match url.query() {
-            Some(query) => format!("{}?{query}", url.path()),
-            None => url.path().to_owned(),
-        };
-        outgoing.set_path_with_query(Some(&path)).map_err(|_| invalid("path"))?;
+        outgoing
+            .set_path_with_query(Some(&target.path_with_query))
+            .map_err(|_| invalid("path"))?;
         let body = outgoing.body().map_err(|_| invalid("body"))?;
         // Hand the request over before writing the body: the host buffers only one chunk.
         let future = outgoing_handler::handle(outgoing, None).map_err(|code| attempt_result(&code, &request.url))?;
@@ -173,13 +202,24 @@ pub mod wasi_http {
     fn finish(future: &FutureIncomingResponse, url: &str) -> AttemptResult {
         match future.get() {
             Some(Ok(Ok(response))) => {
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .first()
-                    .map(|value| String::from_utf8_lossy(value).into_owned());
+                let status = response.status();
+                let headers = response.headers();
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .first()
+                        .map(|value| String::from_utf8_lossy(value).into_owned())
+                };
+                // Only a retry waits for it, and a success is never retried.
+                let retry_after = if (200..300).contains(&status) {
+                    None
+                } else {
+                    header("retry-after")
+                };
+                let empty = header("content-length").is_some_and(|length| length.trim() == "0");
                 let mut body = Vec::new();
-                if let Ok(incoming) = response.consume()
+                if !empty
+                    && let Ok(incoming) = response.consume()
                     && let Ok(stream) = incoming.stream()
                 {
                     // The host has already read the whole (bounded) answer; keep the start.
@@ -191,7 +231,7 @@ pub mod wasi_http {
                     }
                 }
                 AttemptResult::Answered(Answer {
-                    status: response.status(),
+                    status,
                     retry_after,
                     body,
                 })
