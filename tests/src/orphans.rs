@@ -17,7 +17,7 @@ pub fn die_with_this_process() {
 }
 
 /// Ties a server's command to this process, if [`die_with_this_process`] was called.
-pub(crate) fn tie(command: &mut Command) -> &mut Command {
+pub fn tie(command: &mut Command) -> &mut Command {
     if TIED.load(Ordering::Relaxed) {
         // SAFETY: the closure runs in the child between fork and exec, where only
         // async-signal-safe calls are allowed; prctl is one and touches no shared state.

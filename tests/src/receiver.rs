@@ -176,6 +176,12 @@ impl Receiver {
         self.state.behaviours.lock().unwrap().insert(path.to_owned(), behaviour);
     }
 
+    /// Forgets every request read and answered so far (a warm-up's), so counts start again.
+    pub fn forget(&self) {
+        self.state.arrivals.lock().unwrap().clear();
+        self.state.received.lock().unwrap().clear();
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
