@@ -72,6 +72,7 @@ impl SqliteStore {
         let writer = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::wal_vfs::NAME)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         // A commit is the service's promise that data is kept: sync it to disk.
+        // The write-ahead log VFS relies on it too (see `wal_vfs`).
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(

@@ -5,10 +5,13 @@
 //!
 //! Why: during a drain the writer thread spent 12 % of the host's CPU in `walWriteOneFrame`,
 //! nearly all of it in the kernel's per-call and per-page work of two small writes per frame.
-//! Nothing a commit promises changes: SQLite makes a commit's frames visible to readers (in
-//! the log's index) only after it synced the log, and a sync first writes what is held here;
-//! frames written before a crash were never durable without that sync either. A write error
-//! surfaces at the next flush instead of at the write, which fails the same transaction.
+//! Nothing a commit promises changes: with `synchronous=FULL`, SQLite makes a commit's frames
+//! visible to readers (in the log's index) only after it synced the log, and a sync first
+//! writes what is held here; frames written before a crash were never durable without that
+//! sync either. A write error surfaces at the next flush instead of at the write, which fails
+//! the same transaction. Only FULL keeps this true: with NORMAL a commit does not sync the log,
+//! so other connections would find frames listed in its index but not yet in the file (tried:
+//! the host failed at start with "disk I/O error").
 
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
