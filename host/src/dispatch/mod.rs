@@ -46,7 +46,9 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
-            batch_size: 32,
+            // Large enough that one webhook under load needs a single call at a time (see
+            // `fair::SMALL_BATCH`); within the 128 requests in flight per destination.
+            batch_size: 64,
             per_webhook: 2,
             // Half the slots: a group whose receivers all hang still leaves the other half to
             // the other groups, which take turns for them.
