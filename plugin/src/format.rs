@@ -8,6 +8,7 @@
 //! | 3 | webhooks may carry transforms (the record's `transform`, `tc` and `tg` keys) and deliveries may be `skipped`; the name-search promise of 2 holds once `ix\0group-names` is set |
 //! | 4 | as 3, and new deliveries are written in the compact layout: the payload inside the delivery record, no `dc` creation-index entry (their time-ordered ids list them by creation under `dl`); deliveries of the earlier layout may remain |
 //! | 5 | as 4, and lean deliveries: a delivery's status lives in its record alone (its log entry, written once at intake, empty, only orders the log; a status filter reads the records), and a new delivery has no due entry (its intake's host attempts it at once; one that no host attempted gets its due entry from the recovery of first attempts, whose cursor is `ix\0first-attempts`); deliveries made earlier keep theirs |
+//! | 6 | as 5, and new delivery records are packed (`deliveries::packed`) instead of JSON; records made earlier stay JSON |
 //!
 //! A version may only write a format that the version before it serves, so that a rollback
 //! finds data it reads (the compatibility rules in README.md). Format 3 is the exception on
@@ -24,7 +25,8 @@
 //! layout; from then on every version that serves the store writes the compact one, and reads
 //! both. Format 5 is raised the same way, for the same reason: a version that reads at most 4
 //! would filter the log by the statuses its entries no longer carry, and never attempt a new
-//! delivery that its intake's host left unattempted.
+//! delivery that its intake's host left unattempted. Format 6 too: a version that reads at most
+//! 5 cannot read a packed record.
 
 use crate::bindings::mainflux::webhooks::store::{Condition, Entry, Op};
 use crate::error::{Result, internal};
@@ -35,7 +37,7 @@ use crate::store::{self, Step};
 /// The oldest stored format this version reads and keeps whole.
 pub const OLDEST: u32 = 1;
 /// The newest stored format this version reads and keeps whole.
-pub const NEWEST: u32 = 5;
+pub const NEWEST: u32 = 6;
 /// The format this version's upkeep brings a store to.
 pub const WRITES: u32 = 2;
 /// The format of a store whose webhooks may carry transforms, named by the first attach.
@@ -45,6 +47,8 @@ pub const COMPACT: u32 = 4;
 /// The format from which a delivery's log entry no longer carries its status and a new
 /// delivery has no due entry.
 pub const LEAN: u32 = 5;
+/// The format from which new delivery records are packed.
+pub const PACKED: u32 = 6;
 
 /// The stored format: 1 when the store names none.
 pub fn stored(kv: &dyn Kv) -> Result<u32> {
@@ -151,8 +155,9 @@ mod tests {
         assert!((OLDEST..=NEWEST).contains(&TRANSFORMS));
         assert!((OLDEST..=NEWEST).contains(&COMPACT));
         assert!((OLDEST..=NEWEST).contains(&LEAN));
-        // Only the operator names formats 4 and 5: earlier versions do not read them.
-        const { assert!(WRITES < COMPACT && COMPACT < LEAN) };
+        assert!((OLDEST..=NEWEST).contains(&PACKED));
+        // Only the operator names formats 4 to 6: earlier versions do not read them.
+        const { assert!(WRITES < COMPACT && COMPACT < LEAN && LEAN < PACKED) };
         // Upkeep stops short of transforms: only an attach names format 3.
         const { assert!(WRITES < TRANSFORMS) };
     }

@@ -765,6 +765,50 @@ mod tests {
     }
 
     #[test]
+    fn on_packed_deliveries_records_stay_packed_through_attempts_and_retries() {
+        let kv = MemoryKv::default();
+        format::raise(&kv, format::PACKED).unwrap();
+        let sender = ScriptedSender::default();
+        store_webhook(&kv, "w1", "t", "http://a/200", json!({}));
+        store_webhook(&kv, "w2", "t", "http://b/503", json!({}));
+        let events = events(&kv, &sender);
+        let payload = b"{\"v\":2}\0\x01\xff";
+        let queued = events
+            .on_message(message("t", None, payload, Some("application/json")))
+            .unwrap()
+            .deliveries;
+        let stored = |id: &str| kv.get(&keys::delivery(id)).unwrap().unwrap();
+        for due in &queued {
+            assert_eq!(stored(&due.id)[0], crate::deliveries::packed::TAG);
+            let record = delivery(&kv, &due.id);
+            assert!(record.packed);
+            assert_eq!(record.payload.as_deref(), Some(&payload[..]));
+        }
+        let outcomes = events.deliver_queued(&queued).unwrap();
+        let sent: Vec<Vec<u8>> = sender.sent.borrow().iter().map(|r| r.body.clone()).collect();
+        assert_eq!(sent, [payload.to_vec(), payload.to_vec()], "the exact payload goes out");
+        let id_of = |webhook: &str| outcomes.iter().find(|o| o.webhook_id == webhook).unwrap().id.clone();
+        let delivered = delivery(&kv, &id_of("w1"));
+        assert_eq!((delivered.status, delivered.payload), (Status::Delivered, None));
+        let retried = delivery(&kv, &id_of("w2"));
+        assert_eq!(retried.status, Status::Pending);
+        assert_eq!(retried.attempts[0].status_code, Some(503));
+        assert_eq!(
+            retried.payload.as_deref(),
+            Some(&payload[..]),
+            "kept for the next attempt"
+        );
+        assert_eq!(stored(&id_of("w1"))[0], crate::deliveries::packed::TAG);
+        assert_eq!(stored(&id_of("w2"))[0], crate::deliveries::packed::TAG);
+        // The retry reads it back and sends the same bytes again.
+        let later = FixedClock::at(retried.next_attempt_ms.unwrap());
+        let again = events_at(&kv, &sender, &later).deliver(&[id_of("w2")]).unwrap();
+        assert_eq!(again[0].status, DeliveryStatus::Pending);
+        assert_eq!(sender.sent.borrow().last().unwrap().body, payload);
+        assert_eq!(delivery(&kv, &id_of("w2")).attempts.len(), 2);
+    }
+
+    #[test]
     fn a_delivery_queued_under_another_webhook_goes_to_its_own() {
         let kv = WatchedKv::default();
         // The compact layout, whose records hold their payloads: nothing else to read.

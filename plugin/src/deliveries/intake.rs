@@ -192,6 +192,8 @@ struct Layout {
     /// lives in the record alone, and the first attempt is left to the host that took the
     /// message in (or, if it never makes it, to the recovery of first attempts).
     before_lean: bool,
+    /// The record packed rather than JSON (format 6).
+    packed: bool,
 }
 
 impl Layout {
@@ -200,6 +202,7 @@ impl Layout {
         Layout {
             compact: format >= format::COMPACT,
             before_lean: format < format::LEAN,
+            packed: format >= format::PACKED,
         }
     }
 }
@@ -247,6 +250,7 @@ fn prepare(
             next_attempt_ms: Some(due_ms),
             attempts: Vec::new(),
             payload: layout.compact.then(|| message.payload.clone()),
+            packed: layout.packed,
         };
         if !layout.compact {
             ops.push(Op::Put(Entry {

@@ -1,6 +1,7 @@
 //! Deliveries: a published message on its way to each webhook of its thing. [`Events`] holds
 //! the message path's capabilities and settings; its operations live in one file per concern
-//! (intake, attempts, the recovery of first attempts, retention), beside the record, the retry policy, the request each attempt
+//! (intake, attempts, the recovery of first attempts, retention), beside the record and its
+//! packed layout, the retry policy, the request each attempt
 //! sends, what a webhook's transform decides of it, the delivery log and the outgoing-HTTP
 //! port's `wasi:http` side.
 
@@ -8,6 +9,7 @@ pub mod attempts;
 pub mod intake;
 pub mod log;
 pub mod outbound;
+pub mod packed;
 pub mod record;
 pub mod recovery;
 pub mod request;

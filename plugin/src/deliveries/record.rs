@@ -3,7 +3,8 @@
 //!
 //! A record is its JSON, then, in the compact layout of data format 4, a NUL byte and the
 //! payload while it is kept: JSON never holds a raw NUL (serde_json escapes control chars), so
-//! the first one ends it. In the earlier layout the payload has a key of its own (`dp`).
+//! the first one ends it. In the earlier layout the payload has a key of its own (`dp`). From
+//! data format 6 new records are packed instead (`packed`), told apart by their first byte.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -100,6 +101,10 @@ pub struct Delivery {
     /// will be sent again.
     #[serde(skip)]
     pub payload: Option<Vec<u8>>,
+    /// Whether it is stored packed (data format 6) rather than as JSON: set at intake from the
+    /// store's format and kept by every rewrite, so a record keeps the layout it was made in.
+    #[serde(skip)]
+    pub packed: bool,
 }
 
 impl Record for Delivery {
@@ -110,6 +115,9 @@ impl Record for Delivery {
     }
 
     fn decode(bytes: &[u8]) -> crate::error::Result<Self> {
+        if bytes.first() == Some(&super::packed::TAG) {
+            return super::packed::decode(bytes);
+        }
         match bytes.iter().position(|b| *b == 0) {
             None => decode_json(bytes),
             Some(end) => {
@@ -121,6 +129,9 @@ impl Record for Delivery {
     }
 
     fn encode(&self) -> Vec<u8> {
+        if self.packed {
+            return super::packed::encode(self);
+        }
         // Not through a copy of the record: it would copy the payload too.
         let mut bytes = if self.v == FORMAT_VERSION {
             serde_json::to_vec(self).expect("a record of plain fields always serializes")

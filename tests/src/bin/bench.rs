@@ -51,9 +51,9 @@
 //! version it puts in place), and idle resident memory; `make bench` appends it to `BENCHMARKS.md`.
 //!
 //! The delivery benches (deliver, drain, steady, scale, report) raise each host's store to data
-//! format 5, as an operator who gives up rollbacks to earlier versions does, so deliveries are
-//! compact and their outcomes leave the log entries alone; `WEBHOOKS_BENCH_DATA_FORMAT=4` or `2`
-//! runs them on the layouts earlier versions read.
+//! format 6, as an operator who gives up rollbacks to earlier versions does, so deliveries are
+//! compact and packed and their outcomes leave the log entries alone;
+//! `WEBHOOKS_BENCH_DATA_FORMAT=5`, `4` or `2` runs them on the layouts earlier versions read.
 
 use std::time::{Duration, Instant};
 
@@ -304,17 +304,18 @@ async fn deliver(messages: usize, ks: &[usize]) -> Result<()> {
 /// The admin token of the benches' hosts, which the stored data format is raised with.
 const BENCH_ADMIN: (&str, &str) = ("MF_WEBHOOKS_ADMIN_TOKEN", "bench-admin");
 
-/// The stored data format the benches run on: 5, whose deliveries are compact and whose
-/// outcomes leave the log entries alone, unless `WEBHOOKS_BENCH_DATA_FORMAT` names another
-/// (4: compact deliveries, statuses in the log; 2: the layout versions before 4 read).
+/// The stored data format the benches run on: 6, whose deliveries are compact and packed and
+/// whose outcomes leave the log entries alone, unless `WEBHOOKS_BENCH_DATA_FORMAT` names another
+/// (5: JSON records; 4: compact deliveries, statuses in the log; 2: the layout versions before 4
+/// read).
 fn bench_data_format() -> Result<u32> {
     match std::env::var("WEBHOOKS_BENCH_DATA_FORMAT") {
-        Err(_) => Ok(5),
+        Err(_) => Ok(6),
         Ok(text) => text
             .parse()
             .ok()
-            .filter(|format| (2..=5).contains(format))
-            .with_context(|| format!("WEBHOOKS_BENCH_DATA_FORMAT must be 2, 3, 4 or 5, not {text:?}")),
+            .filter(|format| (2..=6).contains(format))
+            .with_context(|| format!("WEBHOOKS_BENCH_DATA_FORMAT must be 2, 3, 4, 5 or 6, not {text:?}")),
     }
 }
 
@@ -1282,7 +1283,7 @@ fn capacity_model(runs: &[(usize, Drain)]) -> String {
 /// What the benches' stored data format means, for their tables.
 fn data_format_note() -> String {
     match bench_data_format() {
-        Ok(5) | Err(_) => "stored data in format 5 (compact deliveries, statuses in the records alone, raised by `PUT /admin/data-format`)".into(),
+        Ok(6) | Err(_) => "stored data in format 6 (compact, packed deliveries, statuses in the records alone, raised by `PUT /admin/data-format`)".into(),
         Ok(format) => format!("stored data in format {format} (`WEBHOOKS_BENCH_DATA_FORMAT`)"),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use webhooks_tests::delivery_log::logged_total;
+use webhooks_tests::delivery_log::{deliveries_of, logged_total};
 use webhooks_tests::flows::{ALLOW_PRIVATE, PROMPTLY, add_webhook, publish};
 use webhooks_tests::receiver::{Receiver, bodies};
 use webhooks_tests::{
@@ -237,7 +237,7 @@ async fn assert_raise_refused(host: &TestHost, format: u32, reason: &str) -> any
 /// version and the candidate read it; deliveries made before and after go out with their exact
 /// payloads and expire alike; from then on a rollback to a version that does not read format
 /// 4 is refused, and the format is never lowered. Then to format 5, where the log is filtered
-/// by the records' statuses.
+/// by the records' statuses, and to format 6, where new records are packed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused() -> anyhow::Result<()> {
     let receiver = Receiver::start().await?;
@@ -336,7 +336,31 @@ async fn the_operator_raises_the_data_format_and_rollbacks_past_it_are_refused()
         Ok(())
     })
     .await?;
-    // Both deliveries pass the retention of 4 s and go, the compact one found by its id.
+    // Format 7 is read by no version: refused, and nothing changes.
+    assert_raise_refused(&host, 7, "reads data formats 1 to 6, not 7").await?;
+    // Format 6: new records are packed; the JSON ones made before are read beside them, by
+    // the status filter and the listing.
+    let (status, answer) = raise_format(&host, json!({"format": 6})).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"data_format": 6, "previous": 5}));
+    assert_raise_refused(&host, 5, "never lowered").await?;
+    let packed: &[u8] = b"packed\x00\x01{\"v\":1}";
+    publish(&host, "key-1", packed).await?;
+    let received = receiver.wait_for(Some("/compact"), 4, PROMPTLY).await?;
+    assert_eq!(received[3].body.as_ref(), packed);
+    eventually(PROMPTLY, || async {
+        let delivered = logged_total(&host, &webhook, "?status=delivered").await?;
+        ensure!(delivered == 4, "{delivered} deliveries logged as delivered");
+        Ok(())
+    })
+    .await?;
+    let logged = deliveries_of(&host, &webhook).await?;
+    assert_eq!(logged.len(), 4);
+    for delivery in &logged {
+        assert_eq!(delivery["status"], "delivered", "{delivery}");
+        assert_eq!(delivery["attempts"].as_array().map(Vec::len), Some(1), "{delivery}");
+    }
+    // Every delivery passes the retention of 4 s and goes, the compact ones found by their ids.
     eventually(Duration::from_secs(15), || async {
         let total = logged_total(&host, &webhook, "").await?;
         ensure!(total == 0, "{total} deliveries are still logged");
