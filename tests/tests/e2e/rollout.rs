@@ -127,7 +127,7 @@ async fn a_version_that_cannot_read_the_stored_data_is_refused_and_the_active_on
     let versions = rollout(&host).await?;
     assert_eq!(
         versions["active"]["data_formats"],
-        json!({"oldest": 1, "newest": 5, "writes": 2}),
+        json!({"oldest": 1, "newest": 6, "writes": 2}),
         "{versions}"
     );
 
